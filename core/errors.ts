@@ -1,0 +1,69 @@
+/**
+ * Typed errors. Every error fogmesh raises on purpose carries a stable `code` that callers (and the
+ * HTTP API, which returns it as `error.code`) can branch on; messages are for people and may change.
+ */
+export class FogmeshError extends Error {
+  readonly code: string
+
+  constructor (code: string, message: string, options?: ErrorOptions) {
+    super(message, options)
+    this.name = new.target.name
+    this.code = code
+  }
+}
+
+/** A configuration file, flag or option value is wrong. */
+export class ConfigError extends FogmeshError {
+  constructor (message: string, options?: ErrorOptions) {
+    super('ERR_CONFIG', message, options)
+  }
+}
+
+/** One problem in a pipelines file, located at a 1-based line and column. */
+export interface PipelineProblem {
+  line: number
+  col: number
+  message: string
+}
+
+/** A pipelines file (or a single deployed pipeline) is invalid; `problems` lists every mistake found. */
+export class PipelineError extends FogmeshError {
+  readonly problems: PipelineProblem[]
+  readonly file: string
+
+  constructor (file: string, problems: PipelineProblem[]) {
+    super('ERR_PIPELINE', problems.map(p => `${file}:${p.line}:${p.col}: ${p.message}`).join('\n'))
+    this.file = file
+    this.problems = problems
+  }
+}
+
+/**
+ * Why a reading was rejected. These are the `reason` label values of
+ * `fogmesh_readings_rejected_total`, so they are part of the public contract.
+ */
+export type RejectReason =
+  | 'too_large' // payload over the configured size limit
+  | 'parse' // payload cannot be decoded in the pipeline's format
+  | 'missing_field' // an expression needs a field the reading lacks
+  | 'non_finite' // a number is NaN or infinite
+  | 'bad_timestamp' // the event time is missing, unparseable or out of range
+  | 'type' // a value has the wrong type (e.g. sum() of a string, a non-boolean where)
+  | 'expression' // any other error while evaluating an expression
+
+/** Thrown inside the per-reading path; the pipeline catches it and counts it by `reason`. */
+export class ReadingRejected extends FogmeshError {
+  readonly reason: RejectReason
+
+  constructor (reason: RejectReason, message: string) {
+    super('ERR_READING_REJECTED', message)
+    this.reason = reason
+  }
+}
+
+/** Malformed bytes on the wire (CBOR partials, encoded aggregate state). */
+export class WireError extends FogmeshError {
+  constructor (message: string, options?: ErrorOptions) {
+    super('ERR_WIRE', message, options)
+  }
+}
