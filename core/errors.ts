@@ -1,6 +1,6 @@
 /**
- * Typed errors. Every error fogmesh raises on purpose carries a stable `code` that callers (and the
- * HTTP API, which returns it as `error.code`) can branch on; messages are for people and may change.
+ * Typed errors. Every error fogmesh raises on purpose carries a stable snake_case `code` that callers
+ * (and the HTTP API, which returns it as `error.code`) can branch on; messages are for people.
  */
 export class FogmeshError extends Error {
   readonly code: string
@@ -15,7 +15,7 @@ export class FogmeshError extends Error {
 /** A configuration file, flag or option value is wrong. */
 export class ConfigError extends FogmeshError {
   constructor (message: string, options?: ErrorOptions) {
-    super('ERR_CONFIG', message, options)
+    super('config_invalid', message, options)
   }
 }
 
@@ -32,7 +32,7 @@ export class PipelineError extends FogmeshError {
   readonly file: string
 
   constructor (file: string, problems: PipelineProblem[]) {
-    super('ERR_PIPELINE', problems.map(p => `${file}:${p.line}:${p.col}: ${p.message}`).join('\n'))
+    super('pipeline_invalid', problems.map(p => `${file}:${p.line}:${p.col}: ${p.message}`).join('\n'))
     this.file = file
     this.problems = problems
   }
@@ -56,7 +56,7 @@ export class ReadingRejected extends FogmeshError {
   readonly reason: RejectReason
 
   constructor (reason: RejectReason, message: string) {
-    super('ERR_READING_REJECTED', message)
+    super('reading_rejected', message)
     this.reason = reason
   }
 }
@@ -64,6 +64,16 @@ export class ReadingRejected extends FogmeshError {
 /** Malformed bytes on the wire (CBOR partials, encoded aggregate state). */
 export class WireError extends FogmeshError {
   constructor (message: string, options?: ErrorOptions) {
-    super('ERR_WIRE', message, options)
+    super('wire_malformed', message, options)
+  }
+}
+
+/** An HTTP request is wrong or cannot be served; `status` is the response status. */
+export class HttpError extends FogmeshError {
+  readonly status: number
+
+  constructor (status: number, code: string, message: string, options?: ErrorOptions) {
+    super(code, message, options)
+    this.status = status
   }
 }

@@ -67,3 +67,20 @@ export function compileTopicFilter (filter: string): TopicFilter {
   }
   return { mqtt, names, match }
 }
+
+/**
+ * Whether every topic matched by `requested` is also matched by `allowed` (both plain MQTT filters):
+ * the check behind per-user subscribe rules.
+ */
+export function filterCovers (allowed: string, requested: string): boolean {
+  const a = allowed.split('/')
+  const r = requested.split('/')
+  for (let i = 0; i < a.length; i++) {
+    if (a[i] === '#') return true
+    if (i >= r.length) return false
+    if (r[i] === '#') return false
+    if (a[i] === '+') continue
+    if (r[i] === '+' || a[i] !== r[i]) return false
+  }
+  return a.length === r.length
+}

@@ -1,0 +1,316 @@
+/**
+ * The window operator of one pipeline at one node: assigns readings to windows per key, tracks the
+ * watermark, fires windows when the watermark passes their end, handles late readings, and closes
+ * everything after `idle`. It does no I/O: closed windows go to the sink given at construction.
+ *
+ * Semantics (the contract the simulator's ground truth re-implements independently):
+ * - watermark = max event time seen (readings with a valid timestamp) − lateness; a reading is assigned
+ *   with the watermark as it was before it, then the watermark advances and due windows close.
+ * - tumbling/hopping: a reading is late for each of its windows whose end <= watermark; `late: update`
+ *   re-emits such a window with revision + 1 while end > watermark − lateHorizon.
+ * - session: the reading's [ts, ts + gap) merges with every open session of its key it overlaps; late
+ *   when the merged window's end <= watermark.
+ * - count: every N readings of a key, in arrival order; start/end = min/max event time (+1 ms); never
+ *   late; an incomplete count window is not emitted.
+ */
+import { ReadingRejected } from '../errors.ts'
+import type { RejectReason } from '../errors.ts'
+import type { Vars } from '../expr.ts'
+import type { CompiledPipeline } from '../pipeline/compile.ts'
+import { hoppingStarts, tumblingStart } from './assigners.ts'
+import { addToWindow, createWindow, mergeWindow } from './window.ts'
+import type { WindowState } from './window.ts'
+
+export interface OperatorStats {
+  /** Readings that went into at least one window. */
+  accepted: number
+  /** Readings `where` filtered out. */
+  filtered: number
+  /** Readings dropped because (some of) their windows had closed. */
+  late: number
+  /** Windows emitted, revisions included. */
+  emitted: number
+  rejected: Partial<Record<RejectReason, number>>
+}
+
+/**
+ * Receives each window when it closes (and again per late update). The state is live: read or encode
+ * it synchronously, do not keep it.
+ */
+export type WindowSink = (window: WindowState) => void
+
+type WindowsByStart = Map<number, Map<string, WindowState>>
+
+export class WindowOperator {
+  readonly pipeline: CompiledPipeline
+  readonly stats: OperatorStats = { accepted: 0, filtered: 0, late: 0, emitted: 0, rejected: {} }
+  readonly #sink: WindowSink
+  readonly #inputs: unknown[]
+  readonly #starts: number[] = []
+  #watermark = -Infinity
+  #lastReadingAt = 0
+  /** tumbling/hopping: open windows by start, then key. */
+  readonly #open: WindowsByStart = new Map()
+  /** tumbling/hopping with `late: update`: closed windows kept for updates until the horizon. */
+  readonly #closed: WindowsByStart = new Map()
+  /** The earliest end among open time windows or sessions (may be stale-low for sessions). */
+  #nextClose = Infinity
+  /** session: open sessions per key, unordered. */
+  readonly #sessions = new Map<string, WindowState[]>()
+  /** count: the current window and its size per key. */
+  readonly #counts = new Map<string, { w: WindowState, n: number }>()
+
+  constructor (pipeline: CompiledPipeline, sink: WindowSink) {
+    this.pipeline = pipeline
+    this.#sink = sink
+    this.#inputs = new Array(pipeline.selects.length)
+  }
+
+  get watermark (): number {
+    return this.#watermark
+  }
+
+  /** Decodes one message and processes each reading in it. `vars` binds the topic's named wildcards. */
+  ingest (payload: Uint8Array, topic: string, bindings: Record<string, string>, arrival: number): void {
+    const p = this.pipeline
+    let records
+    try {
+      records = p.decode(payload)
+    } catch (err) {
+      this.#reject(err)
+      return
+    }
+    for (const fields of records) {
+      const vars: Vars = fields
+      if (p.needsPayload) vars.payload = { ...fields }
+      for (const name in bindings) vars[name] = bindings[name]
+      if (p.needsTopic) vars.topic = topic
+      this.process(vars, arrival)
+    }
+  }
+
+  /** Processes one reading. Bad readings are counted by reason and never throw. */
+  process (vars: Vars, arrival: number): void {
+    const p = this.pipeline
+    let ts: number
+    try {
+      ts = p.eventTime(vars, arrival)
+    } catch (err) {
+      this.#reject(err)
+      return
+    }
+    try {
+      if (!p.accepts(vars)) {
+        this.stats.filtered++
+      } else {
+        const key = p.keyOf(vars)
+        p.inputs(vars, this.#inputs)
+        this.#assign(key, ts)
+      }
+    } catch (err) {
+      this.#reject(err)
+    }
+    this.#lastReadingAt = arrival
+    this.#advance(ts - p.spec.lateness)
+  }
+
+  #reject (err: unknown): void {
+    const reason: RejectReason = err instanceof ReadingRejected ? err.reason : 'expression'
+    this.stats.rejected[reason] = (this.stats.rejected[reason] ?? 0) + 1
+  }
+
+  #assign (key: string, ts: number): void {
+    const win = this.pipeline.spec.window
+    switch (win.kind) {
+      case 'tumbling':
+        this.#count(this.#assignTime(key, ts, tumblingStart(ts, win.size), win.size))
+        return
+      case 'hopping': {
+        let added = 0
+        const starts = hoppingStarts(ts, win.size, win.every, this.#starts)
+        for (const start of starts) if (this.#assignTime(key, ts, start, win.size)) added++
+        if (added > 0) this.stats.accepted++
+        if (added < starts.length) this.stats.late++
+        return
+      }
+      case 'session':
+        this.#count(this.#assignSession(key, ts, win.gap))
+        return
+      case 'count':
+        this.#assignCount(key, ts, win.count)
+        this.stats.accepted++
+    }
+  }
+
+  #count (added: boolean): void {
+    if (added) this.stats.accepted++
+    else this.stats.late++
+  }
+
+  /** Adds a reading to a time window; false when it was late and dropped. */
+  #assignTime (key: string, ts: number, start: number, size: number): boolean {
+    const end = start + size
+    const selects = this.pipeline.selects
+    if (end <= this.#watermark) return this.#lateUpdate(key, ts, start, end)
+    let byKey = this.#open.get(start)
+    if (byKey === undefined) {
+      byKey = new Map()
+      this.#open.set(start, byKey)
+      if (end < this.#nextClose) this.#nextClose = end
+    }
+    let w = byKey.get(key)
+    if (w === undefined) {
+      w = createWindow(selects, key, start, end)
+      byKey.set(key, w)
+    }
+    addToWindow(selects, w, this.#inputs, ts)
+    return true
+  }
+
+  #lateUpdate (key: string, ts: number, start: number, end: number): boolean {
+    const spec = this.pipeline.spec
+    if (spec.late !== 'update' || end <= this.#watermark - spec.lateHorizon) return false
+    let byKey = this.#closed.get(start)
+    if (byKey === undefined) {
+      byKey = new Map()
+      this.#closed.set(start, byKey)
+    }
+    let w = byKey.get(key)
+    if (w === undefined) {
+      // the key had no reading in this window before: its first emission is revision 0
+      w = createWindow(this.pipeline.selects, key, start, end)
+      byKey.set(key, w)
+    } else {
+      w.revision++
+    }
+    addToWindow(this.pipeline.selects, w, this.#inputs, ts)
+    this.#emit(w)
+    return true
+  }
+
+  #assignSession (key: string, ts: number, gap: number): boolean {
+    const selects = this.pipeline.selects
+    const sessions = this.#sessions.get(key)
+    let start = ts
+    let end = ts + gap
+    let into: WindowState | undefined
+    if (sessions !== undefined) {
+      for (let i = sessions.length - 1; i >= 0; i--) {
+        const s = sessions[i]
+        if (s.start < end && start < s.end) {
+          start = Math.min(start, s.start)
+          end = Math.max(end, s.end)
+          if (into === undefined) {
+            into = s
+          } else {
+            mergeWindow(selects, into, s)
+          }
+          if (s !== into) sessions.splice(i, 1)
+        }
+      }
+    }
+    if (end <= this.#watermark) return false
+    if (into === undefined) {
+      into = createWindow(selects, key, start, end)
+      if (sessions === undefined) this.#sessions.set(key, [into])
+      else sessions.push(into)
+      if (end < this.#nextClose) this.#nextClose = end
+    }
+    into.start = start
+    into.end = end
+    addToWindow(selects, into, this.#inputs, ts)
+    return true
+  }
+
+  #assignCount (key: string, ts: number, size: number): void {
+    const selects = this.pipeline.selects
+    let c = this.#counts.get(key)
+    if (c === undefined) {
+      c = { w: createWindow(selects, key, ts, ts + 1), n: 0 }
+      this.#counts.set(key, c)
+    }
+    const w = c.w
+    if (ts < w.start) w.start = ts
+    if (ts + 1 > w.end) w.end = ts + 1
+    addToWindow(selects, w, this.#inputs, ts)
+    if (++c.n === size) {
+      this.#counts.delete(key)
+      this.#emit(w)
+    }
+  }
+
+  #emit (w: WindowState): void {
+    this.stats.emitted++
+    this.#sink(w)
+  }
+
+  /** Moves the watermark forward to `to` (never back) and closes what is due. */
+  #advance (to: number): void {
+    if (to <= this.#watermark) return
+    this.#watermark = to
+    if (to >= this.#nextClose) this.#closeUpTo(to)
+    if (this.#closed.size > 0) {
+      const horizon = to - this.pipeline.spec.lateHorizon
+      for (const [start, byKey] of this.#closed) {
+        const first = byKey.values().next().value
+        if (first === undefined || first.end <= horizon) this.#closed.delete(start)
+      }
+    }
+  }
+
+  /** Closes every open window with end <= `wm`, oldest first, and recomputes the next close. */
+  #closeUpTo (wm: number): void {
+    let next = Infinity
+    if (this.#open.size > 0) {
+      const due = [...this.#open.keys()].sort((a, b) => a - b)
+      const keep = this.pipeline.spec.late === 'update'
+      for (const start of due) {
+        const byKey = this.#open.get(start)!
+        const end = byKey.values().next().value?.end ?? start
+        if (end > wm) {
+          if (end < next) next = end
+          continue
+        }
+        this.#open.delete(start)
+        for (const w of byKey.values()) this.#emit(w)
+        if (keep) this.#closed.set(start, byKey)
+      }
+    }
+    for (const [key, sessions] of this.#sessions) {
+      for (let i = sessions.length - 1; i >= 0; i--) {
+        const s = sessions[i]
+        if (s.end <= wm) {
+          sessions.splice(i, 1)
+          this.#emit(s)
+        } else if (s.end < next) {
+          next = s.end
+        }
+      }
+      if (sessions.length === 0) this.#sessions.delete(key)
+    }
+    this.#nextClose = next
+  }
+
+  /**
+   * Processing-time duties, called periodically: pipelines without a timestamp advance their watermark
+   * with the clock; a pipeline idle for `idle` closes its open windows.
+   */
+  tick (now: number): void {
+    const spec = this.pipeline.spec
+    if (spec.timestamp === undefined) this.#advance(now - spec.lateness)
+    if (this.#nextClose !== Infinity && now - this.#lastReadingAt >= spec.idle) {
+      // The watermark jumps to the last end closed, so stragglers for those windows count as late.
+      let last = -Infinity
+      for (const byKey of this.#open.values()) for (const w of byKey.values()) last = Math.max(last, w.end)
+      for (const sessions of this.#sessions.values()) for (const s of sessions) last = Math.max(last, s.end)
+      this.#advance(last)
+    }
+  }
+
+  /** The windows still open, for live queries (not final). */
+  * openWindows (): Generator<WindowState> {
+    for (const byKey of this.#open.values()) yield * byKey.values()
+    for (const sessions of this.#sessions.values()) yield * sessions
+    for (const c of this.#counts.values()) yield c.w
+  }
+}

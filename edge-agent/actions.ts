@@ -1,0 +1,56 @@
+/**
+ * Local actions at the edge (`emit: - mqtt: alerts/{room}` with an optional `when`): publish a closed
+ * window's result to the local broker, without a round trip to the fog.
+ */
+import type { Vars } from '../core/expr.ts'
+import type { CompiledEmit, CompiledPipeline } from '../core/pipeline/compile.ts'
+import type { WindowResult } from '../server/results.ts'
+import { resultJson } from '../server/results.ts'
+
+export type Publish = (topic: string, payload: Buffer, qos: 0 | 1 | 2, retain: boolean) => Promise<void>
+
+/** What `when` conditions and topic templates can name: result fields, key parts, and the window. */
+export function resultVars (pipeline: CompiledPipeline, r: WindowResult): Vars {
+  const vars: Vars = { ...r.values, key: r.key, pipeline: r.pipeline, start: r.start, end: r.end, revision: r.revision }
+  const names = pipeline.keyNames
+  const parts = names.length === 1 ? [r.key] : r.key.split('/')
+  if (parts.length === names.length) names.forEach((name, i) => { if (name !== undefined) vars[name] = parts[i] })
+  return vars
+}
+
+export function renderTopic (template: string, vars: Vars): string {
+  return template.replace(/\{([^}]*)\}/g, (_, name: string) => String(vars[name] ?? ''))
+}
+
+export class LocalActions {
+  readonly #publish: Publish
+  readonly stats = { published: 0, failed: 0 }
+
+  constructor (publish: Publish) {
+    this.#publish = publish
+  }
+
+  /** Runs the mqtt emits of a pipeline for one result; errors are counted, never thrown. */
+  run (pipeline: CompiledPipeline, result: WindowResult): void {
+    let vars: Vars | undefined
+    for (const emit of pipeline.emits) {
+      if (emit.kind !== 'mqtt') continue
+      vars ??= resultVars(pipeline, result)
+      this.#one(emit, vars, result)
+    }
+  }
+
+  #one (emit: CompiledEmit, vars: Vars, result: WindowResult): void {
+    try {
+      if (emit.when !== undefined && emit.when.evaluate(vars) !== true) return
+    } catch {
+      // a condition over a null value (e.g. max of nothing) is simply not met
+      return
+    }
+    const payload = Buffer.from(JSON.stringify({ pipeline: result.pipeline, ...resultJson(result) }))
+    this.#publish(renderTopic(emit.topic ?? '', vars), payload, emit.qos, emit.retain).then(
+      () => { this.stats.published++ },
+      () => { this.stats.failed++ }
+    )
+  }
+}

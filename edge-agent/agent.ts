@@ -1,0 +1,176 @@
+/**
+ * The edge agent: readings in over MQTT (embedded broker or an existing one), windowed pipelines,
+ * results into a local store and local actions, and the HTTP API over all of it.
+ */
+import type { RejectReason } from '../core/errors.ts'
+import { pipelineToPlain } from '../core/pipeline/format.ts'
+import type { PipelineSpec } from '../core/pipeline/spec.ts'
+import type { WindowOperator } from '../core/windows/operator.ts'
+import { windowValues } from '../core/windows/window.ts'
+import type { WindowState } from '../core/windows/window.ts'
+import { HttpService } from '../server/http.ts'
+import type { PipelineInfo, ServiceApi } from '../server/http.ts'
+import { Metrics } from '../server/metrics.ts'
+import type { Sample } from '../server/metrics.ts'
+import { ResultStore } from '../server/result-store.ts'
+import { compareResults, matchesQuery } from '../server/results.ts'
+import type { ResultQuery, WindowResult } from '../server/results.ts'
+import { LocalActions } from './actions.ts'
+import { EmbeddedBroker } from './broker.ts'
+import type { EdgeOptions } from './config.ts'
+import { PipelineRunner } from './pipelines.ts'
+import type { MessageSource } from './source.ts'
+import { BrokerSubscriber } from './subscriber.ts'
+
+/** How often results past retention are pruned. */
+const PRUNE_EVERY = 60_000
+const REASONS: RejectReason[] = ['too_large', 'parse', 'missing_field', 'non_finite', 'bad_timestamp', 'type', 'expression']
+
+export class EdgeAgent implements ServiceApi {
+  readonly role = 'edge' as const
+  readonly id: string
+  readonly metrics = new Metrics()
+  readonly #options: EdgeOptions
+  readonly #store: ResultStore
+  readonly #runner: PipelineRunner
+  readonly #source: MessageSource
+  readonly #actions: LocalActions
+  readonly #http: HttpService
+  #ready = false
+  #timers: NodeJS.Timeout[] = []
+
+  constructor (options: EdgeOptions, specs: PipelineSpec[]) {
+    this.#options = options
+    this.id = options.id
+    this.#store = new ResultStore({ dataDir: options.dataDir, retention: options.retention, maxResultsPerPipeline: options.maxResults })
+    this.#runner = new PipelineRunner(specs, (op, w) => this.#onWindow(op, w), options.maxPayload)
+    this.#source = options.mqttUrl !== undefined
+      ? new BrokerSubscriber({ url: options.mqttUrl, clientId: options.mqttClientId, filters: () => this.#runner.filters(), connectTimeout: 10_000 })
+      : new EmbeddedBroker({ host: options.mqttHost, port: options.mqttPort, users: options.users })
+    this.#actions = new LocalActions(async (topic, payload, qos, retain) => await this.#source.publish(topic, payload, qos, retain))
+    this.#http = new HttpService(this, [], { host: options.host, port: options.httpPort, maxBody: 1 << 20 })
+    this.#registerMetrics()
+  }
+
+  get httpUrl (): string {
+    return this.#http.url
+  }
+
+  get mqttUrl (): string {
+    return this.#source.url
+  }
+
+  async start (): Promise<void> {
+    await this.#http.listen()
+    await this.#source.start((topic, payload, arrival) => this.#runner.onMessage(topic, payload, arrival))
+    this.#timers.push(setInterval(() => this.#tick(), this.#options.tick))
+    this.#timers.push(setInterval(() => this.#store.prune(), PRUNE_EVERY))
+    this.#ready = true
+  }
+
+  /** Stops taking readings, commits every result, and closes. Open windows are not emitted. */
+  async stop (): Promise<void> {
+    this.#ready = false
+    for (const t of this.#timers) clearInterval(t)
+    await this.#source.stop()
+    await this.#http.close()
+    this.#store.close()
+  }
+
+  #tick (): void {
+    this.#runner.tick(Date.now())
+    this.#store.flush()
+  }
+
+  #onWindow (operator: WindowOperator, w: WindowState): void {
+    const result = this.#result(operator, w, true)
+    this.#store.put(result)
+    this.#actions.run(operator.pipeline, result)
+  }
+
+  #result (operator: WindowOperator, w: WindowState, final: boolean): WindowResult {
+    return {
+      pipeline: operator.pipeline.spec.name,
+      key: w.key,
+      start: w.start,
+      end: w.end,
+      final,
+      revision: w.revision,
+      sources: 1,
+      values: windowValues(operator.pipeline.selects, w)
+    }
+  }
+
+  // ServiceApi
+
+  isReady (): boolean {
+    return this.#ready
+  }
+
+  pipelines (): PipelineInfo[] {
+    return [...this.#runner.operators.values()].map(o => ({
+      name: o.pipeline.spec.name,
+      version: o.pipeline.spec.version,
+      spec: pipelineToPlain(o.pipeline.spec)
+    }))
+  }
+
+  /** Final results from the store, with the windows still open (final: false) mixed in by start. */
+  results (pipeline: string, q: ResultQuery): WindowResult[] | undefined {
+    const operator = this.#runner.operators.get(pipeline)
+    if (operator === undefined) return undefined
+    const results = this.#store.query(pipeline, q)
+    let open = false
+    for (const w of operator.openWindows()) {
+      const r = this.#result(operator, w, false)
+      if (matchesQuery(r, q)) {
+        results.push(r)
+        open = true
+      }
+    }
+    if (open) {
+      results.sort(compareResults)
+      results.length = Math.min(results.length, q.limit)
+    }
+    return results
+  }
+
+  mesh (): unknown {
+    return {
+      self: { id: this.id, role: this.role, peerId: null },
+      peers: [],
+      fog: { leader: null, shardMapVersion: 0, shards: 0 }
+    }
+  }
+
+  readyLine (): string {
+    return `ready edge ${this.id} http=${this.httpUrl} mqtt=${this.mqttUrl}`
+  }
+
+  #registerMetrics (): void {
+    const m = this.metrics
+    const ops = () => [...this.#runner.operators.values()]
+    const perPipeline = (read: (o: WindowOperator) => number) => (): Sample[] => ops().map(o => [{ pipeline: o.pipeline.spec.name }, read(o)])
+    m.counter('fogmesh_readings_total', 'Readings accepted into at least one window', ['pipeline'], perPipeline(o => o.stats.accepted))
+    m.counter('fogmesh_readings_late_total', 'Readings dropped because their window had closed', ['pipeline'], perPipeline(o => o.stats.late))
+    m.counter('fogmesh_readings_filtered_total', 'Readings left out by the pipeline\'s where', ['pipeline'], perPipeline(o => o.stats.filtered))
+    m.counter('fogmesh_windows_emitted_total', 'Windows closed and emitted, late revisions included', ['pipeline'], perPipeline(o => o.stats.emitted))
+    m.gauge('fogmesh_watermark_seconds', 'Event-time watermark of each pipeline', ['pipeline'], () => ops().filter(o => Number.isFinite(o.watermark)).map(o => [{ pipeline: o.pipeline.spec.name }, o.watermark / 1000]))
+    m.gauge('fogmesh_open_windows', 'Windows currently open', ['pipeline'], perPipeline(o => [...o.openWindows()].length))
+    m.counter('fogmesh_readings_rejected_total', 'Readings rejected, by reason', ['reason'], () => REASONS.map(reason => {
+      let n = this.#runner.stats.rejected[reason] ?? 0
+      for (const o of ops()) n += o.stats.rejected[reason] ?? 0
+      return [{ reason }, n]
+    }))
+    m.counter('fogmesh_pipeline_readings_rejected_total', 'Readings rejected, by pipeline and reason', ['pipeline', 'reason'], () =>
+      ops().flatMap(o => Object.entries(o.stats.rejected).map(([reason, n]): Sample => [{ pipeline: o.pipeline.spec.name, reason }, n])))
+    m.counter('fogmesh_mqtt_messages_total', 'MQTT messages received', [], () => [[{}, this.#runner.stats.messages]])
+    m.counter('fogmesh_mqtt_messages_unmatched_total', 'MQTT messages no pipeline subscribes to', [], () => [[{}, this.#runner.stats.unmatched]])
+    m.counter('fogmesh_actions_published_total', 'Local actions (emit: mqtt) published', [], () => [[{}, this.#actions.stats.published]])
+    m.counter('fogmesh_actions_failed_total', 'Local actions that failed to publish', [], () => [[{}, this.#actions.stats.failed]])
+    if (this.#source instanceof EmbeddedBroker) {
+      const broker = this.#source
+      m.counter('fogmesh_mqtt_denied_total', 'Embedded broker refusals, by what was refused', ['what'], () => Object.entries(broker.denied).map(([what, n]) => [{ what }, n]))
+    }
+  }
+}

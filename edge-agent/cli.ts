@@ -1,0 +1,21 @@
+/** `fogmesh edge`: runs an edge agent until a signal. */
+import { loadPipelinesFile } from '../core/pipeline/parse.ts'
+import type { PipelineSpec } from '../core/pipeline/spec.ts'
+import { runUntilSignal } from '../server/lifecycle.ts'
+import { optionsHelp } from '../server/options.ts'
+import { EdgeAgent } from './agent.ts'
+import { EDGE_OPTIONS, edgeOptions } from './config.ts'
+
+export async function edgeCommand (argv: string[]): Promise<number> {
+  const options = edgeOptions(argv)
+  if (options.help) {
+    process.stdout.write(optionsHelp('usage: fogmesh edge [--config FILE] [options]', EDGE_OPTIONS) + '\n')
+    return 0
+  }
+  const specs: PipelineSpec[] = options.pipelines === undefined ? [] : await loadPipelinesFile(options.pipelines)
+  if (specs.length === 0) process.stderr.write('edge: no pipelines (--pipelines FILE): readings will be counted as unmatched\n')
+  if (options.fog.length > 0 || options.cloud !== undefined) {
+    process.stderr.write('edge: --fog/--cloud given, but this build keeps results local (no uplink yet)\n')
+  }
+  return await runUntilSignal(new EdgeAgent(options, specs))
+}

@@ -1,0 +1,74 @@
+/** Options of the edge agent (`fogmesh edge`), with their defaults. */
+import { hostname } from 'node:os'
+import { join } from 'node:path'
+import { ConfigError } from '../core/errors.ts'
+import { COMMON_OPTIONS, readOptions } from '../server/options.ts'
+import type { CommonOptions, OptionTable } from '../server/options.ts'
+
+export const EDGE_OPTIONS: OptionTable = {
+  ...COMMON_OPTIONS,
+  'mqtt-port': { type: 'port', default: 1883, help: 'port of the embedded MQTT broker; 0 picks any free port' },
+  'mqtt-host': { type: 'string', default: '127.0.0.1', help: 'address the embedded broker listens on (0.0.0.0 for sensors on the LAN)' },
+  'mqtt-url': { type: 'string', help: 'use an existing broker (mqtt://user:pass@host:1883) instead of the embedded one' },
+  'mqtt-client-id': { type: 'string', help: 'client id at an existing broker; its persistent session keeps readings while the agent is away (default: fogmesh-<id>)' },
+  users: { type: 'strings', fileOnly: true, help: 'embedded broker users: a list of { username, password, publish: [filters], subscribe: [filters] }; none = anonymous access' },
+  'max-payload': { type: 'bytes', default: '64kib', help: 'largest reading payload processed; larger ones are rejected as too_large' },
+  tick: { type: 'duration', default: '250ms', help: 'how often idle pipelines and arrival-time windows are checked' },
+  fog: { type: 'strings', help: 'fog coordinator URL (repeatable)' },
+  cloud: { type: 'string', help: 'cloud sink URL, used on failover' },
+  'failover-after': { type: 'duration', default: '30s', help: 'how long no fog may answer before partials go to the cloud' }
+}
+
+/** A user of the embedded broker and the topics it may use. */
+export interface BrokerUser {
+  username: string
+  password: string
+  /** Topic filters the user may publish to; default: everything. */
+  publish: string[]
+  /** Topic filters the user may subscribe to; default: everything. */
+  subscribe: string[]
+}
+
+export interface EdgeOptions extends CommonOptions {
+  mqttPort: number
+  mqttHost: string
+  mqttUrl?: string
+  mqttClientId: string
+  users: BrokerUser[]
+  maxPayload: number
+  tick: number
+  fog: string[]
+  cloud?: string
+  failoverAfter: number
+}
+
+function parseUsers (raw: unknown): BrokerUser[] {
+  if (raw === undefined) return []
+  if (!Array.isArray(raw)) throw new ConfigError('users: expected a list of { username, password, publish, subscribe }')
+  return raw.map((u: unknown, i) => {
+    const o = u as Record<string, unknown>
+    if (typeof o !== 'object' || o === null || typeof o.username !== 'string' || typeof o.password !== 'string') {
+      throw new ConfigError(`users[${i}]: needs a username and a password (strings)`)
+    }
+    const filters = (k: string): string[] => {
+      const v = o[k]
+      if (v === undefined) return ['#']
+      if (!Array.isArray(v) || v.some(f => typeof f !== 'string')) throw new ConfigError(`users[${i}].${k}: expected a list of topic filters`)
+      return v as string[]
+    }
+    return { username: o.username, password: o.password, publish: filters('publish'), subscribe: filters('subscribe') }
+  })
+}
+
+export function edgeOptions (argv: string[]): EdgeOptions & { help: boolean } {
+  const o = readOptions(EDGE_OPTIONS, argv) as Record<string, unknown>
+  const id = (o.id as string | undefined) ?? `edge-${hostname()}`
+  return {
+    ...(o as unknown as EdgeOptions & { help: boolean }),
+    id,
+    dataDir: (o.dataDir as string | undefined) ?? join('data', id),
+    mqttClientId: (o.mqttClientId as string | undefined) ?? `fogmesh-${id}`,
+    users: parseUsers(o.users),
+    fog: (o.fog as string[] | undefined) ?? []
+  }
+}

@@ -1,0 +1,60 @@
+/**
+ * The pipelines an agent runs: routes each MQTT message to the operators whose topic filter matches,
+ * drives their clocks, and reports closed windows to the agent.
+ */
+import type { RejectReason } from '../core/errors.ts'
+import { compilePipeline } from '../core/pipeline/compile.ts'
+import type { PipelineSpec } from '../core/pipeline/spec.ts'
+import { WindowOperator } from '../core/windows/operator.ts'
+import type { WindowState } from '../core/windows/window.ts'
+
+export type WindowHandler = (operator: WindowOperator, window: WindowState) => void
+
+export class PipelineRunner {
+  readonly #operators = new Map<string, WindowOperator>()
+  readonly #onWindow: WindowHandler
+  readonly #maxPayload: number
+  /** Messages no pipeline wanted, and rejections before any pipeline saw the message. */
+  readonly stats = { messages: 0, unmatched: 0, rejected: {} as Partial<Record<RejectReason, number>> }
+
+  constructor (specs: PipelineSpec[], onWindow: WindowHandler, maxPayload: number) {
+    this.#onWindow = onWindow
+    this.#maxPayload = maxPayload
+    for (const spec of specs) this.add(spec)
+  }
+
+  add (spec: PipelineSpec): void {
+    const operator: WindowOperator = new WindowOperator(compilePipeline(spec), (w) => this.#onWindow(operator, w))
+    this.#operators.set(spec.name, operator)
+  }
+
+  get operators (): ReadonlyMap<string, WindowOperator> {
+    return this.#operators
+  }
+
+  /** Plain MQTT filters of all pipelines, for subscribing at an external broker. */
+  filters (): string[] {
+    return [...new Set([...this.#operators.values()].map(o => o.pipeline.topic.mqtt))]
+  }
+
+  onMessage (topic: string, payload: Uint8Array, arrival: number): void {
+    this.stats.messages++
+    let matched = false
+    for (const operator of this.#operators.values()) {
+      const bindings = operator.pipeline.topic.match(topic)
+      if (bindings === undefined) continue
+      if (!matched && payload.length > this.#maxPayload) {
+        // Counted once per message, not per pipeline: it is one bad reading.
+        this.stats.rejected.too_large = (this.stats.rejected.too_large ?? 0) + 1
+        return
+      }
+      matched = true
+      operator.ingest(payload, topic, bindings, arrival)
+    }
+    if (!matched) this.stats.unmatched++
+  }
+
+  tick (now: number): void {
+    for (const operator of this.#operators.values()) operator.tick(now)
+  }
+}

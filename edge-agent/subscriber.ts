@@ -1,0 +1,81 @@
+/**
+ * Readings from an existing broker (Mosquitto, EMQX, ...): one mqtt.js client with a persistent session
+ * (clean: false, a stable client id, QoS 1 subscriptions), so the broker keeps readings for the agent
+ * while it restarts or the link is down, and the client reconnects by itself.
+ */
+import mqtt from 'mqtt'
+import type { MqttClient } from 'mqtt'
+import type { MessageHandler, MessageSource } from './source.ts'
+
+export interface SubscriberOptions {
+  url: string
+  clientId: string
+  /** Plain MQTT filters to subscribe to (one per pipeline). */
+  filters: () => string[]
+  connectTimeout: number
+}
+
+export class BrokerSubscriber implements MessageSource {
+  readonly #options: SubscriberOptions
+  #client?: MqttClient
+  /** Connection events, for metrics. */
+  readonly stats = { connects: 0, disconnects: 0 }
+
+  constructor (options: SubscriberOptions) {
+    this.#options = options
+  }
+
+  get url (): string {
+    const u = new URL(this.#options.url)
+    u.username = ''
+    u.password = ''
+    return u.toString().replace(/\/$/, '')
+  }
+
+  async start (onMessage: MessageHandler): Promise<void> {
+    const client = mqtt.connect(this.#options.url, {
+      clientId: this.#options.clientId,
+      clean: false,
+      reconnectPeriod: 1_000,
+      connectTimeout: this.#options.connectTimeout
+    })
+    this.#client = client
+    client.on('message', (topic, payload) => onMessage(topic, payload, Date.now()))
+    client.on('close', () => { this.stats.disconnects++ })
+    client.on('error', (err) => { console.error(`mqtt ${this.url}: ${err.message}`) })
+    client.on('connect', (connack) => {
+      this.stats.connects++
+      // A present session still holds our subscriptions (and the readings queued for them).
+      if (!connack.sessionPresent) this.resubscribe().catch((err: Error) => console.error(`mqtt ${this.url}: ${err.message}`))
+    })
+    // The agent serves its API whether or not the broker is up; mqtt.js keeps reconnecting.
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(() => {
+        console.error(`mqtt ${this.url}: not reachable yet, retrying in the background`)
+        resolve()
+      }, this.#options.connectTimeout)
+      client.once('connect', () => {
+        clearTimeout(timer)
+        resolve()
+      })
+    })
+  }
+
+  /** Subscribes to the current filters (at connect without a session, and after pipelines change). */
+  async resubscribe (): Promise<void> {
+    const client = this.#client
+    const filters = this.#options.filters()
+    if (filters.length === 0 || client === undefined || !client.connected) return
+    const granted = await client.subscribeAsync(filters, { qos: 1 })
+    const refused = granted.filter(g => g.qos === 128)
+    if (refused.length > 0) throw new Error(`broker refused subscriptions: ${refused.map(g => g.topic).join(', ')}`)
+  }
+
+  async publish (topic: string, payload: Buffer, qos: 0 | 1 | 2, retain: boolean): Promise<void> {
+    await this.#client?.publishAsync(topic, payload, { qos, retain })
+  }
+
+  async stop (): Promise<void> {
+    await this.#client?.endAsync()
+  }
+}

@@ -1,0 +1,219 @@
+/**
+ * The HTTP API every tier serves (SPEC: /healthz, /v1/pipelines, /v1/aggregates, /v1/mesh, /metrics),
+ * plus routes a tier adds. JSON in and out; every error is `{"error":{"code","message"}}`.
+ */
+import { createServer } from 'node:http'
+import type { IncomingMessage, Server, ServerResponse } from 'node:http'
+import type { AddressInfo } from 'node:net'
+import { FogmeshError, HttpError } from '../core/errors.ts'
+import type { Metrics } from './metrics.ts'
+import { parseResultQuery } from './query.ts'
+import type { ResultQuery, WindowResult } from './results.ts'
+import { resultJson } from './results.ts'
+
+export type Role = 'edge' | 'fog' | 'cloud'
+
+export interface PipelineInfo {
+  name: string
+  version: number
+  /** The pipeline in the shape of the YAML language. */
+  spec: Record<string, unknown>
+}
+
+/** What a tier provides to the shared API. */
+export interface ServiceApi {
+  readonly role: Role
+  readonly id: string
+  readonly metrics: Metrics
+  isReady: () => boolean
+  pipelines: () => PipelineInfo[]
+  /** Results sorted by start then key, at most `q.limit`; undefined for an unknown pipeline. */
+  results: (pipeline: string, q: ResultQuery) => WindowResult[] | undefined
+  mesh: () => unknown
+}
+
+export interface Request {
+  method: string
+  path: string
+  params: Record<string, string>
+  query: URLSearchParams
+  headers: IncomingMessage['headers']
+  /** The body, read on demand and bounded by `maxBody`. */
+  body: () => Promise<Buffer>
+}
+
+export interface Reply {
+  status?: number
+  body?: unknown
+  /** Sent as is, with this content type, instead of JSON. */
+  raw?: { contentType: string, data: string | Buffer }
+}
+
+export interface Route {
+  method: string
+  /** Path with `{name}` segments, e.g. `/v1/pipelines/{name}`. */
+  path: string
+  handle: (req: Request) => Promise<Reply> | Reply
+}
+
+export interface HttpOptions {
+  host: string
+  port: number
+  /** Largest request body accepted, bytes. */
+  maxBody: number
+}
+
+function compile (path: string): RegExp {
+  const pattern = path.replace(/[.*+?^$()|[\]\\]/g, '\\$&').replace(/\{(\w+)\}/g, '(?<$1>[^/]+)')
+  return new RegExp(`^${pattern}$`)
+}
+
+function readBody (req: IncomingMessage, max: number): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const declared = Number(req.headers['content-length'] ?? 0)
+    if (declared > max) {
+      reject(new HttpError(413, 'body_too_large', `request body of ${declared} bytes is over the limit of ${max}`))
+      req.resume()
+      return
+    }
+    const chunks: Buffer[] = []
+    let size = 0
+    req.on('data', (chunk: Buffer) => {
+      size += chunk.length
+      if (size > max) {
+        reject(new HttpError(413, 'body_too_large', `request body is over the limit of ${max} bytes`))
+        req.destroy()
+        return
+      }
+      chunks.push(chunk)
+    })
+    req.on('end', () => resolve(Buffer.concat(chunks)))
+    req.on('error', reject)
+  })
+}
+
+/** The routes of the shared API. */
+function standardRoutes (api: ServiceApi): Route[] {
+  return [
+    {
+      method: 'GET',
+      path: '/healthz',
+      handle: () => ({ status: api.isReady() ? 200 : 503, body: { status: api.isReady() ? 'ok' : 'starting', role: api.role, id: api.id } })
+    },
+    { method: 'GET', path: '/v1/pipelines', handle: () => ({ body: { pipelines: api.pipelines() } }) },
+    {
+      method: 'GET',
+      path: '/v1/aggregates/{pipeline}',
+      handle: (req) => {
+        const q = parseResultQuery(req.query)
+        const results = api.results(req.params.pipeline, q)
+        if (results === undefined) throw new HttpError(404, 'unknown_pipeline', `no pipeline named "${req.params.pipeline}"`)
+        return { body: { pipeline: req.params.pipeline, results: results.map(resultJson) } }
+      }
+    },
+    { method: 'GET', path: '/v1/mesh', handle: () => ({ body: api.mesh() }) },
+    {
+      method: 'GET',
+      path: '/metrics',
+      handle: async () => ({ raw: { contentType: api.metrics.contentType, data: await api.metrics.text() } })
+    }
+  ]
+}
+
+export class HttpService {
+  readonly #server: Server
+  readonly #routes: Array<Route & { pattern: RegExp }>
+  readonly #options: HttpOptions
+  #url = ''
+
+  constructor (api: ServiceApi, extra: Route[], options: HttpOptions) {
+    this.#options = options
+    this.#routes = [...standardRoutes(api), ...extra].map(r => ({ ...r, pattern: compile(r.path) }))
+    this.#server = createServer((req, res) => { void this.#handle(req, res) })
+    this.#server.keepAliveTimeout = 5_000
+    this.#server.headersTimeout = 10_000
+    this.#server.requestTimeout = 30_000
+  }
+
+  get url (): string {
+    return this.#url
+  }
+
+  async listen (): Promise<string> {
+    await new Promise<void>((resolve, reject) => {
+      this.#server.once('error', reject)
+      this.#server.listen(this.#options.port, this.#options.host, () => {
+        this.#server.off('error', reject)
+        resolve()
+      })
+    })
+    const { port } = this.#server.address() as AddressInfo
+    const host = this.#options.host === '0.0.0.0' || this.#options.host === '::' ? '127.0.0.1' : this.#options.host
+    this.#url = `http://${host.includes(':') ? `[${host}]` : host}:${port}`
+    return this.#url
+  }
+
+  async close (): Promise<void> {
+    this.#server.closeIdleConnections()
+    await new Promise<void>(resolve => this.#server.close(() => resolve()))
+  }
+
+  async #handle (req: IncomingMessage, res: ServerResponse): Promise<void> {
+    let reply: Reply
+    try {
+      reply = await this.#dispatch(req)
+    } catch (err) {
+      reply = errorReply(err)
+    }
+    if (res.headersSent || res.destroyed) return
+    if (reply.raw !== undefined) {
+      res.writeHead(reply.status ?? 200, { 'content-type': reply.raw.contentType })
+      res.end(reply.raw.data)
+      return
+    }
+    const body = JSON.stringify(reply.body ?? {})
+    res.writeHead(reply.status ?? 200, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(body) })
+    res.end(body)
+  }
+
+  async #dispatch (req: IncomingMessage): Promise<Reply> {
+    let url: URL
+    try {
+      url = new URL(req.url ?? '/', 'http://localhost')
+    } catch {
+      throw new HttpError(400, 'bad_request', 'malformed request URL')
+    }
+    let pathMatched = false
+    for (const route of this.#routes) {
+      const m = route.pattern.exec(url.pathname)
+      if (m == null) continue
+      pathMatched = true
+      if (route.method !== req.method) continue
+      const params: Record<string, string> = {}
+      for (const [k, v] of Object.entries(m.groups ?? {})) {
+        try {
+          params[k] = decodeURIComponent(v)
+        } catch {
+          throw new HttpError(400, 'bad_request', `malformed path segment "${v}"`)
+        }
+      }
+      return await route.handle({
+        method: req.method,
+        path: url.pathname,
+        params,
+        query: url.searchParams,
+        headers: req.headers,
+        body: async () => await readBody(req, this.#options.maxBody)
+      })
+    }
+    if (pathMatched) throw new HttpError(405, 'method_not_allowed', `${req.method ?? ''} is not allowed on ${url.pathname}`)
+    throw new HttpError(404, 'not_found', `no such endpoint: ${url.pathname}`)
+  }
+}
+
+function errorReply (err: unknown): Reply {
+  if (err instanceof HttpError) return { status: err.status, body: { error: { code: err.code, message: err.message } } }
+  if (err instanceof FogmeshError) return { status: 400, body: { error: { code: err.code, message: err.message } } }
+  console.error('internal error serving a request:', err)
+  return { status: 500, body: { error: { code: 'internal', message: 'internal error' } } }
+}

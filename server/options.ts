@@ -1,0 +1,153 @@
+/**
+ * Options of the server roles, declared once per role as a table: name, type, default and help. The
+ * same table reads the YAML config file (`--config FILE`, keys are the long flag names) and the command
+ * line (flags override the file), and prints `--help`.
+ */
+import { readFileSync } from 'node:fs'
+import { parseArgs } from 'node:util'
+import { parse as parseYaml } from 'yaml'
+import { formatDuration, parseDuration } from '../core/duration.ts'
+import { ConfigError } from '../core/errors.ts'
+
+export type OptionType = 'string' | 'strings' | 'int' | 'port' | 'duration' | 'bool' | 'bytes'
+
+export interface OptionSpec {
+  type: OptionType
+  help: string
+  /** Undefined means the option is unset unless given. */
+  default?: string | number | boolean | string[]
+  /** Only from the config file (structured values such as broker users). */
+  fileOnly?: boolean
+}
+
+export type OptionTable = Record<string, OptionSpec>
+
+const SIZE = /^(\d+)\s*(b|kb|kib|mb|mib|gb|gib)?$/i
+const SIZE_UNITS: Record<string, number> = { b: 1, kb: 1000, kib: 1024, mb: 1e6, mib: 1048576, gb: 1e9, gib: 1073741824 }
+
+function convert (name: string, spec: OptionSpec, raw: unknown): unknown {
+  const fail = (what: string): never => { throw new ConfigError(`--${name}: ${what}, got ${JSON.stringify(raw)}`) }
+  switch (spec.type) {
+    case 'string':
+      if (typeof raw !== 'string' && typeof raw !== 'number') fail('expected a string')
+      return String(raw)
+    case 'strings':
+      if (Array.isArray(raw)) return raw.map(String)
+      if (typeof raw === 'string') return [raw]
+      return fail('expected a list of strings')
+    case 'bool':
+      if (typeof raw === 'boolean') return raw
+      if (raw === 'true' || raw === 'false') return raw === 'true'
+      return fail('expected true or false')
+    case 'int':
+    case 'port': {
+      const n = typeof raw === 'number' ? raw : typeof raw === 'string' && /^\d+$/.test(raw.trim()) ? Number(raw) : NaN
+      if (!Number.isInteger(n) || n < 0) fail('expected a whole number')
+      if (spec.type === 'port' && n > 65535) fail('expected a port number from 0 to 65535')
+      return n
+    }
+    case 'duration':
+      if (typeof raw !== 'string' && typeof raw !== 'number') fail('expected a duration like 500ms, 10s or 5m')
+      try {
+        return parseDuration(raw as string | number)
+      } catch (err) {
+        throw new ConfigError(`--${name}: ${(err as Error).message}`)
+      }
+    case 'bytes': {
+      if (typeof raw === 'number' && Number.isInteger(raw) && raw >= 0) return raw
+      const m = typeof raw === 'string' ? SIZE.exec(raw.trim()) : null
+      if (m == null) return fail('expected a size like 65536, 64kib or 10mb')
+      return Number(m[1]) * SIZE_UNITS[(m[2] ?? 'b').toLowerCase()]
+    }
+  }
+}
+
+function camel (name: string): string {
+  return name.replace(/-([a-z])/g, (_, c: string) => c.toUpperCase())
+}
+
+/**
+ * Reads options: defaults, then the config file, then flags. Returns camelCase keys; `extra` holds
+ * file-only structured values under their camelCase names.
+ */
+export function readOptions (table: OptionTable, argv: string[]): Record<string, unknown> {
+  const flagOptions: Record<string, { type: 'string' | 'boolean', multiple?: boolean, short?: string }> = {
+    config: { type: 'string' },
+    help: { type: 'boolean', short: 'h' }
+  }
+  for (const [name, spec] of Object.entries(table)) {
+    if (spec.fileOnly === true) continue
+    flagOptions[name] = { type: spec.type === 'bool' ? 'boolean' : 'string', multiple: spec.type === 'strings' }
+  }
+  let parsed
+  try {
+    parsed = parseArgs({ args: argv, options: flagOptions, strict: true, allowPositionals: false })
+  } catch (err) {
+    throw new ConfigError((err as Error).message)
+  }
+  const values = parsed.values as Record<string, unknown>
+  const out: Record<string, unknown> = { help: values.help === true }
+  for (const [name, spec] of Object.entries(table)) {
+    if (spec.default !== undefined) out[camel(name)] = convert(name, spec, spec.default)
+  }
+  if (typeof values.config === 'string') {
+    let file: unknown
+    try {
+      file = parseYaml(readFileSync(values.config, 'utf8'))
+    } catch (err) {
+      throw new ConfigError(`cannot read config file ${values.config}: ${(err as Error).message}`)
+    }
+    if (file !== null && file !== undefined) {
+      if (typeof file !== 'object' || Array.isArray(file)) throw new ConfigError(`${values.config}: a config file is a mapping of option names to values`)
+      for (const [name, raw] of Object.entries(file as Record<string, unknown>)) {
+        const spec = table[name]
+        if (spec === undefined) throw new ConfigError(`${values.config}: unknown option "${name}" (known: ${Object.keys(table).join(', ')})`)
+        out[camel(name)] = spec.fileOnly === true ? raw : convert(name, spec, raw)
+      }
+    }
+  }
+  for (const [name, spec] of Object.entries(table)) {
+    if (spec.fileOnly !== true && values[name] !== undefined) out[camel(name)] = convert(name, spec, values[name])
+  }
+  return out
+}
+
+/** `--help` text for a role. */
+export function optionsHelp (usage: string, table: OptionTable): string {
+  const lines = [usage, '', 'Options (flags override the config file, whose keys are the flag names):', '  --config FILE              YAML config file']
+  for (const [name, spec] of Object.entries(table)) {
+    const shown = spec.default === undefined
+      ? ''
+      : ` (default: ${spec.type === 'duration' ? formatDuration(convert(name, spec, spec.default) as number) : String(spec.default)})`
+    const flag = spec.fileOnly === true ? `${name} (config file only)` : `--${name}${spec.type === 'bool' ? '' : ' ' + spec.type.toUpperCase()}`
+    lines.push(`  ${flag.padEnd(26)} ${spec.help}${shown}`)
+  }
+  return lines.join('\n')
+}
+
+/** Options every server role takes. */
+export const COMMON_OPTIONS: OptionTable = {
+  id: { type: 'string', help: 'name of this node in results, metrics and the mesh (default: <role>-<hostname>)' },
+  host: { type: 'string', default: '127.0.0.1', help: 'address the HTTP API listens on (0.0.0.0 for every interface)' },
+  'http-port': { type: 'port', default: 0, help: 'HTTP API port; 0 picks any free port' },
+  'data-dir': { type: 'string', help: 'directory for durable state (default: ./data/<id>)' },
+  pipelines: { type: 'string', help: 'pipelines file (YAML)' },
+  retention: { type: 'duration', default: '7d', help: 'how long results are kept' },
+  'max-results': { type: 'int', default: 1_000_000, help: 'most results kept per pipeline; the oldest windows go first' },
+  'mesh-port': { type: 'port', help: 'libp2p mesh port (mesh support arrives with the mesh release)' },
+  bootstrap: { type: 'strings', help: 'multiaddr of a mesh peer to join through (repeatable)' },
+  'mesh-key': { type: 'string', help: 'private mesh swarm key file' }
+}
+
+export interface CommonOptions {
+  id: string
+  host: string
+  httpPort: number
+  dataDir: string
+  pipelines?: string
+  retention: number
+  maxResults: number
+  meshPort?: number
+  bootstrap?: string[]
+  meshKey?: string
+}
