@@ -24,10 +24,22 @@ function isPlainObject (v: unknown): v is Fields {
   return typeof v === 'object' && v !== null && !Array.isArray(v) && !(v instanceof Uint8Array)
 }
 
+/**
+ * A reading with a NaN or infinite number in a top-level field is rejected whether or not the pipeline
+ * uses that field: such a value means a broken sensor, and its other fields are not to be trusted.
+ */
+function finite (fields: Fields): Fields {
+  for (const k in fields) {
+    const v = fields[k]
+    if (typeof v === 'number' && !Number.isFinite(v)) throw new ReadingRejected('non_finite', `field "${k}" is ${v}`)
+  }
+  return fields
+}
+
 /** A bare number is a reading with one field, `value`: `21.5` and `{"value": 21.5}` mean the same. */
 function record (v: unknown, format: string): Fields {
-  if (isPlainObject(v)) return v
-  if (typeof v === 'number') return { value: v }
+  if (isPlainObject(v)) return finite(v)
+  if (typeof v === 'number') return finite({ value: v })
   throw new ReadingRejected('parse', `${format} payload must be an object or a number, not ${Array.isArray(v) ? 'an array' : v === null ? 'null' : typeof v}`)
 }
 
@@ -58,7 +70,7 @@ const NUMBER = /^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$|^\s*[-+]?(NaN|Infi
 const textPayload: PayloadDecoder = (payload) => {
   const s = text(payload)
   if (!NUMBER.test(s)) throw new ReadingRejected('parse', `text payload "${s.slice(0, 40)}" is not a number`)
-  return [{ value: Number(s) }]
+  return [finite({ value: Number(s) })]
 }
 
 /**
@@ -98,7 +110,7 @@ const senml: PayloadDecoder = (payload) => {
     // RFC 8428: times below 2^28 are relative to now
     const t = bt + (r.t === undefined ? 0 : Number(r.t))
     fields.time = Math.abs(t) < 2 ** 28 ? Date.now() / 1000 + t : t
-    out.push(fields)
+    out.push(finite(fields))
   }
   return out
 }

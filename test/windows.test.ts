@@ -1,0 +1,150 @@
+import t from 'tap'
+import { compilePipeline } from '../core/pipeline/compile.ts'
+import { parsePipelines } from '../core/pipeline/parse.ts'
+import { WindowOperator } from '../core/windows/operator.ts'
+import { windowValues } from '../core/windows/window.ts'
+import { hoppingStarts, tumblingStart } from '../core/windows/assigners.ts'
+
+/** Event times in these tests are offsets from here, a multiple of every window size used. */
+const T0 = Date.UTC(2026, 0, 1)
+
+interface Emitted { key: string, start: number, end: number, revision: number, values: Record<string, unknown> }
+
+/** An operator over one pipeline given as YAML fields, collecting what it emits. */
+function operator (fields: string): { op: WindowOperator, out: Emitted[], send: (r: Record<string, unknown>, arrival?: number) => void } {
+  const yaml = `pipelines:\n  - name: p\n    from: s/+room\n    timestamp: ts\n    key: room\n${fields.split('\n').map(l => '    ' + l).join('\n')}\n    select:\n      n: count()\n      total: sum(value)\n`
+  const [spec] = parsePipelines(yaml)
+  const pipeline = compilePipeline(spec)
+  const out: Emitted[] = []
+  const op = new WindowOperator(pipeline, w => out.push({ key: w.key, start: w.start - T0, end: w.end - T0, revision: w.revision, values: windowValues(pipeline.selects, w) }))
+  const send = (r: Record<string, unknown>, arrival = 0) => {
+    const reading = typeof r.ts === 'number' ? { ...r, ts: T0 + r.ts } : r
+    op.ingest(Buffer.from(JSON.stringify(reading)), `s/${String(r.room ?? 'a')}`, { room: String(r.room ?? 'a') }, arrival)
+  }
+  return { op, out, send }
+}
+
+t.test('assigners align windows to the epoch', async t => {
+  t.equal(tumblingStart(12_345, 10_000), 10_000)
+  t.equal(tumblingStart(0, 10_000), 0)
+  t.same(hoppingStarts(12_345, 10_000, 5_000), [10_000, 5_000])
+  t.same(hoppingStarts(10_000, 10_000, 5_000), [10_000, 5_000])
+  t.same(hoppingStarts(10_000, 10_000, 3_000), [9_000, 6_000, 3_000], 'every that does not divide size')
+})
+
+t.test('tumbling: windows close when the watermark passes their end', async t => {
+  const { op, out, send } = operator('window: { tumbling: 10s }\nlateness: 2s')
+  send({ ts: 1_000, value: 1 })
+  send({ ts: 9_999, value: 2 })
+  send({ ts: 11_000, value: 3 })
+  t.equal(out.length, 0, 'watermark 9s has not reached 10s')
+  send({ ts: 12_000, value: 4 })
+  t.same(out, [{ key: 'a', start: 0, end: 10_000, revision: 0, values: { n: 2, total: 3 } }])
+  send({ ts: 5_000, value: 100 })
+  t.equal(op.stats.late, 1, 'a reading for a closed window is late')
+  t.equal(op.stats.accepted, 4)
+  t.equal(op.stats.emitted, 1)
+})
+
+t.test('out of order within lateness is on time', async t => {
+  const { op, out, send } = operator('window: { tumbling: 10s }\nlateness: 5s')
+  send({ ts: 14_000, value: 1 })
+  send({ ts: 9_500, value: 2 }) // watermark is 9s: the first window is still open
+  send({ ts: 15_000, value: 3 })
+  t.equal(op.stats.late, 0)
+  t.same(out.map(w => w.values), [{ n: 1, total: 2 }])
+})
+
+t.test('hopping: a reading can be late for one window and on time for another', async t => {
+  const { op, out, send } = operator('window: { hopping: 10s, every: 5s }')
+  send({ ts: 7_000, value: 1 }) // windows [0,10) and [5,15)
+  send({ ts: 12_000, value: 2 }) // closes nothing yet: watermark 12s passes 10s -> [0,10) closes
+  t.same(out.map(w => [w.start, w.values.n]), [[0, 1]])
+  send({ ts: 8_000, value: 4 }) // [0,10) closed, [5,15) open
+  t.equal(op.stats.late, 1)
+  t.equal(op.stats.accepted, 3)
+  send({ ts: 30_000, value: 0 })
+  t.same(out.map(w => [w.start, w.values.total]), [[0, 1], [5_000, 7], [10_000, 2]])
+})
+
+t.test('late: update re-emits with a higher revision within the horizon', async t => {
+  const { op, out, send } = operator('window: { tumbling: 10s }\nlate: update\nlate-horizon: 20s')
+  send({ ts: 1_000, value: 1 })
+  send({ ts: 10_000, value: 2 })
+  send({ ts: 2_000, value: 5 })
+  t.same(out.map(w => [w.start, w.revision, w.values.total]), [[0, 0, 1], [0, 1, 6]])
+  send({ ts: 3_000, value: 5, room: 'b' }) // first reading of key b in a closed window
+  t.same(out.at(-1), { key: 'b', start: 0, end: 10_000, revision: 0, values: { n: 1, total: 5 } })
+  send({ ts: 31_000, value: 0 }) // watermark 31s: [0,10) is past the 20s horizon
+  send({ ts: 4_000, value: 9 })
+  t.equal(op.stats.late, 1, 'beyond the horizon a late reading is dropped')
+})
+
+t.test('session windows merge, also out of order', async t => {
+  const { out, send } = operator('window: { session: 5s }\nlateness: 10s')
+  send({ ts: 0, value: 1 })
+  send({ ts: 8_000, value: 2 }) // separate session [8s,13s)
+  send({ ts: 4_000, value: 3 }) // [4s,9s) bridges both
+  send({ ts: 40_000, value: 0 })
+  t.same(out, [{ key: 'a', start: 0, end: 13_000, revision: 0, values: { n: 3, total: 6 } }])
+})
+
+t.test('session: a reading that extends an open session is not late', async t => {
+  const { op, out, send } = operator('window: { session: 10s }')
+  send({ ts: 0, value: 1 })
+  send({ ts: 9_000, value: 1 }) // session [0, 19s), watermark 9s
+  send({ ts: 5_000, value: 1 }) // own window [5s,15s) ends after the watermark anyway
+  t.equal(op.stats.late, 0)
+  send({ ts: 30_000, value: 1 })
+  t.same(out.map(w => [w.start, w.end, w.values.n]), [[0, 19_000, 3]])
+  send({ ts: 1_000, value: 1 }) // [1s, 11s) ends before the watermark 30s and overlaps nothing open
+  t.equal(op.stats.late, 1)
+})
+
+t.test('count windows fire every N readings per key, never late', async t => {
+  const { op, out, send } = operator('window: { count: 3 }')
+  for (const [ts, room] of [[5, 'a'], [1, 'a'], [100, 'b'], [3, 'a'], [2, 'a']] as const) send({ ts, value: ts, room })
+  t.same(out, [{ key: 'a', start: 1, end: 6, revision: 0, values: { n: 3, total: 9 } }])
+  t.equal(op.stats.late, 0)
+  op.tick(1e12)
+  t.equal(out.length, 1, 'an incomplete count window is not emitted at idle')
+  t.equal([...op.openWindows()].length, 2)
+})
+
+t.test('idle closes open windows and later stragglers are late', async t => {
+  const { op, out, send } = operator('window: { tumbling: 10s }\nidle: 1s')
+  send({ ts: 1_000, value: 1 }, 100)
+  op.tick(600)
+  t.equal(out.length, 0)
+  op.tick(1_100)
+  t.equal(out.length, 1)
+  send({ ts: 2_000, value: 1 }, 1_200)
+  t.equal(op.stats.late, 1)
+})
+
+t.test('arrival-time pipelines close windows with the clock', async t => {
+  const [spec] = parsePipelines('pipelines:\n  - name: p\n    from: s\n    format: text\n    window: { tumbling: 1s }\n    select: { n: count() }\n')
+  const pipeline = compilePipeline(spec)
+  const out: number[] = []
+  const op = new WindowOperator(pipeline, w => out.push(w.start))
+  op.ingest(Buffer.from('1'), 's', {}, 10_100)
+  op.ingest(Buffer.from('2'), 's', {}, 10_900)
+  op.tick(10_999)
+  t.same(out, [])
+  op.tick(11_000)
+  t.same(out, [10_000])
+})
+
+t.test('bad readings are counted by reason and never throw', async t => {
+  const { op, send } = operator('window: { tumbling: 10s }\nwhere: value < 100.0')
+  op.ingest(Buffer.from('{nope'), 's/a', { room: 'a' }, 0)
+  send({ value: 1 }) // no ts
+  send({ ts: 'yesterday', value: 1 })
+  send({ ts: 1, value: 'hot' })
+  send({ ts: 1, value: 500 }) // filtered by where
+  send({ ts: '3000-01-01T00:00:00Z', value: 1 })
+  op.ingest(Buffer.from('{"ts":1,"value":1e999}'), 's/a', { room: 'a' }, 0)
+  t.same(op.stats.rejected, { parse: 1, missing_field: 1, bad_timestamp: 2, expression: 1, non_finite: 1 })
+  t.equal(op.stats.filtered, 1)
+  t.equal(op.stats.accepted, 0)
+})
