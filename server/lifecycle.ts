@@ -12,13 +12,16 @@ export async function runUntilSignal (node: Runnable): Promise<number> {
   await node.start()
   process.stdout.write(node.readyLine() + '\n')
   return await new Promise<number>((resolve) => {
-    let stopping = false
+    let stoppingSince = 0
     const onSignal = (signal: NodeJS.Signals) => {
-      if (stopping) {
+      // Ctrl-C reaches us twice when a launcher re-executed us (once from the terminal, once forwarded):
+      // only a signal well after the first means "stop now".
+      if (stoppingSince > 0 && Date.now() - stoppingSince < 2_000) return
+      if (stoppingSince > 0) {
         process.stderr.write(`${signal} again: exiting without a clean stop\n`)
         process.exit(1)
       }
-      stopping = true
+      stoppingSince = Date.now()
       node.stop().then(() => resolve(0), (err: unknown) => {
         process.stderr.write(`error while stopping: ${(err as Error).message}\n`)
         resolve(1)
