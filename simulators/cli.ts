@@ -1,0 +1,177 @@
+/**
+ * `fogmesh sim`: the seeded sensor simulator on the command line.
+ */
+import { parseArgs } from 'node:util'
+import { parseDuration } from '../core/duration.ts'
+import { ConfigError, FogmeshError } from '../core/errors.ts'
+import { loadPipelinesFile } from '../core/pipeline/parse.ts'
+import type { PayloadFormat } from '../core/pipeline/spec.ts'
+import { SIM_DEFAULTS, SIM_FORMATS } from './options.ts'
+import type { SimInput } from './options.ts'
+import { runSimulator } from './sim.ts'
+
+export const SIM_HELP = `usage: fogmesh sim [options]
+
+Publishes seeded, simulated sensor readings over MQTT and can write the exact results the pipelines
+must produce from them (the ground truth).
+
+Devices and readings:
+  --devices N            number of devices; device i is d<i> (default ${SIM_DEFAULTS.devices})
+  --rooms N              number of rooms; device i is in room r<i % rooms> (default ${SIM_DEFAULTS.rooms})
+  --rate N               readings per second of event time per device (default ${SIM_DEFAULTS.rate})
+  --duration D           event time covered, e.g. 30s, 5m (default 30s)
+  --topic T              topic template, {room} and {device} substituted
+                         (default ${SIM_DEFAULTS.topic})
+  --format F             json | cbor | text | senml (default json)
+                           json, cbor: {device, room, value, humidity, ts} with ts in epoch ms
+                           text: just the value; no event time, room or device in the payload
+                           senml: [{"bn":"<device>:","bt":<seconds>,"n":"temp","u":"Cel","v":<value>}];
+                                  the room comes from the topic
+  --seed N               seed; the same options and seed give the same messages (default ${SIM_DEFAULTS.seed})
+
+Time:
+  --start T              event-time origin, ISO-8601 or epoch ms; default: now
+  --speed X              event time per wall-clock time; 0 = as fast as the brokers ack
+                         (default 0 with --start, else 1: real time)
+
+Trouble:
+  --jitter D             shift each event time back by U(0, D): out of order (default 0)
+  --late-share P         share of readings whose event time is pushed back by --late-by (default 0)
+  --late-by D            how far late readings are pushed back (default 60s)
+  --duplicate-share P    share of messages published twice (default 0)
+  --malformed-share P    share of readings replaced by a malformed payload (default 0)
+
+MQTT:
+  --mqtt URL             a broker; repeat for several. Device i publishes to broker i % brokers
+                         over one connection per broker (default ${SIM_DEFAULTS.mqtt[0]})
+  --qos N                0, 1 or 2 (default ${SIM_DEFAULTS.qos})
+
+Ground truth:
+  --pipelines FILE       the pipelines to compute the truth for
+  --truth FILE           write the truth JSON there (needs --pipelines)
+  --dry-run              generate and write the truth, publish nothing
+
+  -h, --help             this help
+`
+
+function number (flag: string, text: string | undefined): number | undefined {
+  if (text === undefined) return undefined
+  const v = Number(text)
+  if (text.trim() === '' || !Number.isFinite(v)) throw new ConfigError(`--${flag} must be a number, not "${text}"`)
+  return v
+}
+
+function duration (flag: string, text: string | undefined): number | undefined {
+  if (text === undefined) return undefined
+  try {
+    return parseDuration(text)
+  } catch (err) {
+    throw new ConfigError(`--${flag}: ${(err as Error).message}`)
+  }
+}
+
+/** ISO-8601 or epoch milliseconds. */
+export function parseStart (text: string): number {
+  const ms = /^\d+$/.test(text.trim()) ? Number(text) : Date.parse(text)
+  if (!Number.isFinite(ms)) throw new ConfigError(`--start must be an ISO-8601 time or epoch milliseconds, not "${text}"`)
+  return ms
+}
+
+/** Turns command-line arguments into simulator input (pipelines not loaded yet). */
+export function parseSimArgs (argv: string[]): { help: boolean, input: SimInput, pipelinesFile?: string } {
+  const { values } = parseArgs({
+    args: argv,
+    strict: true,
+    allowPositionals: false,
+    options: {
+      devices: { type: 'string' },
+      rooms: { type: 'string' },
+      rate: { type: 'string' },
+      duration: { type: 'string' },
+      topic: { type: 'string' },
+      format: { type: 'string' },
+      start: { type: 'string' },
+      speed: { type: 'string' },
+      seed: { type: 'string' },
+      jitter: { type: 'string' },
+      'late-share': { type: 'string' },
+      'late-by': { type: 'string' },
+      'duplicate-share': { type: 'string' },
+      'malformed-share': { type: 'string' },
+      mqtt: { type: 'string', multiple: true },
+      qos: { type: 'string' },
+      pipelines: { type: 'string' },
+      truth: { type: 'string' },
+      'dry-run': { type: 'boolean' },
+      help: { type: 'boolean', short: 'h' }
+    }
+  })
+  if (values.format !== undefined && !SIM_FORMATS.includes(values.format as PayloadFormat)) {
+    throw new ConfigError(`--format must be one of ${SIM_FORMATS.join(', ')}, not "${values.format}"`)
+  }
+  const qos = number('qos', values.qos)
+  if (qos !== undefined && qos !== 0 && qos !== 1 && qos !== 2) throw new ConfigError(`--qos must be 0, 1 or 2, not ${qos}`)
+  const input: SimInput = {
+    devices: number('devices', values.devices),
+    rooms: number('rooms', values.rooms),
+    rate: number('rate', values.rate),
+    duration: duration('duration', values.duration),
+    topic: values.topic,
+    format: values.format as PayloadFormat | undefined,
+    start: values.start === undefined ? undefined : parseStart(values.start),
+    speed: number('speed', values.speed),
+    seed: number('seed', values.seed),
+    jitter: duration('jitter', values.jitter),
+    lateShare: number('late-share', values['late-share']),
+    lateBy: duration('late-by', values['late-by']),
+    duplicateShare: number('duplicate-share', values['duplicate-share']),
+    malformedShare: number('malformed-share', values['malformed-share']),
+    mqtt: values.mqtt,
+    qos: qos as 0 | 1 | 2 | undefined,
+    truth: values.truth,
+    dryRun: values['dry-run'] ?? false
+  }
+  if (values.truth !== undefined && values.pipelines === undefined) throw new ConfigError('--truth needs --pipelines')
+  return { help: values.help ?? false, input, pipelinesFile: values.pipelines }
+}
+
+/** Runs `fogmesh sim`; returns the exit code (2 for usage errors). */
+export async function simCommand (argv: string[]): Promise<number> {
+  let parsed
+  try {
+    parsed = parseSimArgs(argv)
+  } catch (err) {
+    process.stderr.write(`fogmesh sim: ${(err as Error).message}\nTry fogmesh sim --help.\n`)
+    return 2
+  }
+  if (parsed.help) {
+    process.stdout.write(SIM_HELP)
+    return 0
+  }
+  const abort = new AbortController()
+  const onSignal = (): void => abort.abort(new FogmeshError('ERR_ABORTED', 'interrupted'))
+  process.once('SIGINT', onSignal)
+  process.once('SIGTERM', onSignal)
+  try {
+    const pipelines = parsed.pipelinesFile === undefined ? undefined : await loadPipelinesFile(parsed.pipelinesFile)
+    await runSimulator({ ...parsed.input, pipelines, signal: abort.signal, log: line => process.stdout.write(line + '\n') })
+    return 0
+  } catch (err) {
+    if (abort.signal.aborted) {
+      process.stderr.write('fogmesh sim: interrupted\n')
+      return 130
+    }
+    if (err instanceof ConfigError) {
+      process.stderr.write(`fogmesh sim: ${err.message}\n`)
+      return 2
+    }
+    if (err instanceof FogmeshError) {
+      process.stderr.write(`fogmesh sim: ${err.message}\n`)
+      return 1
+    }
+    throw err
+  } finally {
+    process.off('SIGINT', onSignal)
+    process.off('SIGTERM', onSignal)
+  }
+}
