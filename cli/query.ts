@@ -1,15 +1,6 @@
 /** `fogmesh query URL PIPELINE`: prints results from any tier as a table, or JSON with --json. */
 import { parseArgs } from 'node:util'
-
-interface ResultJson {
-  key: string
-  start: string
-  end: string
-  final: boolean
-  revision: number
-  sources: number
-  values: Record<string, unknown>
-}
+import type { ResultJson } from '../server/results.ts'
 
 function cell (v: unknown): string {
   if (typeof v === 'number') return Number.isInteger(v) ? String(v) : v.toFixed(Math.abs(v) >= 100 ? 1 : 3)

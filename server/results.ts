@@ -40,7 +40,18 @@ export function matchesQuery (r: WindowResult, q: ResultQuery): boolean {
 }
 
 /** The JSON shape of a result in the HTTP API. */
-export function resultJson (r: WindowResult): Record<string, unknown> {
+export interface ResultJson {
+  key: string
+  /** ISO-8601, UTC. */
+  start: string
+  end: string
+  final: boolean
+  revision: number
+  sources: number
+  values: Values
+}
+
+export function resultJson (r: WindowResult): ResultJson {
   return {
     key: r.key,
     start: new Date(r.start).toISOString(),

@@ -4,18 +4,11 @@
  * summation order), 1% for percentile, exact up to 1000 and 2% beyond for distinct.
  */
 import type { PipelineSpec } from '../../core/pipeline/spec.ts'
+import type { ResultJson } from '../../server/results.ts'
 import type { WindowResult as TruthResult } from '../../simulators/truth.ts'
 import { fetchJson } from './process.ts'
 
-export interface ServedResult {
-  key: string
-  start: string
-  end: string
-  final: boolean
-  revision: number
-  sources: number
-  values: Record<string, number | string | null>
-}
+export type ServedResult = ResultJson
 
 function close (a: number, b: number, rel: number): boolean {
   return Math.abs(a - b) <= rel * Math.max(Math.abs(a), Math.abs(b)) + 1e-12
