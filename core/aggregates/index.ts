@@ -1,8 +1,18 @@
 /**
  * The registry of aggregate functions, by the name pipelines use. Adding an aggregate is one file in
- * this folder (exporting an AggregateFunction as a named const) plus one line in the list below.
+ * this folder (exporting an AggregateFunction as a named const), imported and listed below.
  */
 import type { AggregateFunction } from './aggregate.ts'
+import { avg } from './avg.ts'
+import { count } from './count.ts'
+import { distinct } from './distinct.ts'
+import { first } from './first.ts'
+import { last } from './last.ts'
+import { max } from './max.ts'
+import { min } from './min.ts'
+import { percentile } from './percentile.ts'
+import { stddev } from './stddev.ts'
+import { sum } from './sum.ts'
 
 export type { AggregateFunction } from './aggregate.ts'
 
@@ -10,19 +20,7 @@ export type { AggregateFunction } from './aggregate.ts'
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
 export type AnyAggregate = AggregateFunction<any>
 
-// A dynamic import per entry keeps registering an aggregate to this one line.
-const LIST: readonly AnyAggregate[] = [
-  (await import('./count.ts')).count,
-  (await import('./sum.ts')).sum,
-  (await import('./min.ts')).min,
-  (await import('./max.ts')).max,
-  (await import('./avg.ts')).avg,
-  (await import('./stddev.ts')).stddev,
-  (await import('./percentile.ts')).percentile,
-  (await import('./distinct.ts')).distinct,
-  (await import('./first.ts')).first,
-  (await import('./last.ts')).last
-]
+const LIST: readonly AnyAggregate[] = [count, sum, min, max, avg, stddev, percentile, distinct, first, last]
 
 export const AGGREGATES: ReadonlyMap<string, AnyAggregate> = new Map(LIST.map(a => [a.name, a]))
 

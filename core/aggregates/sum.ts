@@ -3,7 +3,9 @@
  *
  * Kept as a Neumaier-compensated sum (a running sum plus the rounding error it has dropped), so that
  * adding many readings, and merging partial sums in any order, matches the exact sum to within a few
- * ulps instead of drifting with the number and order of additions. A sum beyond ±1.8e308 overflows to
+ * ulps instead of drifting with the number and order of additions. The bound is n·ε²·Σ|x| (ε = 2^-53):
+ * only partial sums more than ~1e15 times larger than the readings that must survive them (1e150
+ * next to 1e15, the big ones cancelling) lose those readings. A sum beyond ±1.8e308 overflows to
  * ±Infinity (such a state cannot be encoded for the wire: decode rejects non-finite numbers).
  *
  * Encoded as the sum alone when the compensation is zero (the common case for integer readings), else
