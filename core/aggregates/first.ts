@@ -6,45 +6,6 @@
  *
  * Encoded as `[eventTime, value]`, or null when empty.
  */
-import type { AggregateFunction } from './aggregate.ts'
-import { compareScalar, decodeTimed, encodeTimed, type TimedState } from './scalar.ts'
+import { timedAggregate } from './scalar.ts'
 
-export const first: AggregateFunction<TimedState> = {
-  name: 'first',
-  input: 'scalar',
-  params: 0,
-
-  create () {
-    return { t: 0, v: null }
-  },
-
-  add (state, value, eventTime) {
-    const v = value as number | string
-    if (state.v === null || eventTime < state.t || (eventTime === state.t && compareScalar(v, state.v) < 0)) {
-      state.t = eventTime
-      state.v = v === 0 ? 0 : v
-    }
-    return state
-  },
-
-  merge (state, other) {
-    const v = other.v
-    if (v !== null && (state.v === null || other.t < state.t || (other.t === state.t && compareScalar(v, state.v) < 0))) {
-      state.t = other.t
-      state.v = v
-    }
-    return state
-  },
-
-  result (state) {
-    return state.v
-  },
-
-  encode (state) {
-    return encodeTimed(state)
-  },
-
-  decode (data) {
-    return decodeTimed('first', data)
-  }
-}
+export const first = timedAggregate('first', -1)
