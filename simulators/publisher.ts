@@ -15,7 +15,7 @@ const MAX_IN_FLIGHT = 256
 
 export class SimulatorError extends FogmeshError {
   constructor (message: string, options?: ErrorOptions) {
-    super('ERR_SIM', message, options)
+    super('sim_failed', message, options)
   }
 }
 

@@ -3,44 +3,18 @@
 // compare with aggregating everything at once and with a naive exact computation.
 import { decode as cborDecode, encode as cborEncode } from 'cbor-x'
 import t from 'tap'
+import { fsum, mulberry32 } from './helpers/numeric.ts'
 import { AGGREGATES, type AnyAggregate } from '../core/aggregates/index.ts'
 import { EXACT_LIMIT } from '../core/aggregates/distinct.ts'
 
 type Scalar = number | string
 interface Reading { v: Scalar, t: number }
 
-function mulberry32 (seed: number): () => number {
-  return () => {
-    seed = (seed + 0x6d2b79f5) | 0
-    let x = Math.imul(seed ^ (seed >>> 15), 1 | seed)
-    x = (x + Math.imul(x ^ (x >>> 7), 61 | x)) ^ x
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296
-  }
-}
 
 const rnd = mulberry32(20240601)
 const int = (n: number): number => Math.floor(rnd() * n)
 const pick = <T>(xs: readonly T[]): T => xs[int(xs.length)]
 
-/** Shewchuk's exactly rounded sum (Python's math.fsum). */
-function fsum (xs: readonly number[]): number {
-  const partials: number[] = []
-  for (let x of xs) {
-    let i = 0
-    for (let y of partials) {
-      if (Math.abs(x) < Math.abs(y)) [x, y] = [y, x]
-      const hi = x + y
-      const lo = y - (hi - x)
-      if (lo !== 0) partials[i++] = lo
-      x = hi
-    }
-    partials.length = i
-    partials.push(x)
-  }
-  let total = 0
-  for (let i = partials.length - 1; i >= 0; i--) total += partials[i]
-  return total
-}
 
 /** The order first/last use, written independently of the implementation. */
 function before (a: Reading, b: Reading): boolean {

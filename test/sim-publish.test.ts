@@ -142,7 +142,7 @@ t.test('an unreachable broker fails the run with a readable error', { timeout: 1
   await once(probe, 'listening')
   const { port } = probe.address() as AddressInfo
   probe.close()
-  await t.rejects(runSimulator({ start: START, duration: 1000, mqtt: [`mqtt://127.0.0.1:${port}`] }), { code: 'ERR_SIM', message: /cannot connect to mqtt:\/\/127\.0\.0\.1/ })
+  await t.rejects(runSimulator({ start: START, duration: 1000, mqtt: [`mqtt://127.0.0.1:${port}`] }), { code: 'sim_failed', message: /cannot connect to mqtt:\/\/127\.0\.0\.1/ })
 })
 
 t.test('cli: flags, help, dry run with a pipelines file', { timeout: 10_000 }, async t => {
