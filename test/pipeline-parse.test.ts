@@ -80,6 +80,11 @@ t.test('YAML syntax errors and structural mistakes', async t => {
     ['2:55: window.every must be at least 1ms and at most the window size'])
 })
 
+t.test('a comma inside a flow mapping gets a hint', async t => {
+  t.match(problems('pipelines:\n  - { name: a, from: x, window: { count: 1 }, select: { p: percentile(value, 0.5) } }\n')[0],
+    /select.p: expected an aggregate call like sum\(value\), got "percentile\(value" \(inside \{ \} a comma ends the entry/)
+})
+
 t.test('expression errors point into the expression', async t => {
   t.same(problems('pipelines:\n  - name: a\n    from: x\n    where: value >> 3\n    window: { count: 1 }\n    select: { n: count() }\n'),
     ['4:19: where: invalid expression: Unexpected token: GT'])

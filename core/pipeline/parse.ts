@@ -121,7 +121,8 @@ function parseSelect (node: Node | null, problems: Problems, at: Pair): SelectSp
     if (text === undefined || value == null) continue
     const call = CALL.exec(text)
     if (call == null) {
-      const hint = (text.match(/\(/g) ?? []).length > (text.match(/\)/g) ?? []).length ? ' (inside { } a comma ends the entry: quote the call or use one line per field)' : ''
+      const unbalanced = (text.match(/\(/g) ?? []).length > (text.match(/\)/g) ?? []).length
+      const hint = unbalanced && node.flow === true ? ' (inside { } a comma ends the entry: quote the call or use one line per field)' : ''
       problems.add(value, `select.${key}: expected an aggregate call like sum(value), got "${text}"${hint}`)
       continue
     }
