@@ -156,7 +156,7 @@ export class EdgeAgent implements ServiceApi {
     m.counter('fogmesh_readings_filtered_total', 'Readings left out by the pipeline\'s where', ['pipeline'], perPipeline(o => o.stats.filtered))
     m.counter('fogmesh_windows_emitted_total', 'Windows closed and emitted, late revisions included', ['pipeline'], perPipeline(o => o.stats.emitted))
     m.gauge('fogmesh_watermark_seconds', 'Event-time watermark of each pipeline', ['pipeline'], () => ops().filter(o => Number.isFinite(o.watermark)).map(o => [{ pipeline: o.pipeline.spec.name }, o.watermark / 1000]))
-    m.gauge('fogmesh_open_windows', 'Windows currently open', ['pipeline'], perPipeline(o => [...o.openWindows()].length))
+    m.gauge('fogmesh_open_windows', 'Windows currently open', ['pipeline'], perPipeline(o => o.openCount))
     m.counter('fogmesh_readings_rejected_total', 'Readings rejected, by reason', ['reason'], () => REASONS.map(reason => {
       let n = this.#runner.stats.rejected[reason] ?? 0
       for (const o of ops()) n += o.stats.rejected[reason] ?? 0

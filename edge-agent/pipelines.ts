@@ -10,10 +10,21 @@ import type { WindowState } from '../core/windows/window.ts'
 
 export type WindowHandler = (operator: WindowOperator, window: WindowState) => void
 
+/** The operators a topic goes to, with the named wildcards it binds for each. */
+type Route = Array<{ operator: WindowOperator, bindings: Record<string, string> }>
+
+/**
+ * How many topics' routes are remembered. Sensors publish to a fixed set of topics, so matching each
+ * topic once instead of per message saves splitting and comparing on the hot path; the bound keeps a
+ * client that invents topics from growing memory (the cache is just dropped when full).
+ */
+const ROUTE_CACHE_SIZE = 10_000
+
 export class PipelineRunner {
   readonly #operators = new Map<string, WindowOperator>()
   readonly #onWindow: WindowHandler
   readonly #maxPayload: number
+  readonly #routes = new Map<string, Route>()
   /** Messages no pipeline wanted, and rejections before any pipeline saw the message. */
   readonly stats = { messages: 0, unmatched: 0, rejected: {} as Partial<Record<RejectReason, number>> }
 
@@ -26,6 +37,7 @@ export class PipelineRunner {
   add (spec: PipelineSpec): void {
     const operator: WindowOperator = new WindowOperator(compilePipeline(spec), (w) => this.#onWindow(operator, w))
     this.#operators.set(spec.name, operator)
+    this.#routes.clear()
   }
 
   get operators (): ReadonlyMap<string, WindowOperator> {
@@ -39,19 +51,31 @@ export class PipelineRunner {
 
   onMessage (topic: string, payload: Uint8Array, arrival: number): void {
     this.stats.messages++
-    let matched = false
-    for (const operator of this.#operators.values()) {
-      const bindings = operator.pipeline.topic.match(topic)
-      if (bindings === undefined) continue
-      if (!matched && payload.length > this.#maxPayload) {
-        // Counted once per message, not per pipeline: it is one bad reading.
-        this.stats.rejected.too_large = (this.stats.rejected.too_large ?? 0) + 1
-        return
-      }
-      matched = true
-      operator.ingest(payload, topic, bindings, arrival)
+    const route = this.#route(topic)
+    if (route.length === 0) {
+      this.stats.unmatched++
+      return
     }
-    if (!matched) this.stats.unmatched++
+    if (payload.length > this.#maxPayload) {
+      // Counted once per message, not per pipeline: it is one bad reading.
+      this.stats.rejected.too_large = (this.stats.rejected.too_large ?? 0) + 1
+      return
+    }
+    for (const { operator, bindings } of route) operator.ingest(payload, topic, bindings, arrival)
+  }
+
+  #route (topic: string): Route {
+    let route = this.#routes.get(topic)
+    if (route === undefined) {
+      route = []
+      for (const operator of this.#operators.values()) {
+        const bindings = operator.pipeline.topic.match(topic)
+        if (bindings !== undefined) route.push({ operator, bindings })
+      }
+      if (this.#routes.size >= ROUTE_CACHE_SIZE) this.#routes.clear()
+      this.#routes.set(topic, route)
+    }
+    return route
   }
 
   tick (now: number): void {

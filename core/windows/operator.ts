@@ -307,6 +307,14 @@ export class WindowOperator {
     }
   }
 
+  /** How many windows are open, without listing them (for metrics). */
+  get openCount (): number {
+    let n = this.#counts.size
+    for (const byKey of this.#open.values()) n += byKey.size
+    for (const sessions of this.#sessions.values()) n += sessions.length
+    return n
+  }
+
   /** The windows still open, for live queries (not final). */
   * openWindows (): Generator<WindowState> {
     for (const byKey of this.#open.values()) yield * byKey.values()
