@@ -279,3 +279,39 @@ t.test('results survive a restart: the store is durable', async t => {
   t.teardown(() => second.stop())
   t.same(await fetchResults(second.http, 'room-temp'), before, 'the same results after a restart')
 })
+
+t.test('an existing broker: the persistent session keeps readings while the agent is away, and it reconnects', async t => {
+  const broker = await startMosquitto({ extraConfig: ['max_queued_messages 1000000'] })
+  t.teardown(() => broker.stop())
+  const dir = await tmpDir('fogmesh-session-')
+  t.teardown(() => dir.cleanup())
+  const args = ['edge', '--id', 'e1', '--pipelines', ALL_WINDOWS, '--mqtt-url', broker.url, '--http-port', '0', '--data-dir', join(dir.path, 'data')]
+  const accepted = async (base: string) => (await fetchMetric(base, 'fogmesh_mqtt_messages_total')).get('') ?? 0
+  const publisher = await mqtt.connectAsync(broker.url, { reconnectPeriod: 200 })
+  t.teardown(() => publisher.endAsync(true))
+  const reading = (i: number) => JSON.stringify({ device: `d${i % 5}`, room: 'r1', value: 20 + i / 100, humidity: 50, ts: START + i * 100 })
+
+  const first = await startFogmesh(args)
+  for (let i = 0; i < 50; i++) await publisher.publishAsync('sensors/r1/temperature', reading(i), { qos: 1 })
+  await waitFor(async () => (await accepted(first.http)) === 50, { timeoutMs: 5_000, message: 'the first 50 readings' })
+  t.equal(await first.stop(), 0)
+
+  // Published while no agent runs: the broker queues them in the agent's session.
+  for (let i = 50; i < 100; i++) await publisher.publishAsync('sensors/r1/temperature', reading(i), { qos: 1 })
+  const second = await startFogmesh(args)
+  t.teardown(() => second.stop())
+  await waitFor(async () => (await accepted(second.http)) === 50, { timeoutMs: 5_000, message: 'the 50 readings queued while the agent was away' })
+  t.pass('readings published while the agent was down arrive when it is back')
+
+  // The broker restarts (its sessions are gone): the agent reconnects and subscribes again.
+  await broker.stop()
+  const again = await startMosquitto({ port: broker.port, extraConfig: ['max_queued_messages 1000000'] })
+  t.teardown(() => again.stop())
+  const late = await mqtt.connectAsync(again.url)
+  t.teardown(() => late.endAsync(true))
+  await waitFor(async () => {
+    await late.publishAsync('sensors/r1/temperature', reading(100), { qos: 1 })
+    return (await accepted(second.http)) > 50
+  }, { timeoutMs: 10_000, intervalMs: 300, message: 'a reading after the broker restarted' })
+  t.pass('after a broker restart the agent receives readings again')
+})
