@@ -1,11 +1,13 @@
 // Property tests: for random datasets, split the readings into random parts in random order, aggregate
 // each part, send each state through encode -> CBOR -> decode, merge the states in random order, and
 // compare with aggregating everything at once and with a naive exact computation.
+import { DDSketch } from '@datadog/sketches-js'
 import { decode as cborDecode, encode as cborEncode } from 'cbor-x'
 import t from 'tap'
 import { fsum, mulberry32 } from './helpers/numeric.ts'
 import { AGGREGATES, type AnyAggregate } from '../core/aggregates/index.ts'
 import { EXACT_LIMIT } from '../core/aggregates/distinct.ts'
+import { EXACT_LIMIT as PERCENTILE_EXACT_LIMIT } from '../core/aggregates/percentile.ts'
 
 type Scalar = number | string
 interface Reading { v: Scalar, t: number }
@@ -177,13 +179,14 @@ t.test('merging random splits equals aggregating everything at once', async t =>
 
     const percentile = AGGREGATES.get('percentile')!
     const sorted = numeric.map(r => r.v as number).sort((a, b) => a - b)
-    // One split per round; decode gives the merged sketch each quantile (q is a parameter, not state).
-    const mergedSketch = percentile.encode(splitAndMerge(percentile, [0.5], numeric, 8, checkUntouched))
+    // One split per round; decode gives the merged state each quantile (q is a parameter, not state).
+    const mergedState = percentile.encode(splitAndMerge(percentile, [0.5], numeric, 8, checkUntouched))
     for (const q of QUANTILES) {
       const whole = percentile.result(aggregate(percentile, [q], numeric))
-      const merged = percentile.result(percentile.decode(mergedSketch, [q]))
-      const expected = sorted[Math.floor(q * (n - 1))]
+      const merged = percentile.result(percentile.decode(mergedState, [q]))
+      const expected = sorted[Math.floor(q * (n - 1))] + 0
       checks++
+      if (n <= PERCENTILE_EXACT_LIMIT && !Object.is(whole, expected)) fail(`round ${round}, percentile q=${q} of ${n}: ${whole}, not exactly ${expected}`)
       if (relErr(whole, expected) > 0.01 * (1 + 1e-12)) fail(`round ${round}, percentile q=${q} of ${n}: ${whole}, exact ${expected}`)
       if (!Object.is(merged, whole)) fail(`round ${round}, percentile q=${q} of ${n}: merged ${merged}, all at once ${whole}`)
     }
@@ -214,5 +217,88 @@ t.test('distinct: exact up to 1000, within 2% beyond, merge-order independent', 
     if (n <= EXACT_LIMIT) t.equal(whole, n, `${n}: exact`)
     else t.ok(Math.abs(whole - n) <= 0.02 * n, `${n}: estimate ${whole} within 2% (${((whole - n) / n * 100).toFixed(2)}%)`)
     t.equal(merged, whole, `${n}: merged in parts equals all at once`)
+  }
+})
+
+/**
+ * The state DDSketch itself makes of the readings, in percentile's wire form: an independent check that
+ * the sketch's bins are the library's, however the state got there. The library's min and max may be -0.
+ */
+function librarySketch (xs: readonly number[]): unknown {
+  const sketch = new DDSketch({ relativeAccuracy: 0.01 })
+  for (const x of xs) sketch.accept(x)
+  const store = (s: DDSketch['store']): [number, number[]] => {
+    if (s.count === 0) return [0, []]
+    const out: number[] = []
+    for (let k = s.minKey; k <= s.maxKey; k++) {
+      const c = s.bins[k - s.offset]
+      if (c > 0) out.push(c)
+      else if (out[out.length - 1] < 0) out[out.length - 1]--
+      else out.push(-1)
+    }
+    return [s.minKey, out]
+  }
+  return [sketch.min + 0, sketch.max + 0, sketch.zeroCount, ...store(sketch.negativeStore), ...store(sketch.store)]
+}
+
+t.test('percentile: exact and sketch states, merged across the limit in any split and order', async t => {
+  const percentile = AGGREGATES.get('percentile')!
+  const limit = PERCENTILE_EXACT_LIMIT
+  const kinds: Record<string, () => number> = {
+    ...NUMBER_KINDS,
+    // Magnitudes a sketch counts as zero, which the exact form keeps.
+    tiny: () => pick([0, -0, 5e-324, -1e-310, 1e-308, 2.3e-308, -3]),
+    signs: () => pick([-1, 1]) * (2 + int(5)),
+    // Parts with and without negative readings, so that stores start empty on one side of a merge.
+    skewed: () => (rnd() < 0.03 ? -1 : 1) * (2 + int(100))
+  }
+  const failures: string[] = []
+  const fail = (message: string): void => { if (failures.length < 30) failures.push(message) }
+  // What kinds of merge happened, to show that every one was exercised.
+  const seen: Record<string, number> = {}
+  const isExact = (state: unknown): boolean => {
+    const encoded = percentile.encode(state)
+    return encoded === null || (encoded as unknown[]).length === 1
+  }
+  const tracked: AnyAggregate = {
+    ...percentile,
+    merge: (a, b) => {
+      if (percentile.result(b) !== null) {
+        const kind = `${isExact(a) ? 'exact' : 'sketch'} + ${isExact(b) ? 'exact' : 'sketch'}`
+        const merged = percentile.merge(a, b)
+        const key = kind === 'exact + exact' ? `exact + exact -> ${isExact(merged) ? 'exact' : 'sketch'}` : kind
+        seen[key] = (seen[key] ?? 0) + 1
+        return merged
+      }
+      return percentile.merge(a, b)
+    }
+  }
+  for (let round = 0; round < 400; round++) {
+    // Mostly around the limit, so that parts fall on both sides of it.
+    const n = pick([1 + int(limit), limit - 3 + int(7), limit + int(3 * limit), 1 + int(20 * limit)])
+    const kind = pick([...Object.keys(kinds), 'mixed'])
+    const xs = Array.from({ length: n }, kind === 'mixed' ? () => kinds[pick(Object.keys(kinds).filter(k => k !== 'huge'))]() : kinds[kind])
+    const rs: Reading[] = xs.map(v => ({ v, t: 0 }))
+    const whole = aggregate(percentile, [0.5], rs)
+    const merged = splitAndMerge(tracked, [0.5], rs, 2 + int(10), round % 4 === 0)
+    const where = `round ${round}, ${n} readings (${kind})`
+    const wholeEncoded = percentile.encode(whole)
+    t.strictSame(percentile.encode(merged), wholeEncoded, `${where}: merged in parts is the state of everything at once`)
+    if (isExact(whole) !== (n <= limit)) fail(`${where}: ${isExact(whole) ? 'exact' : 'a sketch'}`)
+    if (n > limit) t.strictSame(wholeEncoded, librarySketch(xs), `${where}: the library's own sketch`)
+    const sorted = [...xs].sort((a, b) => a - b)
+    for (const q of [0, 0.1, 0.5, 0.9, 0.99, 1]) {
+      const got = percentile.result(percentile.decode(wholeEncoded, [q]))
+      const expected = sorted[Math.floor(q * (n - 1))] + 0
+      if (n <= limit || q === 0 || q === 1) {
+        if (!Object.is(got, expected)) fail(`${where}, q = ${q}: ${got}, not exactly ${expected}`)
+      } else if (Math.abs(expected) <= 2.3e-308 ? got !== 0 && relErr(got, expected) > 0.01 : relErr(got, expected) > 0.01 * (1 + 1e-12)) {
+        fail(`${where}, q = ${q}: ${got}, not within 1% of ${expected}`)
+      }
+    }
+  }
+  t.same(failures, [])
+  for (const kind of ['exact + exact -> exact', 'exact + exact -> sketch', 'exact + sketch', 'sketch + exact', 'sketch + sketch']) {
+    t.ok((seen[kind] ?? 0) >= 20, `${kind}: ${seen[kind] ?? 0} merges`)
   }
 })
