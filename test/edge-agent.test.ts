@@ -2,8 +2,10 @@
  * The edge agent as users run it: a real process, readings over real MQTT (the embedded broker and
  * Mosquitto), results over HTTP, checked against the simulator's ground truth.
  */
+import { execFile } from 'node:child_process'
 import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
+import { promisify } from 'node:util'
 import mqtt from 'mqtt'
 import t from 'tap'
 import type { Test } from 'tap'
@@ -17,6 +19,7 @@ import { startMosquitto } from './helpers/mosquitto.ts'
 import { fetchJson, startFogmesh, tmpDir, waitFor } from './helpers/process.ts'
 import type { RunningProcess } from './helpers/process.ts'
 
+const run = promisify(execFile)
 const ALL_WINDOWS = new URL('fixtures/all-windows.yaml', import.meta.url).pathname
 const START = Date.UTC(2026, 0, 1)
 
@@ -278,6 +281,19 @@ t.test('results survive a restart: the store is durable', async t => {
   const second = await startFogmesh(args)
   t.teardown(() => second.stop())
   t.same(await fetchResults(second.http, 'room-temp'), before, 'the same results after a restart')
+
+  // fogmesh query prints the same results as a table, or as JSON.
+  const table = await run(process.execPath, ['bin/fogmesh.js', 'query', second.http, 'room-temp', '--key', 'r1', '--limit', '2'])
+  const lines = table.stdout.trim().split('\n')
+  t.match(lines[0], /^key\s+start\s+end\s+final\s+rev\s+src\s+n\s+total\s+low\s+high\s+mean\s+sd\s+p95\s+devices\s+first\s+last$/)
+  t.equal(lines.length, 3)
+  const r1 = before.find(r => r.key === 'r1')!
+  t.match(lines[1], new RegExp(`^r1\\s+${r1.start}\\s+${r1.end}\\s+yes\\s+0\\s+1\\s+${String(r1.values.n)}\\s`))
+  const json = await run(process.execPath, ['bin/fogmesh.js', 'query', second.http, 'room-temp', '--json'])
+  t.same(JSON.parse(json.stdout).results, before)
+  const missing = await run(process.execPath, ['bin/fogmesh.js', 'query', second.http, 'nope']).catch((e: { code: number, stderr: string }) => e)
+  t.equal((missing as { code: number }).code, 1)
+  t.match((missing as { stderr: string }).stderr, /404: no pipeline named "nope"/)
 })
 
 t.test('an existing broker: the persistent session keeps readings while the agent is away, and it reconnects', async t => {
