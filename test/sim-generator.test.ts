@@ -1,7 +1,8 @@
 // The simulator's generation: determinism, the shape of what it sends, the trouble knobs.
 import t from 'tap'
+import { countSelect, pipelineSpec } from './helpers/specs.ts'
 import { PAYLOAD_DECODERS } from '../core/payload.ts'
-import type { PayloadFormat, PipelineSpec } from '../core/pipeline/spec.ts'
+import type { PayloadFormat } from '../core/pipeline/spec.ts'
 import { generate } from '../simulators/generator.ts'
 import type { Message } from '../simulators/generator.ts'
 import { resolveSimOptions } from '../simulators/options.ts'
@@ -110,21 +111,13 @@ t.test('duplicates and malformed shares', async t => {
 t.test('every malformed message is rejected by a typical pipeline, in every format', async t => {
   for (const format of ['json', 'cbor', 'text', 'senml'] as PayloadFormat[]) {
     const g = gen({ format, devices: 10, rate: 5, duration: 20_000, malformedShare: 0.3, duplicateShare: 0.1 })
-    const p: PipelineSpec = {
-      name: 'p',
-      from: 'sensors/+room/temperature',
+    const p = pipelineSpec({
       format,
       timestamp: format === 'text' ? undefined : format === 'senml' ? 'time' : 'ts',
       key: ['room'],
       window: { kind: 'tumbling', size: 5000 },
-      lateness: 0,
-      idle: 5000,
-      late: 'drop',
-      lateHorizon: 300_000,
-      select: [{ name: 's', fn: 'sum', arg: 'value', params: [] }],
-      emit: [{ kind: 'upstream' }],
-      version: 1
-    }
+      select: [{ name: 's', fn: 'sum', arg: 'value', params: [] }]
+    })
     const e = computeTruth([p], g.streams).p.edges['0']
     const rejected = Object.values(e.rejected).reduce((a, b) => a + (b ?? 0), 0)
     const malformed = g.streams[0].filter(m => m.malformed !== undefined).length
@@ -145,21 +138,7 @@ t.test('option checks', async t => {
 })
 
 t.test('runSimulator dry run: the truth in memory, warnings when readings come further apart than idle', async t => {
-  const p: PipelineSpec = {
-    name: 'p',
-    from: 'sensors/+room/temperature',
-    format: 'json',
-    timestamp: 'ts',
-    key: [],
-    window: { kind: 'tumbling', size: 10_000 },
-    lateness: 0,
-    idle: 5000,
-    late: 'drop',
-    lateHorizon: 300_000,
-    select: [{ name: 'n', fn: 'count', params: [] }],
-    emit: [{ kind: 'upstream' }],
-    version: 1
-  }
+  const p = pipelineSpec({ select: [countSelect()] })
   const fast = await runSimulator({ dryRun: true, start: START, devices: 2, duration: 20_000, pipelines: [p] })
   t.equal(fast.elapsedMs, 0)
   t.same(fast.truth?.warnings, [])

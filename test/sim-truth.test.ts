@@ -1,7 +1,8 @@
 // The oracle on small cases computed by hand, one per window kind and rule.
 import { Encoder } from 'cbor-x'
 import t from 'tap'
-import type { PipelineSpec, SelectSpec } from '../core/pipeline/spec.ts'
+import type { PipelineSpec } from '../core/pipeline/spec.ts'
+import { countSelect as count, pipelineSpec as pipeline, select as sel } from './helpers/specs.ts'
 import { computeTruth } from '../simulators/truth.ts'
 import type { EdgeTruth, OracleMessage, PipelineTruth } from '../simulators/truth.ts'
 
@@ -10,33 +11,6 @@ const T0 = Date.UTC(2024, 0, 1)
 const at = (s: number): number => T0 + s * 1000
 const iso = (s: number): string => new Date(at(s)).toISOString()
 const TOPIC = 'sensors/r1/temperature'
-
-function pipeline (over: Partial<PipelineSpec> = {}): PipelineSpec {
-  return {
-    name: 'p',
-    from: 'sensors/+room/temperature',
-    format: 'json',
-    timestamp: 'ts',
-    key: [],
-    window: { kind: 'tumbling', size: 10_000 },
-    lateness: 0,
-    idle: 5000,
-    late: 'drop',
-    lateHorizon: 300_000,
-    select: [count(), sel('sum', 'value')],
-    emit: [{ kind: 'upstream' }],
-    version: 1,
-    ...over
-  }
-}
-
-function count (): SelectSpec {
-  return { name: 'n', fn: 'count', params: [] }
-}
-
-function sel (fn: string, arg: string, params: number[] = [], name = fn): SelectSpec {
-  return { name, fn, arg, params }
-}
 
 function json (fields: unknown, topic = TOPIC): OracleMessage {
   return { topic, payload: new TextEncoder().encode(JSON.stringify(fields)) }
