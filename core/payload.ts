@@ -43,16 +43,16 @@ function record (v: unknown, format: string): Fields {
   throw new ReadingRejected('parse', `${format} payload must be an object or a number, not ${Array.isArray(v) ? 'an array' : v === null ? 'null' : typeof v}`)
 }
 
-const json: PayloadDecoder = (payload) => {
-  let v: unknown
+function parseJson (payload: Uint8Array, what: string): unknown {
+  const source = text(payload)
   try {
-    v = JSON.parse(text(payload))
+    return JSON.parse(source)
   } catch (err) {
-    if (err instanceof ReadingRejected) throw err
-    throw new ReadingRejected('parse', `invalid JSON: ${(err as Error).message}`)
+    throw new ReadingRejected('parse', `invalid ${what}: ${(err as Error).message}`)
   }
-  return [record(v, 'JSON')]
 }
+
+const json: PayloadDecoder = (payload) => [record(parseJson(payload, 'JSON'), 'JSON')]
 
 const cborPayload: PayloadDecoder = (payload) => {
   let v: unknown
@@ -79,13 +79,7 @@ const textPayload: PayloadDecoder = (payload) => {
  * `unit` and `time` (seconds since the epoch).
  */
 const senml: PayloadDecoder = (payload) => {
-  let v: unknown
-  try {
-    v = JSON.parse(text(payload))
-  } catch (err) {
-    if (err instanceof ReadingRejected) throw err
-    throw new ReadingRejected('parse', `invalid SenML JSON: ${(err as Error).message}`)
-  }
+  const v = parseJson(payload, 'SenML JSON')
   if (!Array.isArray(v) || v.length === 0) throw new ReadingRejected('parse', 'SenML payload must be a non-empty array of records')
   let bn = ''
   let bt = 0
