@@ -1,0 +1,95 @@
+import { encode as cborEncode } from 'cbor-x'
+import t from 'tap'
+import { count } from '../core/aggregates/count.ts'
+import { sum } from '../core/aggregates/sum.ts'
+import { WireError } from '../core/errors.ts'
+import { decodeBatch, encodeBatch } from '../core/upstream/batch.ts'
+import type { Batch, PipelineDef } from '../core/upstream/batch.ts'
+import { Finalizer, mergeContributions, supersedes } from '../core/upstream/merge.ts'
+
+const def: PipelineDef = { name: 'p', version: 1, window: 'tumbling', selects: [{ name: 'n', fn: 'count', params: [] }, { name: 's', fn: 'sum', params: [] }] }
+
+function state (values: number[]): unknown[] {
+  const c = count.create([])
+  const s = sum.create([])
+  for (const v of values) {
+    count.add(c, undefined, 0)
+    sum.add(s, v, 0)
+  }
+  return [count.encode(c), sum.encode(s)]
+}
+
+function batch (windows = 1): Batch {
+  return {
+    sender: 'e1',
+    role: 'edge',
+    seq: 7,
+    pipelines: [def],
+    watermarks: [{ pipeline: 'p', edge: 'e1', watermark: 10_000 }],
+    windows: Array.from({ length: windows }, (_, i) => ({ pipeline: 'p', key: `k${i}`, start: 0, end: 10_000, contributions: [{ edge: 'e1', revision: 0, states: state([1, 2, i]) }] }))
+  }
+}
+
+t.test('a batch survives encoding, compressed or not', async t => {
+  for (const n of [1, 500]) {
+    const b = batch(n)
+    const { body, encoding } = encodeBatch(b)
+    t.equal(encoding, n > 1 ? 'deflate-raw' : undefined, `${n} windows: ${body.length} bytes`)
+    t.same(decodeBatch(body, encoding), b)
+  }
+  const final = { ...batch(), role: 'fog' as const }
+  final.windows[0].final = 2
+  t.same(decodeBatch(encodeBatch(final).body), final)
+})
+
+t.test('malformed batches are refused whole with a WireError', async t => {
+  const good = batch()
+  const cases: Array<[string, Uint8Array, string?]> = [
+    ['not CBOR', Buffer.from([0xff, 0x00, 0x13])],
+    ['not a map', cborEncode([1, 2, 3])],
+    ['wrong version', cborEncode({ v: 99 })],
+    ['bad deflate', Buffer.from('nonsense'), 'deflate-raw'],
+    ['unknown encoding', encodeBatch(good).body, 'br']
+  ]
+  const mutate = (f: (o: Record<string, unknown>) => void): Uint8Array => {
+    const o = { v: 1, sender: 'e1', role: 'edge', seq: 1, pipelines: [['p', 1, 'tumbling', [['n', 'count', []], ['s', 'sum', []]]]], watermarks: [['p', 'e1', 0]], windows: [['p', 'k', 0, 10, null, [['e1', 0, state([1])]]]] }
+    f(o)
+    return cborEncode(o)
+  }
+  t.doesNotThrow(() => decodeBatch(mutate(() => {})), 'the template is valid')
+  cases.push(
+    ['unknown role', mutate(o => { o.role = 'cloud' })],
+    ['negative seq', mutate(o => { o.seq = -1 })],
+    ['unknown aggregate', mutate(o => { o.pipelines = [['p', 1, 'tumbling', [['n', 'zork', []]]]] })],
+    ['undefined pipeline', mutate(o => { o.windows = [['q', 'k', 0, 10, null, []]] })],
+    ['end before start', mutate(o => { (o.windows as unknown[][])[0][3] = -5 })],
+    ['NaN start', mutate(o => { (o.windows as unknown[][])[0][2] = NaN })],
+    ['too few states', mutate(o => { (o.windows as unknown[][])[0][5] = [['e1', 0, [1]]] })],
+    ['corrupt state', mutate(o => { (o.windows as unknown[][])[0][5] = [['e1', 0, ['x', 1]]] })],
+    ['empty edge id', mutate(o => { (o.windows as unknown[][])[0][5] = [['', 0, state([1])]] })]
+  )
+  for (const [what, body, encoding] of cases) t.throws(() => decodeBatch(body, encoding), WireError, what)
+})
+
+t.test('contributions: one per edge, the highest revision wins, replays change nothing', async t => {
+  t.ok(supersedes(undefined, { revision: 0 }))
+  t.ok(supersedes({ revision: 0 }, { revision: 1 }))
+  t.notOk(supersedes({ revision: 1 }, { revision: 1 }), 'a replay')
+  t.notOk(supersedes({ revision: 2 }, { revision: 1 }), 'an older revision')
+  t.same(mergeContributions(def, [{ states: state([1, 2]) }, { states: state([10]) }]), { n: 3, s: 13 })
+  t.same(mergeContributions(def, []), { n: 0, s: 0 })
+})
+
+t.test('a window is final when every live edge passed its end, or after the timeout', async t => {
+  const f = new Finalizer(5_000)
+  f.observe('p', 'e1', 9_000, 0)
+  f.observe('p', 'e2', 12_000, 0)
+  t.notOk(f.isDue('p', 10_000, 0, 1_000), 'e1 has not reached the end')
+  f.observe('p', 'e1', 10_000, 2_000)
+  t.ok(f.isDue('p', 10_000, 0, 2_000), 'both edges passed')
+  t.notOk(f.isDue('p', 20_000, 2_000, 3_000))
+  t.ok(f.isDue('p', 20_000, 2_000, 7_000), 'after finalizeAfter since first seen')
+  f.observe('p', 'e1', 30_000, 6_000)
+  t.ok(f.isDue('p', 25_000, 6_500, 6_500), 'e2, silent for 6 s, is not waited for')
+  t.notOk(f.isDue('q', 1, 0, 10), 'an unknown pipeline waits for the timeout')
+})
