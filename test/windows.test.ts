@@ -3,6 +3,8 @@ import { compilePipeline } from '../core/pipeline/compile.ts'
 import { parsePipelines } from '../core/pipeline/parse.ts'
 import { WindowOperator } from '../core/windows/operator.ts'
 import { windowValues } from '../core/windows/window.ts'
+import type { WindowState } from '../core/windows/window.ts'
+import type { OperatorSnapshot } from '../core/windows/operator.ts'
 import { hoppingStarts, tumblingStart } from '../core/windows/assigners.ts'
 
 /** Event times in these tests are offsets from here, a multiple of every window size used. */
@@ -147,4 +149,30 @@ t.test('bad readings are counted by reason and never throw', async t => {
   t.same(op.stats.rejected, { parse: 1, missing_field: 1, bad_timestamp: 2, expression: 1, non_finite: 1 })
   t.equal(op.stats.filtered, 1)
   t.equal(op.stats.accepted, 0)
+})
+
+t.test('a snapshot restored into a new operator continues exactly where the old one stopped', async t => {
+  for (const window of ['window: { tumbling: 10s }\nlate: update', 'window: { hopping: 10s, every: 5s }', 'window: { session: 2s }', 'window: { count: 4 }']) {
+    const readings = Array.from({ length: 60 }, (_, i) => ({ ts: T0 + i * 700 - (i % 3) * 900, value: i, room: `r${i % 3}` }))
+    const run = (split: number | undefined) => {
+      const [spec] = parsePipelines(`pipelines:\n  - name: p\n    from: s/+room\n    timestamp: ts\n    key: room\n    lateness: 2s\n    ${window.replace('\n', '\n    ')}\n    select:\n      n: count()\n      total: sum(value)\n`)
+      const pipeline = compilePipeline(spec)
+      const out: string[] = []
+      const sink = (w: WindowState) => out.push(`${w.key} ${w.start - T0} ${w.end - T0} r${w.revision} ${JSON.stringify(windowValues(pipeline.selects, w))}`)
+      let op = new WindowOperator(pipeline, sink)
+      readings.forEach((r, i) => {
+        if (i === split) {
+          const snapshot = JSON.parse(JSON.stringify(op.snapshot())) as OperatorSnapshot
+          op = new WindowOperator(pipeline, sink)
+          t.ok(op.restore(snapshot, 0) >= 0)
+        }
+        op.ingest(Buffer.from(JSON.stringify(r)), `s/${r.room}`, { room: r.room }, 0)
+      })
+      op.tick(1e15)
+      return out
+    }
+    const whole = run(undefined)
+    t.ok(whole.length > 3, `${window}: windows were emitted`)
+    for (const split of [1, 17, 30, 59]) t.same(run(split), whole, `${window}: restored after ${split} readings`)
+  }
 })

@@ -18,7 +18,7 @@ import type { RejectReason } from '../errors.ts'
 import type { Vars } from '../expr.ts'
 import type { CompiledPipeline } from '../pipeline/compile.ts'
 import { hoppingStarts, tumblingStart } from './assigners.ts'
-import { addToWindow, createWindow, mergeWindow } from './window.ts'
+import { addToWindow, createWindow, decodeStates, encodeStates, mergeWindow } from './window.ts'
 import type { WindowState } from './window.ts'
 
 export interface OperatorStats {
@@ -40,6 +40,24 @@ export interface OperatorStats {
 export type WindowSink = (window: WindowState) => void
 
 type WindowsByStart = Map<number, Map<string, WindowState>>
+
+/**
+ * The state of an operator that a restart needs, in a form that survives CBOR: the watermark and
+ * every window it holds (open ones, and closed ones kept for late updates), with encoded states.
+ */
+export interface OperatorSnapshot {
+  watermark: number
+  windows: Array<{
+    /** open: a time window or session; count: an incomplete count window (n readings); closed: kept for `late: update`. */
+    kind: 'open' | 'count' | 'closed'
+    key: string
+    start: number
+    end: number
+    revision: number
+    readings: number
+    states: unknown[]
+  }>
+}
 
 export class WindowOperator {
   readonly pipeline: CompiledPipeline
@@ -152,12 +170,8 @@ export class WindowOperator {
     const end = start + size
     const selects = this.pipeline.selects
     if (end <= this.#watermark) return this.#lateUpdate(key, ts, start, end)
-    let byKey = this.#open.get(start)
-    if (byKey === undefined) {
-      byKey = new Map()
-      this.#open.set(start, byKey)
-      if (end < this.#nextClose) this.#nextClose = end
-    }
+    if (end < this.#nextClose) this.#nextClose = end
+    const byKey = this.#byStart(this.#open, start)
     let w = byKey.get(key)
     if (w === undefined) {
       w = createWindow(selects, key, start, end)
@@ -170,11 +184,7 @@ export class WindowOperator {
   #lateUpdate (key: string, ts: number, start: number, end: number): boolean {
     const spec = this.pipeline.spec
     if (spec.late !== 'update' || end <= this.#watermark - spec.lateHorizon) return false
-    let byKey = this.#closed.get(start)
-    if (byKey === undefined) {
-      byKey = new Map()
-      this.#closed.set(start, byKey)
-    }
+    const byKey = this.#byStart(this.#closed, start)
     let w = byKey.get(key)
     if (w === undefined) {
       // the key had no reading in this window before: its first emission is revision 0
@@ -305,6 +315,60 @@ export class WindowOperator {
       for (const sessions of this.#sessions.values()) for (const s of sessions) last = Math.max(last, s.end)
       this.#advance(last)
     }
+  }
+
+  snapshot (): OperatorSnapshot {
+    const selects = this.pipeline.selects
+    const entry = (kind: 'open' | 'count' | 'closed', w: WindowState) =>
+      ({ kind, key: w.key, start: w.start, end: w.end, revision: w.revision, readings: w.readings, states: encodeStates(selects, w) })
+    const windows: OperatorSnapshot['windows'] = []
+    for (const byKey of this.#open.values()) for (const w of byKey.values()) windows.push(entry('open', w))
+    for (const sessions of this.#sessions.values()) for (const w of sessions) windows.push(entry('open', w))
+    for (const c of this.#counts.values()) windows.push(entry('count', c.w))
+    for (const byKey of this.#closed.values()) for (const w of byKey.values()) windows.push(entry('closed', w))
+    return { watermark: this.#watermark, windows }
+  }
+
+  /**
+   * Restores a snapshot into an operator that has not processed anything yet (`now`: the clock, for
+   * idle). Windows for which `skip` is true (already emitted before the restart) are left out. Returns
+   * the readings restored.
+   */
+  restore (snapshot: OperatorSnapshot, now: number, skip: (w: { key: string, start: number, end: number, revision: number }) => boolean = () => false): number {
+    const selects = this.pipeline.selects
+    const kind = this.pipeline.spec.window.kind
+    let readings = 0
+    this.#watermark = snapshot.watermark
+    // idle counts from the restart, not from before the crash
+    this.#lastReadingAt = now
+    for (const s of snapshot.windows) {
+      if (s.kind !== 'closed' && skip(s)) continue
+      const w: WindowState = { key: s.key, start: s.start, end: s.end, revision: s.revision, readings: s.readings, states: decodeStates(selects, s.states) }
+      if (s.kind === 'count') {
+        this.#counts.set(w.key, { w, n: w.readings })
+      } else if (s.kind === 'closed') {
+        this.#byStart(this.#closed, w.start).set(w.key, w)
+        continue
+      } else if (kind === 'session') {
+        const sessions = this.#sessions.get(w.key)
+        if (sessions === undefined) this.#sessions.set(w.key, [w])
+        else sessions.push(w)
+      } else {
+        this.#byStart(this.#open, w.start).set(w.key, w)
+      }
+      if (s.kind === 'open' && w.end < this.#nextClose) this.#nextClose = w.end
+      readings += w.readings
+    }
+    return readings
+  }
+
+  #byStart (map: WindowsByStart, start: number): Map<string, WindowState> {
+    let byKey = map.get(start)
+    if (byKey === undefined) {
+      byKey = new Map()
+      map.set(start, byKey)
+    }
+    return byKey
   }
 
   /** How many windows are open, without listing them (for metrics). */
