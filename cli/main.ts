@@ -4,6 +4,8 @@ import { ConfigError, FogmeshError } from '../core/errors.ts'
 const COMMANDS: Record<string, { help: string, run: () => Promise<(argv: string[]) => Promise<number>> }> = {
   demo: { help: 'a whole local mesh in one command (npm start)', run: async () => (await import('./demo.ts')).demoCommand },
   edge: { help: 'an edge agent', run: async () => (await import('../edge-agent/cli.ts')).edgeCommand },
+  fog: { help: 'a fog coordinator: merges partials from edges', run: async () => (await import('../fog-coordinator/cli.ts')).fogCommand },
+  cloud: { help: 'the cloud sink: merges partials from fogs (and edges on failover)', run: async () => (await import('../cloud-sink/cli.ts')).cloudCommand },
   sim: { help: 'sensor simulator; writes the ground truth', run: async () => (await import('../simulators/cli.ts')).simCommand },
   validate: { help: 'check a pipelines file', run: async () => (await import('./validate.ts')).validateCommand },
   query: { help: 'print results from any tier', run: async () => (await import('./query.ts')).queryCommand }

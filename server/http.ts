@@ -82,7 +82,11 @@ function readBody (req: IncomingMessage, max: number): Promise<Buffer> {
       size += chunk.length
       if (size > max) {
         reject(new HttpError(413, 'body_too_large', `request body is over the limit of ${max} bytes`))
-        req.destroy()
+        // Discard the rest rather than destroy the socket, so that the client reads the 413 instead of
+        // a reset; the server's requestTimeout bounds a sender that never stops.
+        chunks.length = 0
+        req.removeAllListeners('data')
+        req.resume()
         return
       }
       chunks.push(chunk)

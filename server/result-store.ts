@@ -16,6 +16,11 @@ export interface ResultStoreOptions {
   retention: number
   /** At most this many results per pipeline are kept; the oldest windows go first. */
   maxResultsPerPipeline: number
+  /**
+   * SQLite's synchronous mode (default NORMAL: a commit survives a crash of the process, not a power
+   * loss). FULL where a commit is acknowledged to someone else, e.g. a fog marking a window final.
+   */
+  synchronous?: 'NORMAL' | 'FULL'
 }
 
 interface Row {
@@ -45,7 +50,7 @@ export class ResultStore {
     this.#db = new DatabaseSync(path)
     this.#db.exec(`
       PRAGMA journal_mode = WAL;
-      PRAGMA synchronous = NORMAL;
+      PRAGMA synchronous = ${options.synchronous ?? 'NORMAL'};
       CREATE TABLE IF NOT EXISTS results (
         pipeline TEXT NOT NULL, key TEXT NOT NULL, start INTEGER NOT NULL, "end" INTEGER NOT NULL,
         final INTEGER NOT NULL, revision INTEGER NOT NULL, sources INTEGER NOT NULL, vals TEXT NOT NULL,

@@ -1,0 +1,34 @@
+/** Options of the fog coordinator (`fogmesh fog`), with their defaults. */
+import { ConfigError } from '../core/errors.ts'
+import { MERGE_OPTIONS, readMergeOptions } from '../server/merge-options.ts'
+import type { MergeOptions } from '../server/merge-options.ts'
+import { COMMON_OPTIONS } from '../server/options.ts'
+import type { OptionTable } from '../server/options.ts'
+
+export const FOG_OPTIONS: OptionTable = {
+  ...COMMON_OPTIONS,
+  ...MERGE_OPTIONS,
+  cloud: { type: 'string', help: 'cloud sink URL that final windows go to (accepted; forwarding comes with the fog release)' },
+  etcd: { type: 'string', help: 'etcd endpoints HOST:PORT[,…] of a replicated fog cluster (not supported yet)' },
+  'admin-token': { type: 'string', help: 'token that pipeline deployment requires (accepted; deployment comes later)' }
+}
+
+export interface FogOptions extends MergeOptions {
+  cloud?: string
+  etcd?: string[]
+  adminToken?: string
+}
+
+export function fogOptions (argv: string[]): FogOptions & { help: boolean } {
+  const o = readMergeOptions('fog', FOG_OPTIONS, argv)
+  const cloud = o.cloud as string | undefined
+  if (cloud !== undefined) {
+    let url: URL | undefined
+    try {
+      url = new URL(cloud)
+    } catch {}
+    if (url === undefined || (url.protocol !== 'http:' && url.protocol !== 'https:')) throw new ConfigError(`--cloud: expected an http(s) URL, got ${JSON.stringify(cloud)}`)
+  }
+  const etcd = o.etcd as string | undefined
+  return { ...o, etcd: etcd?.split(',').map(s => s.trim()).filter(s => s !== '') }
+}

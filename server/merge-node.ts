@@ -1,0 +1,463 @@
+/**
+ * The merge tier that fog coordinators and the cloud sink share. It takes batches of partials
+ * (`POST /v1/partials`), keeps per window and edge the contribution with the highest revision, finalizes
+ * a merged window once every live edge's watermark has passed its end (or `--finalize-after` after it
+ * was first seen, or at once when a fog says it is final), and serves the results over the shared API.
+ *
+ * "Counts exactly once" rests on three rules: a batch is acknowledged only after it is committed; a
+ * contribution replaces the stored one only with a higher revision (replays and the same contribution
+ * by two routes change nothing); and a contribution that arrives after its window was finalized is
+ * merged in and the window finalized again with revision + 1, never dropped. Edges apply a pipeline's
+ * `late` policy to late readings, so a partial arriving after finalization is a delayed delivery.
+ */
+import type { PipelineSpec } from '../core/pipeline/spec.ts'
+import { pipelineToPlain } from '../core/pipeline/format.ts'
+import { ConfigError, HttpError, WireError } from '../core/errors.ts'
+import { decodeBatch } from '../core/upstream/batch.ts'
+import type { Batch, PipelineDef, Watermark, WindowEntry } from '../core/upstream/batch.ts'
+import { Finalizer, mergeContributions, sameSelects, supersedes } from '../core/upstream/merge.ts'
+import { pipelineDef } from '../core/upstream/pipeline-def.ts'
+import { ContributionStore, windowId } from './contribution-store.ts'
+import type { BatchWrite, MergeWindow } from './contribution-store.ts'
+import { HttpService } from './http.ts'
+import type { PipelineInfo, Request, Reply, ServiceApi } from './http.ts'
+import { Metrics } from './metrics.ts'
+import type { Sample } from './metrics.ts'
+import type { MergeOptions } from './merge-options.ts'
+import { ResultStore } from './result-store.ts'
+import { compareResults } from './results.ts'
+import type { ResultQuery, WindowResult } from './results.ts'
+
+/** How often state past retention is pruned. */
+const PRUNE_EVERY = 60_000
+/** The range of times a Date can render (results show start and end as ISO-8601). */
+const MAX_TIME = 8.64e15
+
+/** Why a batch was refused: the `reason` label of fogmesh_batches_rejected_total and the error `code`. */
+export type BatchRejectReason = 'bad_batch' | 'batch_too_large' | 'pipeline_conflict' | 'unsupported_media_type'
+const REJECT_REASONS: BatchRejectReason[] = ['bad_batch', 'batch_too_large', 'pipeline_conflict', 'unsupported_media_type']
+
+/** The answer to an accepted batch. */
+export interface Ack {
+  /** The batch's `seq`. */
+  acked: number
+  /** Contributions that changed the state (new, or a higher revision). */
+  applied: number
+  /** Contributions already known at this or a higher revision (replays). */
+  ignored: number
+}
+
+/** Receives the windows finalized in one pass; see MergeNode.onFinal. */
+export type FinalListener = (entries: readonly WindowEntry[]) => void
+
+interface PipelineStats {
+  received: number
+  ignored: number
+  afterFinal: number
+  finalized: number
+  revised: number
+}
+
+export class MergeNode implements ServiceApi {
+  readonly role: 'fog' | 'cloud'
+  readonly id: string
+  readonly metrics = new Metrics()
+  readonly #options: MergeOptions
+  readonly #store: ContributionStore
+  readonly #results: ResultStore
+  readonly #finalizer: Finalizer
+  readonly #http: HttpService
+  /** Pipelines from --pipelines, by name (shown as specs by /v1/pipelines). */
+  readonly #specs: Map<string, PipelineSpec>
+  /** Every pipeline merged here: from --pipelines and learned from batches. */
+  readonly #defs = new Map<string, PipelineDef>()
+  /**
+   * The definitions in the store. Kept apart from #defs because the windows stored with a definition
+   * must stay mergeable after a restart without the pipelines file.
+   */
+  readonly #learned = new Map<string, PipelineDef>()
+  /** Windows not final yet, or changed since finalized. Final windows live only in the store. */
+  readonly #pending = new Map<string, MergeWindow>()
+  readonly #listeners = new Set<FinalListener>()
+  readonly #stats = new Map<string, PipelineStats>()
+  readonly #batches = { edge: 0, fog: 0 }
+  readonly #rejected = Object.fromEntries(REJECT_REASONS.map(r => [r, 0])) as Record<BatchRejectReason, number>
+  #listenerErrors = 0
+  #listenerFailing = false
+  #ready = false
+  #stopped = false
+  #finalizeQueued = false
+  #timers: NodeJS.Timeout[] = []
+
+  constructor (role: 'fog' | 'cloud', options: MergeOptions, specs: PipelineSpec[]) {
+    this.role = role
+    this.id = options.id
+    this.#options = options
+    this.#specs = new Map(specs.map(s => [s.name, s]))
+    for (const s of specs) this.#defs.set(s.name, pipelineDef(s))
+    this.#store = new ContributionStore({ dataDir: options.dataDir })
+    this.#results = new ResultStore({ dataDir: options.dataDir, retention: options.retention, maxResultsPerPipeline: options.maxResults, synchronous: 'FULL' })
+    for (const def of this.#store.pipelines()) {
+      this.#learned.set(def.name, def)
+      const known = this.#defs.get(def.name)
+      if (known !== undefined && !sameSelects(known, def)) {
+        throw new ConfigError(`pipeline "${def.name}" in ${options.pipelines ?? 'the pipelines file'} merges differently from the one in ${options.dataDir} ` +
+          '(learned from batches): its stored partials cannot be merged with the new definition; use a new pipeline name or another data dir')
+      }
+      if (known === undefined) this.#defs.set(def.name, def)
+    }
+    this.#finalizer = new Finalizer(options.finalizeAfter)
+    for (const w of this.#store.watermarks()) this.#finalizer.observe(w.pipeline, w.edge, w.watermark, w.lastSeen)
+    for (const w of this.#store.pendingWindows()) this.#pending.set(windowId(w), w)
+    this.#http = new HttpService(this, [{ method: 'POST', path: '/v1/partials', handle: async req => await this.#receive(req) }],
+      { host: options.host, port: options.httpPort, maxBody: options.maxBatch })
+    this.#registerMetrics()
+  }
+
+  get httpUrl (): string {
+    return this.#http.url
+  }
+
+  async start (): Promise<void> {
+    await this.#http.listen()
+    this.#timers.push(setInterval(() => this.#finalizeSafely(), this.#options.tick))
+    this.#timers.push(setInterval(() => this.#prune(), PRUNE_EVERY))
+    this.#ready = true
+  }
+
+  /** Stops taking batches (in-flight ones are answered), commits everything and closes. */
+  async stop (): Promise<void> {
+    this.#ready = false
+    for (const t of this.#timers) clearInterval(t)
+    await this.#http.close()
+    this.#stopped = true
+    this.#results.close()
+    this.#store.close()
+  }
+
+  readyLine (): string {
+    return `ready ${this.role} ${this.id} http=${this.httpUrl}`
+  }
+
+  /**
+   * Calls `listener` with the windows each finalization pass finalizes (revision 0) or finalizes again
+   * (revision + 1), each with all its contributions and `final` set to that revision: what a fog
+   * forwards to the cloud. All of a pass at once, so that one outbox append (one fsync) takes them. It
+   * runs synchronously after the results are durable and before the windows are recorded as final, so a
+   * durable outbox appended to here misses none: after a crash in between, the windows are finalized
+   * again with the same revisions and contributions, which receivers ignore as replays. If a listener
+   * throws, the pass's windows stay pending and are offered again on the next tick (listeners that took
+   * them already see them twice). Returns a remover.
+   */
+  onFinal (listener: FinalListener): () => void {
+    this.#listeners.add(listener)
+    return () => { this.#listeners.delete(listener) }
+  }
+
+  /** Every edge's watermark per pipeline as known here (for forwarding upstream with the partials). */
+  watermarks (): Watermark[] {
+    return [...this.#finalizer.watermarks()].map(w => ({ pipeline: w.pipeline, edge: w.edge, watermark: w.watermark }))
+  }
+
+  // POST /v1/partials
+
+  async #receive (req: Request): Promise<Reply> {
+    try {
+      if (!this.#ready) throw new HttpError(503, 'unavailable', `this ${this.role} is starting or stopping; send the batch again later`)
+      const type = String(req.headers['content-type'] ?? '').split(';')[0].trim().toLowerCase()
+      if (type !== 'application/cbor') {
+        throw new HttpError(415, 'unsupported_media_type', `POST /v1/partials takes an application/cbor batch, not "${type.slice(0, 60)}"`)
+      }
+      let body: Buffer
+      try {
+        body = await req.body()
+      } catch (err) {
+        if (err instanceof HttpError && err.status === 413) {
+          throw new HttpError(413, 'batch_too_large', `batch body is over --max-batch (${this.#options.maxBatch} bytes)`)
+        }
+        throw err
+      }
+      let batch: Batch
+      try {
+        const encoding = req.headers['content-encoding']
+        batch = decodeBatch(body, typeof encoding === 'string' ? encoding.trim().toLowerCase() : undefined)
+        checkTimes(batch)
+      } catch (err) {
+        if (err instanceof WireError) throw new HttpError(400, 'bad_batch', err.message)
+        throw err
+      }
+      const ack = this.#apply(batch, Date.now())
+      this.#queueFinalize()
+      return { body: ack }
+    } catch (err) {
+      if (err instanceof HttpError && err.code in this.#rejected) this.#rejected[err.code as BatchRejectReason]++
+      throw err
+    }
+  }
+
+  /**
+   * Applies a batch: checks every definition first (a conflict refuses the batch whole), works out the
+   * changes on copies, commits them in one transaction, and only then updates the state in memory, so
+   * a failed commit leaves everything as it was.
+   */
+  #apply (batch: Batch, now: number): Ack {
+    const defs: PipelineDef[] = []
+    for (const d of batch.pipelines) {
+      const known = this.#defs.get(d.name)
+      if (known !== undefined && !sameSelects(known, d)) {
+        throw new HttpError(409, 'pipeline_conflict', `pipeline "${d.name}" version ${d.version} from ${batch.sender} merges differently ` +
+          `(window or select) from the "${d.name}" this ${this.role} merges (version ${known.version}); nothing was stored`)
+      }
+      const learned = this.#learned.get(d.name)
+      if (learned === undefined || d.version > learned.version) defs.push(d)
+    }
+    const staged = new Map<string, MergeWindow>()
+    const write: BatchWrite = { pipelines: defs, windows: [], contributions: [], watermarks: [], seen: [] }
+    const toWrite = new Set<MergeWindow>()
+    const counts = new Map<string, Pick<PipelineStats, 'received' | 'ignored' | 'afterFinal'>>()
+    let applied = 0
+    let ignored = 0
+    for (const e of batch.windows) {
+      if (e.contributions.length === 0) continue
+      const id = windowId(e)
+      let w = staged.get(id)
+      if (w === undefined) {
+        const known = this.#pending.get(id) ?? this.#store.window(e.pipeline, e.key, e.start, e.end)
+        if (known === undefined) {
+          w = { pipeline: e.pipeline, key: e.key, start: e.start, end: e.end, firstSeen: now, finalRevision: null, finalAt: null, dirty: false, upstreamFinal: false, contributions: new Map() }
+          toWrite.add(w)
+        } else {
+          w = { ...known, contributions: new Map(known.contributions) }
+        }
+        staged.set(id, w)
+      }
+      let c = counts.get(e.pipeline)
+      if (c === undefined) counts.set(e.pipeline, c = { received: 0, ignored: 0, afterFinal: 0 })
+      for (const contribution of e.contributions) {
+        c.received++
+        if (!supersedes(w.contributions.get(contribution.edge), contribution)) {
+          ignored++
+          c.ignored++
+          continue
+        }
+        w.contributions.set(contribution.edge, contribution)
+        write.contributions.push({ window: w, contribution })
+        applied++
+        if (w.finalRevision !== null) {
+          c.afterFinal++
+          w.dirty = true
+          toWrite.add(w)
+        }
+      }
+      // Only a fog finalizes merged windows; an edge's `final` would mean nothing here.
+      if (batch.role === 'fog' && e.final !== undefined && w.finalRevision === null && !w.upstreamFinal) {
+        w.upstreamFinal = true
+        toWrite.add(w)
+      }
+    }
+    write.windows = [...toWrite]
+    write.watermarks = batch.watermarks.map(wm => ({ ...wm, lastSeen: now }))
+    if (batch.role === 'edge') write.seen.push({ edge: batch.sender, at: now })
+    this.#store.write(write)
+
+    for (const d of defs) {
+      this.#learned.set(d.name, d)
+      if (!this.#specs.has(d.name)) this.#defs.set(d.name, d)
+    }
+    for (const [id, w] of staged) {
+      if (w.finalRevision === null || w.dirty) this.#pending.set(id, w)
+    }
+    for (const wm of batch.watermarks) this.#finalizer.observe(wm.pipeline, wm.edge, wm.watermark, now)
+    if (batch.role === 'edge') this.#finalizer.seen(batch.sender, now)
+    for (const [pipeline, c] of counts) {
+      const s = this.#statsOf(pipeline)
+      s.received += c.received
+      s.ignored += c.ignored
+      s.afterFinal += c.afterFinal
+    }
+    this.#batches[batch.role]++
+    return { acked: batch.seq, applied, ignored }
+  }
+
+  // Finalization
+
+  /** Right after a batch is answered: a window it completed should not wait for the next tick. */
+  #queueFinalize (): void {
+    if (this.#finalizeQueued) return
+    this.#finalizeQueued = true
+    setImmediate(() => {
+      this.#finalizeQueued = false
+      this.#finalizeSafely()
+    })
+  }
+
+  #finalizeSafely (): void {
+    if (this.#stopped) return
+    try {
+      this.#finalizeDue(Date.now())
+    } catch (err) {
+      // A failed write leaves the windows pending; the next tick tries again.
+      console.error(`${this.role}: finalization failed:`, err)
+    }
+  }
+
+  #finalizeDue (now: number): void {
+    const due: Array<{ id: string, window: MergeWindow, revision: number }> = []
+    for (const [id, w] of this.#pending) {
+      if (w.finalRevision !== null) {
+        if (w.dirty) due.push({ id, window: w, revision: w.finalRevision + 1 })
+      } else if (w.upstreamFinal || this.#finalizer.isDue(w.pipeline, w.end, w.firstSeen, now)) {
+        due.push({ id, window: w, revision: 0 })
+      }
+    }
+    if (due.length === 0) return
+    for (const d of due) this.#results.put(this.#result(d.window, true, d.revision))
+    // Durable before the window is recorded as final: a crash in between finalizes it again, same revision.
+    this.#results.flush()
+    if (!this.#notify(due)) return
+    this.#store.markFinal(due, now)
+    for (const d of due) {
+      this.#pending.delete(d.id)
+      const s = this.#statsOf(d.window.pipeline)
+      if (d.revision === 0) s.finalized++
+      else s.revised++
+    }
+  }
+
+  #notify (due: Array<{ window: MergeWindow, revision: number }>): boolean {
+    if (this.#listeners.size === 0) return true
+    const entries: WindowEntry[] = due.map(({ window: w, revision }) => ({
+      pipeline: w.pipeline, key: w.key, start: w.start, end: w.end, final: revision, contributions: [...w.contributions.values()]
+    }))
+    try {
+      for (const listener of this.#listeners) listener(entries)
+      this.#listenerFailing = false
+      return true
+    } catch (err) {
+      this.#listenerErrors++
+      // Logged when failures start, not on every tick while they last.
+      if (!this.#listenerFailing) console.error(`${this.role}: a final-window listener failed; the windows stay pending and are offered again:`, err)
+      this.#listenerFailing = true
+      return false
+    }
+  }
+
+  #result (w: MergeWindow, final: boolean, revision: number): WindowResult {
+    const def = this.#defs.get(w.pipeline)
+    if (def === undefined) throw new Error(`no definition of pipeline ${w.pipeline}`)
+    return {
+      pipeline: w.pipeline,
+      key: w.key,
+      start: w.start,
+      end: w.end,
+      final,
+      revision,
+      sources: w.contributions.size,
+      values: mergeContributions(def, w.contributions.values())
+    }
+  }
+
+  #prune (): void {
+    if (this.#stopped) return
+    try {
+      const now = Date.now()
+      this.#results.prune(now)
+      this.#store.prune(now - this.#options.retention, this.#options.maxResults)
+    } catch (err) {
+      console.error(`${this.role}: pruning failed:`, err)
+    }
+  }
+
+  #statsOf (pipeline: string): PipelineStats {
+    let s = this.#stats.get(pipeline)
+    if (s === undefined) this.#stats.set(pipeline, s = { received: 0, ignored: 0, afterFinal: 0, finalized: 0, revised: 0 })
+    return s
+  }
+
+  // ServiceApi
+
+  isReady (): boolean {
+    return this.#ready
+  }
+
+  /**
+   * Pipelines from --pipelines as their YAML shape; pipelines learned from batches as their merge
+   * definition: `{ name, version, window: kind, selects: [{ name, fn, params }] }`.
+   */
+  pipelines (): PipelineInfo[] {
+    return [...this.#defs.values()].sort((a, b) => a.name < b.name ? -1 : a.name > b.name ? 1 : 0).map(def => {
+      const spec = this.#specs.get(def.name)
+      return spec !== undefined
+        ? { name: spec.name, version: spec.version, spec: pipelineToPlain(spec) }
+        : { name: def.name, version: def.version, spec: { ...def } }
+    })
+  }
+
+  /** Final results from the store, with the windows not final yet (`final: false`, merged so far) mixed in. */
+  results (pipeline: string, q: ResultQuery): WindowResult[] | undefined {
+    if (!this.#defs.has(pipeline)) return undefined
+    const results = this.#results.query(pipeline, q)
+    // A window can be both stored and pending after a crash between the two writes: the stored one wins.
+    const stored = new Set(results.map(windowId))
+    let added = false
+    for (const [id, w] of this.#pending) {
+      if (w.pipeline !== pipeline || w.finalRevision !== null || stored.has(id)) continue
+      if (w.start < q.from || w.start >= q.to || (q.key !== undefined && w.key !== q.key)) continue
+      results.push(this.#result(w, false, 0))
+      added = true
+    }
+    if (added) {
+      results.sort(compareResults)
+      results.length = Math.min(results.length, q.limit)
+    }
+    return results
+  }
+
+  mesh (): unknown {
+    const edges = new Map<string, { id: string, lastSeen: number, watermarks: Record<string, string> }>()
+    for (const w of this.#finalizer.watermarks()) {
+      let e = edges.get(w.edge)
+      if (e === undefined) edges.set(w.edge, e = { id: w.edge, lastSeen: w.lastSeen, watermarks: {} })
+      e.lastSeen = Math.max(e.lastSeen, w.lastSeen)
+      e.watermarks[w.pipeline] = new Date(w.watermark).toISOString()
+    }
+    return {
+      self: { id: this.id, role: this.role, peerId: null },
+      peers: [],
+      fog: { leader: null, shardMapVersion: 0, shards: 0 },
+      edges: [...edges.values()].sort((a, b) => a.id < b.id ? -1 : a.id > b.id ? 1 : 0)
+        .map(e => ({ id: e.id, lastSeen: new Date(e.lastSeen).toISOString(), watermarks: e.watermarks }))
+    }
+  }
+
+  #registerMetrics (): void {
+    const m = this.metrics
+    const perPipeline = (read: (s: PipelineStats) => number) => (): Sample[] => [...this.#stats].map(([pipeline, s]) => [{ pipeline }, read(s)])
+    m.counter('fogmesh_batches_received_total', 'Partial batches accepted, by the sender\'s role', ['role'], () => [[{ role: 'edge' }, this.#batches.edge], [{ role: 'fog' }, this.#batches.fog]])
+    m.counter('fogmesh_batches_rejected_total', 'Partial batches refused, by reason (the error code)', ['reason'], () => REJECT_REASONS.map(reason => [{ reason }, this.#rejected[reason]]))
+    m.counter('fogmesh_partials_received_total', 'Contributions (one edge\'s partial of one window) in accepted batches', ['pipeline'], perPipeline(s => s.received))
+    m.counter('fogmesh_partials_ignored_total', 'Contributions already known at this or a higher revision (replays, second routes)', ['pipeline'], perPipeline(s => s.ignored))
+    m.counter('fogmesh_partials_after_final_total', 'Contributions that changed a window already final (merged; the window gets revision + 1)', ['pipeline'], perPipeline(s => s.afterFinal))
+    m.counter('fogmesh_windows_finalized_total', 'Merged windows finalized (revision 0)', ['pipeline'], perPipeline(s => s.finalized))
+    m.counter('fogmesh_windows_revised_total', 'Final windows finalized again with a new revision', ['pipeline'], perPipeline(s => s.revised))
+    m.counter('fogmesh_final_listener_errors_total', 'Finalization passes a final-window listener (forwarding) failed; their windows are offered again', [], () => [[{}, this.#listenerErrors]])
+    m.gauge('fogmesh_pending_windows', 'Merged windows not final yet', ['pipeline'], () => {
+      const n = new Map<string, number>([...this.#defs.keys()].map(p => [p, 0]))
+      for (const w of this.#pending.values()) if (w.finalRevision === null) n.set(w.pipeline, (n.get(w.pipeline) ?? 0) + 1)
+      return [...n].map(([pipeline, v]) => [{ pipeline }, v])
+    })
+    m.gauge('fogmesh_edge_watermark_seconds', 'Each edge\'s event-time watermark per pipeline, as last reported', ['pipeline', 'edge'], () =>
+      [...this.#finalizer.watermarks()].map(w => [{ pipeline: w.pipeline, edge: w.edge }, w.watermark / 1000]))
+  }
+}
+
+/** Window bounds and watermarks must be times a Date can render, or queries over them would fail. */
+function checkTimes (batch: Batch): void {
+  const bad = (t: number) => t < -MAX_TIME || t > MAX_TIME
+  for (const w of batch.windows) {
+    if (bad(w.start) || bad(w.end)) throw new WireError(`invalid batch: window ${w.pipeline}/${w.key.slice(0, 60)} has a start or end outside ±${MAX_TIME} ms`)
+  }
+  for (const w of batch.watermarks) {
+    if (bad(w.watermark)) throw new WireError(`invalid batch: watermark of ${w.edge} for ${w.pipeline} is outside ±${MAX_TIME} ms`)
+  }
+}

@@ -1,0 +1,28 @@
+/** Options the merge tiers (fog coordinator, cloud sink) share, with their defaults. */
+import { hostname } from 'node:os'
+import { join } from 'node:path'
+import { readOptions } from './options.ts'
+import type { CommonOptions, OptionTable } from './options.ts'
+
+export const MERGE_OPTIONS: OptionTable = {
+  'finalize-after': { type: 'duration', default: '60s', help: 'longest wait for a silent edge before a window is finalized without it' },
+  'max-batch': { type: 'bytes', default: '16mib', help: 'largest partial batch body accepted (POST /v1/partials); larger ones get 413 batch_too_large' },
+  tick: { type: 'duration', default: '250ms', help: 'how often windows are checked for finalization' }
+}
+
+export interface MergeOptions extends CommonOptions {
+  finalizeAfter: number
+  maxBatch: number
+  tick: number
+}
+
+/** Reads a merge tier's options; `id` defaults to `<role>-<hostname>`, `data-dir` to `data/<id>`. */
+export function readMergeOptions (role: 'fog' | 'cloud', table: OptionTable, argv: string[]): Record<string, unknown> & MergeOptions & { help: boolean } {
+  const o = readOptions(table, argv)
+  const id = (o.id as string | undefined) ?? `${role}-${hostname()}`
+  return {
+    ...(o as unknown as MergeOptions & { help: boolean }),
+    id,
+    dataDir: (o.dataDir as string | undefined) ?? join('data', id)
+  }
+}
