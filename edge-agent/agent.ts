@@ -21,6 +21,8 @@ import type { EdgeOptions } from './config.ts'
 import { PipelineRunner } from './pipelines.ts'
 import type { MessageSource } from './source.ts'
 import { BrokerSubscriber } from './subscriber.ts'
+import { Uplink } from './uplink.ts'
+import type { UplinkStatus } from './uplink.ts'
 
 /** How often results past retention are pruned. */
 const PRUNE_EVERY = 60_000
@@ -36,6 +38,8 @@ export class EdgeAgent implements ServiceApi {
   readonly #source: MessageSource
   readonly #actions: LocalActions
   readonly #http: HttpService
+  /** Undefined without --fog and --cloud: then nothing is queued for upstream (see README). */
+  readonly #uplink: Uplink | undefined
   #ready = false
   #timers: NodeJS.Timeout[] = []
 
@@ -44,6 +48,18 @@ export class EdgeAgent implements ServiceApi {
     this.id = options.id
     this.#store = new ResultStore({ dataDir: options.dataDir, retention: options.retention, maxResultsPerPipeline: options.maxResults })
     this.#runner = new PipelineRunner(specs, (op, w) => this.#onWindow(op, w), options.maxPayload)
+    this.#uplink = options.fog.length > 0 || options.cloud !== undefined
+      ? new Uplink({
+        edge: options.id,
+        dataDir: options.dataDir,
+        fog: options.fog,
+        cloud: options.cloud,
+        failoverAfter: options.failoverAfter,
+        outboxMax: options.outboxMax,
+        requestTimeout: options.uplinkTimeout,
+        retryMax: options.uplinkRetryMax
+      }, this.#runner.operators.values())
+      : undefined
     this.#source = options.mqttUrl !== undefined
       ? new BrokerSubscriber({ url: options.mqttUrl, clientId: options.mqttClientId, filters: () => this.#runner.filters(), connectTimeout: 10_000 })
       : new EmbeddedBroker({ host: options.mqttHost, port: options.mqttPort, users: options.users })
@@ -62,17 +78,22 @@ export class EdgeAgent implements ServiceApi {
 
   async start (): Promise<void> {
     await this.#http.listen()
+    this.#uplink?.start()
     await this.#source.start((topic, payload, arrival) => this.#runner.onMessage(topic, payload, arrival))
     this.#timers.push(setInterval(() => this.#tick(), this.#options.tick))
     this.#timers.push(setInterval(() => this.#store.prune(), PRUNE_EVERY))
     this.#ready = true
   }
 
-  /** Stops taking readings, commits every result, and closes. Open windows are not emitted. */
+  /**
+   * Stops taking readings, commits every result, and closes. Open windows are not emitted; closed
+   * windows not yet delivered upstream stay in the outbox for the next start.
+   */
   async stop (): Promise<void> {
     this.#ready = false
     for (const t of this.#timers) clearInterval(t)
     await this.#source.stop()
+    await this.#uplink?.stop()
     await this.#http.close()
     this.#store.close()
   }
@@ -80,12 +101,14 @@ export class EdgeAgent implements ServiceApi {
   #tick (): void {
     this.#runner.tick(Date.now())
     this.#store.flush()
+    this.#uplink?.flush()
   }
 
   #onWindow (operator: WindowOperator, w: WindowState): void {
     const result = this.#result(operator, w, true)
     this.#store.put(result)
     this.#actions.run(operator.pipeline, result)
+    this.#uplink?.onWindow(operator, w)
   }
 
   #result (operator: WindowOperator, w: WindowState, final: boolean): WindowResult {
@@ -136,10 +159,12 @@ export class EdgeAgent implements ServiceApi {
   }
 
   mesh (): unknown {
+    const uplink: UplinkStatus | null = this.#uplink?.status() ?? null
     return {
       self: { id: this.id, role: this.role, peerId: null },
       peers: [],
-      fog: { leader: null, shardMapVersion: 0, shards: 0 }
+      fog: { leader: null, shardMapVersion: 0, shards: 0 },
+      uplink
     }
   }
 
@@ -168,6 +193,7 @@ export class EdgeAgent implements ServiceApi {
     m.counter('fogmesh_mqtt_messages_unmatched_total', 'MQTT messages no pipeline subscribes to', [], () => [[{}, this.#runner.stats.unmatched]])
     m.counter('fogmesh_actions_published_total', 'Local actions (emit: mqtt) published', [], () => [[{}, this.#actions.stats.published]])
     m.counter('fogmesh_actions_failed_total', 'Local actions that failed to publish', [], () => [[{}, this.#actions.stats.failed]])
+    this.#uplink?.registerMetrics(m)
     if (this.#source instanceof EmbeddedBroker) {
       const broker = this.#source
       m.counter('fogmesh_mqtt_denied_total', 'Embedded broker refusals, by what was refused', ['what'], () => Object.entries(broker.denied).map(([what, n]) => [{ what }, n]))

@@ -14,8 +14,5 @@ export async function edgeCommand (argv: string[]): Promise<number> {
   }
   const specs: PipelineSpec[] = options.pipelines === undefined ? [] : await loadPipelinesFile(options.pipelines)
   if (specs.length === 0) process.stderr.write('edge: no pipelines (--pipelines FILE): readings will be counted as unmatched\n')
-  if (options.fog.length > 0 || options.cloud !== undefined) {
-    process.stderr.write('edge: --fog/--cloud given, but this build keeps results local (no uplink yet)\n')
-  }
   return await runUntilSignal(new EdgeAgent(options, specs))
 }

@@ -1,0 +1,285 @@
+/**
+ * The edge's uplink: every closed window of a pipeline that emits `upstream` becomes a contribution in
+ * the durable outbox, and the shipper delivers the outbox to the fog coordinators (the cloud sink on
+ * failover). Count windows stay local: they are not merged upstream.
+ *
+ * An outbox item is one contribution, CBOR:
+ *   [defId, key, start, end, edge, revision, [state, …], watermark | null]
+ * `defId` names the PipelineDef the states were made with (kept in the outbox's meta, so items from
+ * before a restart with an edited pipelines file still go out with the definition they were made with).
+ *
+ * Watermarks never run ahead of the outbox: a receiver finalizes a window once every edge's watermark
+ * has passed its end, so a batch may only carry a watermark when every window that closed before it is
+ * in that batch or was delivered already. Each item records the watermark as of the last flush before
+ * it was emitted (all windows ending at or before it were in the outbox by then), and a batch carries,
+ * per pipeline, the highest recorded watermark of its items; a batch that leaves nothing pending for
+ * its target carries the pipelines' current watermarks (as of the flush just before it was built).
+ */
+import { createHash } from 'node:crypto'
+import { Decoder, Encoder } from 'cbor-x'
+import { ConfigError } from '../core/errors.ts'
+import type { Batch, Contribution, PipelineDef, WindowEntry } from '../core/upstream/batch.ts'
+import { pipelineDef } from '../core/upstream/pipeline-def.ts'
+import type { WindowOperator } from '../core/windows/operator.ts'
+import type { WindowState } from '../core/windows/window.ts'
+import type { Metrics } from '../server/metrics.ts'
+import { Outbox } from '../server/outbox.ts'
+import type { OutboxItem } from '../server/outbox.ts'
+import { FAILURE_REASONS, SHIPPER_DEFAULTS, Shipper } from '../server/shipper.ts'
+import type { BatchContext, ShipperStatus } from '../server/shipper.ts'
+
+export interface UplinkOptions {
+  /** This edge's id: the sender of batches and the edge of its contributions. */
+  edge: string
+  /** Directory of the outbox database; undefined keeps it in memory (tests). */
+  dataDir?: string
+  /** Fog coordinator URLs, tried in turn. */
+  fog: string[]
+  /** Cloud sink URL: the primary when there is no fog, else used on failover. */
+  cloud?: string
+  failoverAfter: number
+  /** Outbox bound, bytes. */
+  outboxMax: number
+  requestTimeout: number
+  retryMax: number
+  log?: (line: string) => void
+}
+
+export interface UplinkStatus extends ShipperStatus {
+  fog: string[]
+  cloud: string | null
+  outbox: { items: number, bytes: number, dropped: number }
+}
+
+const DEF_META = 'pipeline-def:'
+
+const encoder = new Encoder({ useRecords: false, mapsAsObjects: true })
+const decoder = new Decoder({ useRecords: false, mapsAsObjects: true })
+
+/** Whether a pipeline's windows go upstream: it emits `upstream` and its windows are mergeable. */
+export function goesUpstream (operator: WindowOperator): boolean {
+  return operator.pipeline.spec.window.kind !== 'count' && operator.pipeline.emits.some(e => e.kind === 'upstream')
+}
+
+interface Upstream {
+  operator: WindowOperator
+  defId: string
+  def: PipelineDef
+}
+
+type Item = [defId: string, key: string, start: number, end: number, edge: string, revision: number, states: unknown[], watermark: number | null]
+
+export class Uplink {
+  readonly outbox: Outbox
+  readonly #shipper: Shipper
+  readonly #edge: string
+  readonly #fog: string[]
+  readonly #cloud: string | undefined
+  readonly #log: (line: string) => void
+  readonly #maxBuffered: number
+  /** Pipelines that go upstream, by name. */
+  readonly #upstream = new Map<string, Upstream>()
+  /** Every definition items may refer to, by id (loaded from the outbox on demand). */
+  readonly #defs = new Map<string, PipelineDef>()
+  /** Per pipeline, the watermark as of the last flush: every window ending at or before it is in the outbox. */
+  readonly #safe = new Map<string, number>()
+  #buffer: Uint8Array[] = []
+  #buffered = 0
+  #closed = false
+  /** Contributions lost before reaching the outbox (it could not be written for too long) or unreadable in it. */
+  #lost = 0
+  #appendFailing = false
+
+  constructor (options: UplinkOptions, operators: Iterable<WindowOperator>) {
+    this.#edge = options.edge
+    this.#fog = options.fog
+    this.#cloud = options.cloud
+    this.#log = options.log ?? SHIPPER_DEFAULTS.log
+    this.#maxBuffered = options.outboxMax
+    const tiers = [
+      ...(options.fog.length > 0 ? [{ name: 'fog', urls: options.fog }] : []),
+      ...(options.cloud !== undefined ? [{ name: 'cloud', urls: [options.cloud] }] : [])
+    ]
+    if (tiers.length === 0) throw new ConfigError('an uplink needs --fog or --cloud')
+    this.outbox = new Outbox({ dataDir: options.dataDir, maxBytes: options.outboxMax, targets: tiers.map(t => t.name) })
+    for (const operator of operators) {
+      if (!goesUpstream(operator)) continue
+      const def = pipelineDef(operator.pipeline.spec)
+      const json = JSON.stringify(def)
+      const defId = createHash('sha256').update(json).digest('base64url').slice(0, 16)
+      if (this.outbox.meta(DEF_META + defId) === undefined) this.outbox.setMeta(DEF_META + defId, json)
+      this.#defs.set(defId, def)
+      this.#upstream.set(def.name, { operator, defId, def })
+    }
+    this.#shipper = new Shipper(this.outbox, this, {
+      ...SHIPPER_DEFAULTS,
+      tiers,
+      failoverAfter: options.failoverAfter,
+      requestTimeout: options.requestTimeout,
+      retryMax: options.retryMax,
+      log: this.#log
+    })
+  }
+
+  start (): void {
+    this.#shipper.start()
+  }
+
+  /** Stops shipping and keeps what is not delivered in the outbox for the next start. */
+  async stop (): Promise<void> {
+    await this.#shipper.stop()
+    this.flush()
+    this.#closed = true
+    this.outbox.close()
+  }
+
+  /** A window closed (or was re-emitted by a late reading): queue its contribution. */
+  onWindow (operator: WindowOperator, w: WindowState): void {
+    const up = this.#upstream.get(operator.pipeline.spec.name)
+    if (up === undefined) return
+    const selects = operator.pipeline.selects
+    // The state is live (the operator keeps updating it): encode it now.
+    const states = w.states.map((s, i) => selects[i].fn.encode(s))
+    const watermark = this.#safe.get(up.def.name)
+    const item: Item = [up.defId, w.key, w.start, w.end, this.#edge, w.revision, states, watermark ?? null]
+    const data = encoder.encode(item).slice()
+    this.#buffer.push(data)
+    this.#buffered += data.byteLength
+  }
+
+  /**
+   * Appends buffered contributions to the outbox in one transaction, then notes each pipeline's
+   * watermark as safe to send. The agent calls it every tick rather than per window: each append
+   * waits for an fsync (synchronous = FULL), which on an SD card would otherwise stall the readings;
+   * a window not yet appended is as volatile as a window still open. Never called while an operator
+   * is emitting, so every window due at the watermark noted is in the outbox.
+   */
+  flush (): void {
+    if (this.#closed) return
+    if (this.#buffer.length > 0) {
+      try {
+        this.outbox.append(this.#buffer)
+      } catch (err) {
+        // A full or failing disk: keep the contributions in memory (bounded like the outbox) and
+        // retry at the next flush; the watermarks stay where they were meanwhile.
+        if (!this.#appendFailing) this.#log(`uplink: cannot write the outbox (${(err as Error).message}); keeping windows in memory, retrying`)
+        this.#appendFailing = true
+        while (this.#buffered > this.#maxBuffered && this.#buffer.length > 0) {
+          this.#buffered -= this.#buffer.shift()!.byteLength
+          this.#lost++
+        }
+        return
+      }
+      if (this.#appendFailing) this.#log('uplink: the outbox takes writes again')
+      this.#appendFailing = false
+      this.#buffer = []
+      this.#buffered = 0
+      this.#shipper.notify()
+    }
+    for (const [name, up] of this.#upstream) {
+      const wm = up.operator.watermark
+      if (Number.isFinite(wm) && wm > (this.#safe.get(name) ?? -Infinity)) this.#safe.set(name, wm)
+    }
+  }
+
+  build (items: OutboxItem[], ctx: BatchContext): { batch: Omit<Batch, 'seq'>, used: number } {
+    const defs = new Map<string, { defId: string, def: PipelineDef }>()
+    const windows = new Map<string, WindowEntry>()
+    const watermarks = new Map<string, number>()
+    let used = 0
+    for (const item of items) {
+      const parsed = this.#decode(item)
+      if (parsed === undefined) {
+        used++
+        continue
+      }
+      const [defId, key, start, end, edge, revision, states, watermark] = parsed
+      const def = this.#def(defId)!
+      const seen = defs.get(def.name)
+      // A batch defines each pipeline once: items made with another definition go in the next batch.
+      if (seen !== undefined && seen.defId !== defId) break
+      defs.set(def.name, { defId, def })
+      used++
+      const id = `${def.name}\0${key}\0${start}\0${end}`
+      let entry = windows.get(id)
+      if (entry === undefined) {
+        entry = { pipeline: def.name, key, start, end, contributions: [] }
+        windows.set(id, entry)
+      }
+      const contribution: Contribution = { edge, revision, states }
+      const same = entry.contributions.findIndex(c => c.edge === edge)
+      if (same < 0) entry.contributions.push(contribution)
+      else if (revision > entry.contributions[same].revision) entry.contributions[same] = contribution
+      if (watermark !== null) watermarks.set(def.name, Math.max(watermarks.get(def.name) ?? -Infinity, watermark))
+    }
+    if (ctx.drained && used === items.length) {
+      // Nothing waits for this target: the current watermarks are safe to send.
+      for (const [name, up] of this.#upstream) {
+        const seen = defs.get(name)
+        if (seen !== undefined && seen.defId !== up.defId) continue
+        const safe = this.#safe.get(name)
+        if (safe === undefined) continue
+        defs.set(name, { defId: up.defId, def: up.def })
+        watermarks.set(name, Math.max(watermarks.get(name) ?? -Infinity, safe))
+      }
+    }
+    return {
+      batch: {
+        sender: this.#edge,
+        role: 'edge',
+        pipelines: [...defs.values()].map(d => d.def),
+        watermarks: [...watermarks].map(([pipeline, watermark]) => ({ pipeline, edge: this.#edge, watermark })),
+        windows: [...windows.values()]
+      },
+      used
+    }
+  }
+
+  /** An item's fields, or undefined (counted, logged) when it cannot be read. */
+  #decode (item: OutboxItem): Item | undefined {
+    try {
+      const v = decoder.decode(item.data) as Item
+      if (!Array.isArray(v) || v.length !== 8 || this.#def(v[0]) === undefined) throw new Error('not an outbox contribution')
+      return v
+    } catch (err) {
+      this.#lost++
+      this.#log(`uplink: outbox item ${item.id} is unreadable (${(err as Error).message}); dropping it`)
+      return undefined
+    }
+  }
+
+  #def (defId: string): PipelineDef | undefined {
+    let def = this.#defs.get(defId)
+    if (def === undefined) {
+      const json = this.outbox.meta(DEF_META + defId)
+      if (json === undefined) return undefined
+      def = JSON.parse(json) as PipelineDef
+      this.#defs.set(defId, def)
+    }
+    return def
+  }
+
+  status (): UplinkStatus {
+    return {
+      ...this.#shipper.status(),
+      fog: this.#fog,
+      cloud: this.#cloud ?? null,
+      outbox: { items: this.outbox.items, bytes: this.outbox.bytes, dropped: this.outbox.dropped + this.#lost }
+    }
+  }
+
+  registerMetrics (m: Metrics): void {
+    const stats = this.#shipper.stats
+    m.gauge('fogmesh_outbox_bytes', 'Size of the partials waiting in the outbox', [], () => [[{}, this.outbox.bytes]])
+    m.gauge('fogmesh_outbox_items', 'Partials (window contributions) waiting in the outbox', [], () => [[{}, this.outbox.items]])
+    m.counter('fogmesh_outbox_dropped_total', 'Partials dropped undelivered: the outbox was full (oldest first), or unwritable for too long', [], () => [[{}, this.outbox.dropped + this.#lost]])
+    m.counter('fogmesh_failovers_total', 'Times the uplink failed over from the fog to the cloud', [], () => [[{}, stats.failovers]])
+    m.counter('fogmesh_batches_sent_total', 'Batches acknowledged upstream, by tier', ['target'], () => Object.entries(stats.sent).map(([target, n]) => [{ target }, n]))
+    m.counter('fogmesh_batches_failed_total', 'Batch requests that failed, by tier and reason', ['target', 'reason'], () =>
+      Object.entries(stats.failed).flatMap(([target, byReason]) => FAILURE_REASONS.map(reason => [{ target, reason }, byReason[reason] ?? 0] as [Record<string, string>, number])))
+    m.gauge('fogmesh_uplink_target', 'The tier batches go to now (1), by tier', ['target'], () => {
+      const now = this.#shipper.status().target
+      return Object.keys(stats.sent).map(target => [{ target }, target === now ? 1 : 0])
+    })
+  }
+}

@@ -1,0 +1,93 @@
+import { join } from 'node:path'
+import t from 'tap'
+import { Outbox, OutboxError } from '../server/outbox.ts'
+import { tmpDir } from './helpers/process.ts'
+
+const blob = (n: number, size = 10) => Buffer.alloc(size, n)
+const ids = (items: Array<{ data: Uint8Array }>) => items.map(i => i.data[0])
+
+t.test('items come out in append order, up to a count and a size', async t => {
+  const o = new Outbox({ maxBytes: 1000, targets: ['fog'] })
+  t.teardown(() => o.close())
+  o.append([blob(1), blob(2)])
+  o.append([blob(3)])
+  o.append([])
+  t.same(ids(o.pending('fog', 10)), [1, 2, 3])
+  t.same(ids(o.pending('fog', 2)), [1, 2])
+  t.same(ids(o.pending('fog', 10, 25)), [1, 2], 'no more than 25 bytes')
+  t.same(ids(o.pending('fog', 10, 5)), [1], 'but at least one item')
+  t.equal(o.items, 3)
+  t.equal(o.bytes, 30)
+  const [first] = o.pending('fog', 1)
+  t.ok(o.hasPendingAfter('fog', first.id))
+  t.notOk(o.hasPendingAfter('fog', o.pending('fog', 10)[2].id))
+  t.throws(() => o.pending('cloud', 1), OutboxError)
+  t.throws(() => new Outbox({ maxBytes: 1000, targets: [] }), OutboxError)
+})
+
+t.test('the bound drops the oldest items and counts them', async t => {
+  const o = new Outbox({ maxBytes: 100, targets: ['fog'] })
+  t.teardown(() => o.close())
+  for (let i = 1; i <= 10; i++) o.append([blob(i)])
+  t.equal(o.bytes, 100)
+  t.equal(o.dropped, 0)
+  o.append([blob(11, 25)])
+  t.same(ids(o.pending('fog', 100)), [4, 5, 6, 7, 8, 9, 10, 11], 'the three oldest made room for 25 bytes')
+  t.equal(o.dropped, 3)
+  t.equal(o.bytes, 95)
+  t.equal(o.items, 8)
+  o.append([blob(12, 60), blob(13, 60)])
+  t.same(ids(o.pending('fog', 100)), [10, 11, 13], 'an append over the bound keeps its newest items; just enough old ones go')
+  t.equal(o.dropped, 3 + 6 + 1)
+  t.equal(o.bytes, 95)
+})
+
+t.test('delivery per target: an item leaves only when the primary has it', async t => {
+  const o = new Outbox({ maxBytes: 1000, targets: ['fog', 'cloud'] })
+  t.teardown(() => o.close())
+  o.append([1, 2, 3, 4].map(i => blob(i)))
+  const all = o.pending('fog', 10)
+  o.markDelivered('cloud', all.slice(0, 3).map(i => i.id))
+  t.same(ids(o.pending('cloud', 10)), [4], 'the cloud is owed only the last')
+  t.same(ids(o.pending('fog', 10)), [1, 2, 3, 4], 'the fog is still owed everything')
+  t.same(o.pending('fog', 10).map(i => i.delivered), [['cloud'], ['cloud'], ['cloud'], []])
+  o.markDelivered('fog', [all[0].id, all[3].id])
+  t.same(ids(o.pending('fog', 10)), [2, 3])
+  t.same(ids(o.pending('cloud', 10)), [], 'delivered to the fog: gone for the cloud too')
+  t.equal(o.items, 2)
+  t.equal(o.bytes, 20)
+  o.markDelivered('fog', [all[0].id])
+  t.equal(o.items, 2, 'marking a removed item changes nothing')
+  o.append([blob(5)])
+  t.same(ids(o.pending('cloud', 10)), [5], 'new items are pending for every target')
+})
+
+t.test('the outbox is durable: reopened, it has the same items, delivery state and meta', async t => {
+  const dir = await tmpDir('fogmesh-outbox-')
+  t.teardown(() => dir.cleanup())
+  const first = new Outbox({ dataDir: dir.path, maxBytes: 1000, targets: ['fog', 'cloud'] })
+  first.append([1, 2, 3].map(i => blob(i)))
+  const [one, two] = first.pending('fog', 10)
+  first.markDelivered('cloud', [two.id])
+  first.markDelivered('fog', [one.id])
+  first.setMeta('seq', '41')
+  first.close()
+
+  const again = new Outbox({ dataDir: dir.path, maxBytes: 1000, targets: ['fog', 'cloud'] })
+  t.same(ids(again.pending('fog', 10)), [2, 3])
+  t.same(ids(again.pending('cloud', 10)), [3])
+  t.equal(again.meta('seq'), '41')
+  t.equal(again.items, 2)
+  t.equal(again.bytes, 20)
+  again.append([blob(4)])
+  const newest = again.pending('fog', 10).at(-1)!
+  t.ok(newest.id > two.id, 'ids keep increasing after a reopen')
+  again.close()
+
+  // The cloud is now the primary (no fog configured): what it already has is done; a lower bound drops the oldest.
+  const cloudOnly = new Outbox({ dataDir: dir.path, maxBytes: 15, targets: ['cloud'] })
+  t.teardown(() => cloudOnly.close())
+  t.same(ids(cloudOnly.pending('cloud', 10)), [4], 'item 2 went (the cloud had it), item 3 was over the new bound')
+  t.equal(cloudOnly.dropped, 1)
+  t.ok(join(dir.path, 'outbox.db'))
+})
