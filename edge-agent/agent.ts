@@ -17,6 +17,8 @@ import { compareResults, matchesQuery } from '../server/results.ts'
 import type { ResultQuery, WindowResult } from '../server/results.ts'
 import { LocalActions } from './actions.ts'
 import { EmbeddedBroker } from './broker.ts'
+import { Checkpointer } from './checkpoint.ts'
+import { removeCheckpoint } from './checkpoint-db.ts'
 import type { EdgeOptions } from './config.ts'
 import { PipelineRunner } from './pipelines.ts'
 import type { MessageSource } from './source.ts'
@@ -40,13 +42,17 @@ export class EdgeAgent implements ServiceApi {
   readonly #http: HttpService
   /** Undefined without --fog and --cloud: then nothing is queued for upstream (see README). */
   readonly #uplink: Uplink | undefined
+  /** Undefined with --checkpoint-every 0. */
+  readonly #checkpoints: Checkpointer | undefined
   #ready = false
   #timers: NodeJS.Timeout[] = []
 
   constructor (options: EdgeOptions, specs: PipelineSpec[]) {
     this.#options = options
     this.id = options.id
-    this.#store = new ResultStore({ dataDir: options.dataDir, retention: options.retention, maxResultsPerPipeline: options.maxResults })
+    const checkpoints = options.checkpointEvery > 0
+    // The change log tells a restart which windows were emitted after its checkpoint.
+    this.#store = new ResultStore({ dataDir: options.dataDir, retention: options.retention, maxResultsPerPipeline: options.maxResults, changeLog: checkpoints })
     this.#runner = new PipelineRunner(specs, (op, w) => this.#onWindow(op, w), options.maxPayload)
     this.#uplink = options.fog.length > 0 || options.cloud !== undefined
       ? new Uplink({
@@ -57,12 +63,19 @@ export class EdgeAgent implements ServiceApi {
         failoverAfter: options.failoverAfter,
         outboxMax: options.outboxMax,
         requestTimeout: options.uplinkTimeout,
-        retryMax: options.uplinkRetryMax
+        retryMax: options.uplinkRetryMax,
+        // The shipper appends too, before each batch: the store follows at once (see #commit).
+        afterAppend: () => this.#store.flush()
       }, this.#runner.operators.values())
       : undefined
     this.#source = options.mqttUrl !== undefined
       ? new BrokerSubscriber({ url: options.mqttUrl, clientId: options.mqttClientId, filters: () => this.#runner.filters(), connectTimeout: 10_000 })
       : new EmbeddedBroker({ host: options.mqttHost, port: options.mqttPort, users: options.users })
+    if (checkpoints) {
+      this.#checkpoints = new Checkpointer({ dataDir: options.dataDir }, { operators: this.#runner.operators, store: this.#store, uplink: this.#uplink })
+    } else if (removeCheckpoint(options.dataDir)) {
+      process.stderr.write('edge: checkpoints are off: removed the checkpoint of an earlier run (it would be stale when they are back on)\n')
+    }
     this.#actions = new LocalActions(async (topic, payload, qos, retain) => await this.#source.publish(topic, payload, qos, retain))
     this.#http = new HttpService(this, [], { host: options.host, port: options.httpPort, maxBody: 1 << 20 })
     this.#registerMetrics()
@@ -77,31 +90,61 @@ export class EdgeAgent implements ServiceApi {
   }
 
   async start (): Promise<void> {
+    // Before the shipper can take items out of the outbox, and before any reading.
+    this.#checkpoints?.restore(Date.now())
     await this.#http.listen()
     this.#uplink?.start()
     await this.#source.start((topic, payload, arrival) => this.#runner.onMessage(topic, payload, arrival))
     this.#timers.push(setInterval(() => this.#tick(), this.#options.tick))
-    this.#timers.push(setInterval(() => this.#store.prune(), PRUNE_EVERY))
+    this.#timers.push(setInterval(() => {
+      this.#commit()
+      this.#store.prune()
+    }, PRUNE_EVERY))
+    if (this.#checkpoints !== undefined) {
+      const checkpoints = this.#checkpoints
+      this.#timers.push(setInterval(() => {
+        this.#commit()
+        checkpoints.take()
+      }, this.#options.checkpointEvery))
+    }
     this.#ready = true
   }
 
   /**
-   * Stops taking readings, commits every result, and closes. Open windows are not emitted; closed
-   * windows not yet delivered upstream stay in the outbox for the next start.
+   * Stops taking readings, commits every result, takes a last checkpoint of the open windows (they
+   * are not emitted: the next start restores them), and closes. Closed windows not yet delivered
+   * upstream stay in the outbox for the next start.
    */
   async stop (): Promise<void> {
     this.#ready = false
     for (const t of this.#timers) clearInterval(t)
     await this.#source.stop()
+    this.#commit()
+    this.#checkpoints?.take()
     await this.#uplink?.stop()
     await this.#http.close()
     this.#store.close()
+    this.#checkpoints?.close()
   }
 
   #tick (): void {
     this.#runner.tick(Date.now())
-    this.#store.flush()
+    this.#commit()
+    this.#checkpoints?.saveAccepted()
+  }
+
+  /**
+   * Commits the windows emitted since the last commit: the outbox first, then the result store (and
+   * its change log). Every path that writes results goes through here, or through the uplink's
+   * afterAppend when the shipper appends, because the order is what lets a restart from a checkpoint
+   * tell emitted windows from open ones (see checkpoint.ts): a window in the store is always in the
+   * outbox too (or delivered), and one only in the outbox is rolled forward into the store at start;
+   * and the store commits in the same event-loop turn as the append, before the shipper can deliver
+   * (and so remove) what was appended.
+   */
+  #commit (): void {
     this.#uplink?.flush()
+    this.#store.flush()
   }
 
   #onWindow (operator: WindowOperator, w: WindowState): void {
@@ -142,6 +185,8 @@ export class EdgeAgent implements ServiceApi {
   results (pipeline: string, q: ResultQuery): WindowResult[] | undefined {
     const operator = this.#runner.operators.get(pipeline)
     if (operator === undefined) return undefined
+    // The store's query would commit pending results itself, ahead of the outbox.
+    this.#commit()
     const results = this.#store.query(pipeline, q)
     let open = false
     for (const w of operator.openWindows()) {
@@ -194,6 +239,7 @@ export class EdgeAgent implements ServiceApi {
     m.counter('fogmesh_actions_published_total', 'Local actions (emit: mqtt) published', [], () => [[{}, this.#actions.stats.published]])
     m.counter('fogmesh_actions_failed_total', 'Local actions that failed to publish', [], () => [[{}, this.#actions.stats.failed]])
     this.#uplink?.registerMetrics(m)
+    this.#checkpoints?.registerMetrics(m)
     if (this.#source instanceof EmbeddedBroker) {
       const broker = this.#source
       m.counter('fogmesh_mqtt_denied_total', 'Embedded broker refusals, by what was refused', ['what'], () => Object.entries(broker.denied).map(([what, n]) => [{ what }, n]))

@@ -19,7 +19,8 @@ export const EDGE_OPTIONS: OptionTable = {
   'failover-after': { type: 'duration', default: '30s', help: 'how long no fog may answer before partials go to the cloud' },
   'outbox-max': { type: 'bytes', default: '256mib', help: 'most partials kept for the fog/cloud while they cannot take them; when full the oldest are dropped (and counted)' },
   'uplink-timeout': { type: 'duration', default: '10s', help: 'longest a request to a fog or the cloud may take' },
-  'uplink-retry-max': { type: 'duration', default: '10s', help: 'longest wait between retries to the fog/cloud (exponential backoff with jitter from 200ms)' }
+  'uplink-retry-max': { type: 'duration', default: '10s', help: 'longest wait between retries to the fog/cloud (exponential backoff with jitter from 200ms)' },
+  'checkpoint-every': { type: 'duration', default: '5s', help: 'how often the open windows are checkpointed to the data dir: a crash loses at most this much of their readings; 0 turns checkpoints off' }
 }
 
 /** A user of the embedded broker and the topics it may use. */
@@ -46,6 +47,8 @@ export interface EdgeOptions extends CommonOptions {
   outboxMax: number
   uplinkTimeout: number
   uplinkRetryMax: number
+  /** ms between checkpoints of the open windows; 0 = none. */
+  checkpointEvery: number
 }
 
 function parseUsers (raw: unknown): BrokerUser[] {

@@ -43,6 +43,12 @@ export interface UplinkOptions {
   requestTimeout: number
   retryMax: number
   log?: (line: string) => void
+  /**
+   * Called right after each append to the outbox, whoever flushed (the agent's tick or the shipper
+   * before a batch): the edge commits its result store there, so that the store never lags the
+   * outbox by an event-loop turn (see checkpoint.ts for why that order matters). Default: nothing.
+   */
+  afterAppend?: () => void
 }
 
 export interface UplinkStatus extends ShipperStatus {
@@ -69,6 +75,17 @@ interface Upstream {
 
 type Item = [defId: string, key: string, start: number, end: number, edge: string, revision: number, states: unknown[], watermark: number | null]
 
+/** A contribution in the outbox, as `appendedSince` lists them. */
+export interface QueuedContribution {
+  /** The definition it was made with (maybe not the pipeline's current one). */
+  def: PipelineDef
+  key: string
+  start: number
+  end: number
+  revision: number
+  states: unknown[]
+}
+
 export class Uplink {
   readonly outbox: Outbox
   readonly #shipper: Shipper
@@ -76,6 +93,7 @@ export class Uplink {
   readonly #fog: string[]
   readonly #cloud: string | undefined
   readonly #log: (line: string) => void
+  readonly #afterAppend: () => void
   readonly #maxBuffered: number
   /** Pipelines that go upstream, by name. */
   readonly #upstream = new Map<string, Upstream>()
@@ -95,6 +113,7 @@ export class Uplink {
     this.#fog = options.fog
     this.#cloud = options.cloud
     this.#log = options.log ?? SHIPPER_DEFAULTS.log
+    this.#afterAppend = options.afterAppend ?? (() => {})
     this.#maxBuffered = options.outboxMax
     const tiers = [
       ...(options.fog.length > 0 ? [{ name: 'fog', urls: options.fog }] : []),
@@ -147,10 +166,34 @@ export class Uplink {
     this.#buffered += data.byteLength
   }
 
+  /** Contributions emitted but not yet in the outbox (an append failed): not durable yet. */
+  get backlog (): number {
+    return this.#buffer.length
+  }
+
+  /** Id of the last outbox item appended: a position for `appendedSince`. */
+  get lastAppended (): number {
+    return this.outbox.lastId
+  }
+
+  /**
+   * Contributions appended to the outbox after position `id` that are still in it (not yet
+   * delivered to the primary), oldest first; unreadable items are left out (`build` counts them).
+   */
+  * appendedSince (id: number): Generator<QueuedContribution> {
+    for (const item of this.outbox.since(id)) {
+      const v = this.#parse(item)
+      if (v === undefined) continue
+      const [defId, key, start, end, , revision, states] = v
+      yield { def: this.#def(defId)!, key, start, end, revision, states }
+    }
+  }
+
   /**
    * Appends buffered contributions to the outbox in one transaction, then notes each pipeline's
-   * watermark as safe to send. The agent calls it every tick rather than per window: each append
-   * waits for an fsync (synchronous = FULL), which on an SD card would otherwise stall the readings;
+   * watermark as safe to send. The agent calls it every tick (and before each commit of its results)
+   * rather than per window: each append waits for an fsync (synchronous = FULL), which on an SD card
+   * would otherwise stall the readings;
    * a window not yet appended is as volatile as a window still open. Never called while an operator
    * is emitting, so every window due at the watermark noted is in the outbox.
    */
@@ -174,6 +217,7 @@ export class Uplink {
       this.#appendFailing = false
       this.#buffer = []
       this.#buffered = 0
+      this.#afterAppend()
       this.#shipper.notify()
     }
     for (const [name, up] of this.#upstream) {
@@ -238,14 +282,27 @@ export class Uplink {
   /** An item's fields, or undefined (counted, logged) when it cannot be read. */
   #decode (item: OutboxItem): Item | undefined {
     try {
-      const v = decoder.decode(item.data) as Item
-      if (!Array.isArray(v) || v.length !== 8 || this.#def(v[0]) === undefined) throw new Error('not an outbox contribution')
-      return v
+      return this.#read(item)
     } catch (err) {
       this.#lost++
       this.#log(`uplink: outbox item ${item.id} is unreadable (${(err as Error).message}); dropping it`)
       return undefined
     }
+  }
+
+  /** An item's fields, or undefined when it cannot be read. */
+  #parse (item: OutboxItem): Item | undefined {
+    try {
+      return this.#read(item)
+    } catch {
+      return undefined
+    }
+  }
+
+  #read (item: OutboxItem): Item {
+    const v = decoder.decode(item.data) as Item
+    if (!Array.isArray(v) || v.length !== 8 || this.#def(v[0]) === undefined) throw new Error('not an outbox contribution')
+    return v
   }
 
   #def (defId: string): PipelineDef | undefined {

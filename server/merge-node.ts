@@ -154,6 +154,11 @@ export class MergeNode implements ServiceApi {
     return () => { this.#listeners.delete(listener) }
   }
 
+  /** How a pipeline merged here merges (from --pipelines, or learned from batches), for forwarding. */
+  definition (pipeline: string): PipelineDef | undefined {
+    return this.#defs.get(pipeline)
+  }
+
   /** Every edge's watermark per pipeline as known here (for forwarding upstream with the partials). */
   watermarks (): Watermark[] {
     return [...this.#finalizer.watermarks()].map(w => ({ pipeline: w.pipeline, edge: w.edge, watermark: w.watermark }))

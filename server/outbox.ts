@@ -151,6 +151,25 @@ export class Outbox {
   }
 
   /**
+   * Id of the last item appended; after a restart, until the next append, of the newest item still
+   * here (0 when none). Items appended later have higher ids.
+   */
+  get lastId (): number {
+    return this.#lastId
+  }
+
+  /** The items still here that were appended after item `id`, oldest first, whoever they are pending for. */
+  * since (id: number, pageSize = 256): Generator<OutboxItem> {
+    const page = this.#db.prepare('SELECT id, size, delivered, data FROM items WHERE id > ? ORDER BY id LIMIT ?')
+    for (let after = id; ;) {
+      const rows = page.all(after, pageSize) as unknown as ItemRow[]
+      for (const r of rows) yield { id: r.id, size: r.size, data: r.data, delivered: this.#names(r.delivered) }
+      if (rows.length < pageSize) return
+      after = rows[rows.length - 1].id
+    }
+  }
+
+  /**
    * Appends items in order, in one transaction: all of them are durable when this returns, or none
    * (it throws). Makes room first by dropping the oldest items; new items that alone exceed the bound
    * are dropped (counted) too.

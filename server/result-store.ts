@@ -2,6 +2,10 @@
  * Final window results in an embedded SQLite database (node:sqlite: no native build, so it installs on
  * a Raspberry Pi without a compiler). Writes are buffered and committed in one transaction per flush,
  * because a window close can produce thousands of results at once.
+ *
+ * With `changeLog`, each flush also records the windows it changed in a numbered log, in the same
+ * transaction: the edge's checkpoints note the log's position, so that on restart it knows exactly
+ * which windows were emitted after its last checkpoint (edge-agent/checkpoint.ts).
  */
 import { mkdirSync } from 'node:fs'
 import { join } from 'node:path'
@@ -21,6 +25,19 @@ export interface ResultStoreOptions {
    * loss). FULL where a commit is acknowledged to someone else, e.g. a fog marking a window final.
    */
   synchronous?: 'NORMAL' | 'FULL'
+  /** Keep the change log (see above). Default false. */
+  changeLog?: boolean
+}
+
+/** One window a flush committed: a new result or a higher revision. */
+export interface ResultChange {
+  /** Position in the log: increases with every change committed, never reused. */
+  seq: number
+  pipeline: string
+  key: string
+  start: number
+  end: number
+  revision: number
 }
 
 interface Row {
@@ -39,6 +56,8 @@ export class ResultStore {
   readonly #options: ResultStoreOptions
   readonly #upsert: StatementSync
   readonly #pending: WindowResult[] = []
+  readonly #logChange: StatementSync | undefined
+  #lastChange = 0
 
   constructor (options: ResultStoreOptions) {
     this.#options = options
@@ -67,6 +86,20 @@ export class ResultStore {
         final = excluded.final, revision = excluded.revision, sources = excluded.sources,
         vals = excluded.vals, stored_at = excluded.stored_at
       WHERE excluded.revision >= results.revision`)
+    if (options.changeLog === true) {
+      // AUTOINCREMENT: a position is never reused, even after the log is trimmed.
+      this.#db.exec(`CREATE TABLE IF NOT EXISTS changes (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT, pipeline TEXT NOT NULL, key TEXT NOT NULL,
+        start INTEGER NOT NULL, "end" INTEGER NOT NULL, revision INTEGER NOT NULL)`)
+      this.#logChange = this.#db.prepare('INSERT INTO changes (pipeline, key, start, "end", revision) VALUES (?, ?, ?, ?, ?)')
+      const row = this.#db.prepare('SELECT seq FROM sqlite_sequence WHERE name = \'changes\'').get() as { seq: number } | undefined
+      this.#lastChange = row?.seq ?? 0
+    }
+  }
+
+  /** Position of the last change committed (0 before any, or without a change log). */
+  get lastChange (): number {
+    return this.#lastChange
   }
 
   /** Queues a result; it is visible to queries at once and durable after the next flush. */
@@ -78,17 +111,38 @@ export class ResultStore {
   flush (): void {
     if (this.#pending.length === 0) return
     const now = Date.now()
+    const log = this.#logChange
+    let last = this.#lastChange
     this.#db.exec('BEGIN')
     try {
       for (const r of this.#pending) {
-        this.#upsert.run(r.pipeline, r.key, r.start, r.end, r.final ? 1 : 0, r.revision, r.sources, JSON.stringify(r.values), now)
+        const changed = this.#upsert.run(r.pipeline, r.key, r.start, r.end, r.final ? 1 : 0, r.revision, r.sources, JSON.stringify(r.values), now).changes
+        if (log !== undefined && Number(changed) > 0) last = Number(log.run(r.pipeline, r.key, r.start, r.end, r.revision).lastInsertRowid)
       }
       this.#db.exec('COMMIT')
     } catch (err) {
       this.#db.exec('ROLLBACK')
       throw err
     }
+    this.#lastChange = last
     this.#pending.length = 0
+  }
+
+  /** Changes committed after position `seq`, in commit order (empty without a change log). */
+  changesSince (seq: number): ResultChange[] {
+    if (this.#logChange === undefined) return []
+    return this.#db.prepare('SELECT seq, pipeline, key, start, "end", revision FROM changes WHERE seq > ? ORDER BY seq').all(seq) as unknown as ResultChange[]
+  }
+
+  /** Forgets the changes up to position `seq` (nobody will ask for them again). */
+  trimChanges (seq: number): void {
+    if (this.#logChange !== undefined) this.#db.prepare('DELETE FROM changes WHERE seq <= ?').run(seq)
+  }
+
+  /** The revision committed for a window (queued results are not looked at); undefined when there is none. */
+  revisionOf (pipeline: string, key: string, start: number, end: number): number | undefined {
+    const row = this.#db.prepare('SELECT revision FROM results WHERE pipeline = ? AND start = ? AND key = ? AND "end" = ?').get(pipeline, start, key, end) as { revision: number } | undefined
+    return row?.revision
   }
 
   query (pipeline: string, q: ResultQuery): WindowResult[] {
