@@ -1,0 +1,220 @@
+/**
+ * Fog → cloud forwarding. Every finalization pass of the fog's MergeNode hands its windows (each with
+ * all its contributions and `final` = the fog's revision) to this forwarder, which appends them to a
+ * durable outbox in the fog's data dir before the pass is recorded as final; a Shipper delivers the
+ * outbox to the cloud sink as role 'fog' batches. While the cloud is down the windows wait in the
+ * outbox (bounded by --outbox-max, oldest dropped and counted), across restarts too.
+ *
+ * An outbox item is one finalized window, CBOR:
+ *   [defId, key, start, end, final, [[edge, revision, [state, …]], …], progress | null]
+ * `defId` names the PipelineDef in the outbox's meta (as the edge's uplink does), so items keep the
+ * definition they were finalized with.
+ *
+ * Watermarks. Batches carry every edge's watermark as the fog knows it, and the fog's own progress per
+ * pipeline under the fog's id, as if the fog were one more edge: "every window ending at or before this
+ * that I will finalize is in this batch or was delivered before". The cloud then waits for the fog, as
+ * for an edge, before it finalizes a window edges sent it straight (on failover): without that, the
+ * edges' own watermarks would let the cloud finalize a window whose other contributions are still at
+ * the fog, and count it again (revision + 1) when the fog delivers. A fog silent for the cloud's
+ * --finalize-after is not waited for, like any silent edge.
+ *
+ * The progress is the lowest watermark of the pipeline's edges as of a pass that succeeded: after a
+ * pass, every window left pending has an edge whose watermark is below its end (else it was due), and
+ * a new window only comes from an edge whose watermark has not reached its end yet (late updates are
+ * revisions, and an edge never heard from is not waited for anywhere). Each item records the progress
+ * as of the pass before its own (the windows of its own pass may be cut across batches), and a batch
+ * that leaves nothing pending carries the latest. Edges silent at the fog still count in the lowest
+ * watermark (the MergeNode does not say which are live): that only makes the cloud wait longer, at
+ * most its --finalize-after. The fog's id must not also be an edge's.
+ */
+import { createHash } from 'node:crypto'
+import { Decoder, Encoder } from 'cbor-x'
+import type { Batch, PipelineDef, Watermark, WindowEntry } from '../core/upstream/batch.ts'
+import type { MergeNode } from '../server/merge-node.ts'
+import type { Metrics } from '../server/metrics.ts'
+import { Outbox } from '../server/outbox.ts'
+import type { OutboxItem } from '../server/outbox.ts'
+import { FAILURE_REASONS, SHIPPER_DEFAULTS, Shipper } from '../server/shipper.ts'
+import type { BatchContext } from '../server/shipper.ts'
+
+export interface ForwarderOptions {
+  /** The fog's id: the sender of batches, and the "edge" its progress watermarks are reported as. */
+  fog: string
+  /** Directory of the outbox database; undefined keeps it in memory (tests). */
+  dataDir?: string
+  /** Cloud sink URL. */
+  cloud: string
+  /** Outbox bound, bytes. */
+  outboxMax: number
+  requestTimeout: number
+  retryMax: number
+  log?: (line: string) => void
+}
+
+/** The outbox target, and the tier name in metrics. */
+const TARGET = 'cloud'
+const DEF_META = 'pipeline-def:'
+
+const encoder = new Encoder({ useRecords: false, mapsAsObjects: true })
+const decoder = new Decoder({ useRecords: false, mapsAsObjects: true })
+
+type Item = [defId: string, key: string, start: number, end: number, final: number, contributions: Array<[edge: string, revision: number, states: unknown[]]>, progress: number | null]
+
+export class Forwarder {
+  readonly outbox: Outbox
+  readonly #node: MergeNode
+  readonly #fog: string
+  readonly #shipper: Shipper
+  readonly #log: (line: string) => void
+  readonly #removeListener: () => void
+  /** Definitions items refer to, by id (loaded from the outbox's meta on demand). */
+  readonly #defs = new Map<string, PipelineDef>()
+  /** Per pipeline, the fog's progress as of the last pass that reached the outbox. */
+  readonly #progress = new Map<string, number>()
+  /** Items that could not be read back (counted with the dropped ones). */
+  #lost = 0
+
+  constructor (node: MergeNode, options: ForwarderOptions) {
+    this.#node = node
+    this.#fog = options.fog
+    this.#log = options.log ?? SHIPPER_DEFAULTS.log
+    this.outbox = new Outbox({ dataDir: options.dataDir, maxBytes: options.outboxMax, targets: [TARGET] })
+    this.#shipper = new Shipper(this.outbox, this, {
+      ...SHIPPER_DEFAULTS,
+      tiers: [{ name: TARGET, urls: [options.cloud] }],
+      requestTimeout: options.requestTimeout,
+      retryMax: options.retryMax,
+      log: this.#log
+    })
+    this.#removeListener = node.onFinal(entries => this.#onFinal(entries))
+    this.#registerMetrics(node.metrics)
+  }
+
+  start (): void {
+    this.#shipper.start()
+  }
+
+  /** Stops shipping; what is not delivered stays in the outbox for the next start. */
+  async stop (): Promise<void> {
+    this.#removeListener()
+    await this.#shipper.stop()
+    this.outbox.close()
+  }
+
+  /**
+   * One pass's windows into the outbox, in one transaction (one fsync). Throwing leaves the pass's
+   * windows pending in the MergeNode, which offers them again at the next tick.
+   */
+  #onFinal (entries: readonly WindowEntry[]): void {
+    const defIds = new Map<string, string>()
+    const blobs = entries.map(e => {
+      let defId = defIds.get(e.pipeline)
+      if (defId === undefined) defIds.set(e.pipeline, defId = this.#defIdOf(e.pipeline))
+      const item: Item = [defId, e.key, e.start, e.end, e.final ?? 0, e.contributions.map(c => [c.edge, c.revision, c.states]), this.#progress.get(e.pipeline) ?? null]
+      // cbor-x encodes into a shared buffer: keep a copy.
+      return encoder.encode(item).slice()
+    })
+    this.outbox.append(blobs)
+    this.#advance()
+    this.#shipper.notify()
+  }
+
+  /** The id of a pipeline's current definition, stored in the outbox's meta before any item uses it. */
+  #defIdOf (pipeline: string): string {
+    const def = this.#node.definition(pipeline)
+    if (def === undefined) throw new Error(`no definition of pipeline ${pipeline} to forward its windows with`)
+    const json = JSON.stringify(def)
+    const defId = createHash('sha256').update(json).digest('base64url').slice(0, 16)
+    if (!this.#defs.has(defId)) {
+      if (this.outbox.meta(DEF_META + defId) === undefined) this.outbox.setMeta(DEF_META + defId, json)
+      this.#defs.set(defId, def)
+    }
+    return defId
+  }
+
+  /** Right after a pass reached the outbox: its pipelines' lowest edge watermarks are the new progress. */
+  #advance (): void {
+    const lowest = new Map<string, number>()
+    for (const w of this.#node.watermarks()) lowest.set(w.pipeline, Math.min(lowest.get(w.pipeline) ?? Infinity, w.watermark))
+    for (const [pipeline, wm] of lowest) {
+      if (wm > (this.#progress.get(pipeline) ?? -Infinity)) this.#progress.set(pipeline, wm)
+    }
+  }
+
+  // BatchSource (for the shipper)
+
+  /** Nothing to move: passes append to the outbox as they happen. */
+  flush (): void {}
+
+  build (items: OutboxItem[], ctx: BatchContext): { batch: Omit<Batch, 'seq'>, used: number } {
+    const defs = new Map<string, { defId: string, def: PipelineDef }>()
+    const windows = new Map<string, WindowEntry>()
+    const progress = new Map<string, number>()
+    let used = 0
+    for (const item of items) {
+      const parsed = this.#decode(item)
+      if (parsed === undefined) {
+        used++
+        continue
+      }
+      const [defId, key, start, end, final, contributions, recorded] = parsed
+      const def = this.#def(defId)!
+      const seen = defs.get(def.name)
+      // A batch defines each pipeline once: items finalized with another definition go in the next batch.
+      if (seen !== undefined && seen.defId !== defId) break
+      defs.set(def.name, { defId, def })
+      used++
+      // A later revision of the same window holds every contribution of the earlier one, or a newer one.
+      windows.set(JSON.stringify([def.name, key, start, end]), {
+        pipeline: def.name, key, start, end, final, contributions: contributions.map(([edge, revision, states]) => ({ edge, revision, states }))
+      })
+      if (recorded !== null) progress.set(def.name, Math.max(progress.get(def.name) ?? -Infinity, recorded))
+    }
+    if (ctx.drained && used === items.length) {
+      for (const [pipeline, p] of this.#progress) progress.set(pipeline, Math.max(progress.get(pipeline) ?? -Infinity, p))
+    }
+    const watermarks: Watermark[] = [
+      ...this.#node.watermarks(),
+      ...[...progress].map(([pipeline, watermark]) => ({ pipeline, edge: this.#fog, watermark }))
+    ]
+    return {
+      batch: { sender: this.#fog, role: 'fog', pipelines: [...defs.values()].map(d => d.def), watermarks, windows: [...windows.values()] },
+      used
+    }
+  }
+
+  /** An item's fields, or undefined (counted, logged) when it cannot be read. */
+  #decode (item: OutboxItem): Item | undefined {
+    try {
+      const v = decoder.decode(item.data) as Item
+      if (!Array.isArray(v) || v.length !== 7 || this.#def(v[0]) === undefined) throw new Error('not a forwarded window')
+      return v
+    } catch (err) {
+      this.#lost++
+      this.#log(`forwarder: outbox item ${item.id} is unreadable (${(err as Error).message}); dropping it`)
+      return undefined
+    }
+  }
+
+  #def (defId: string): PipelineDef | undefined {
+    let def = this.#defs.get(defId)
+    if (def === undefined) {
+      const json = this.outbox.meta(DEF_META + defId)
+      if (json === undefined) return undefined
+      def = JSON.parse(json) as PipelineDef
+      this.#defs.set(defId, def)
+    }
+    return def
+  }
+
+  /** The edge's uplink metrics, for the fog's one tier. */
+  #registerMetrics (m: Metrics): void {
+    const stats = this.#shipper.stats
+    m.gauge('fogmesh_outbox_bytes', 'Size of the final windows waiting in the outbox for the cloud', [], () => [[{}, this.outbox.bytes]])
+    m.gauge('fogmesh_outbox_items', 'Final windows waiting in the outbox for the cloud', [], () => [[{}, this.outbox.items]])
+    m.counter('fogmesh_outbox_dropped_total', 'Final windows dropped undelivered: the outbox was full (oldest first), or unreadable', [], () => [[{}, this.outbox.dropped + this.#lost]])
+    m.counter('fogmesh_batches_sent_total', 'Batches acknowledged upstream, by tier', ['target'], () => Object.entries(stats.sent).map(([target, n]) => [{ target }, n]))
+    m.counter('fogmesh_batches_failed_total', 'Batch requests that failed, by tier and reason', ['target', 'reason'], () =>
+      Object.entries(stats.failed).flatMap(([target, byReason]) => FAILURE_REASONS.map(reason => [{ target, reason }, byReason[reason] ?? 0] as [Record<string, string>, number])))
+  }
+}

@@ -1,0 +1,361 @@
+/**
+ * The whole mesh as users run it, in real processes: a cloud sink, a fog coordinator forwarding to it,
+ * and two edge agents (embedded brokers) fed by the simulator, which partitions the devices over the
+ * two edges. Every tier is checked against the simulator's ground truth: each edge against its own
+ * readings, the fog and the cloud against the merge of both (final results, exact, `sources` equal).
+ * Then the same with a tier failing in the middle: the fog killed and restarted, the fog away long
+ * enough for the edges to fail over to the cloud, the cloud away, an edge restarted.
+ */
+import { join } from 'node:path'
+import t from 'tap'
+import type { Test } from 'tap'
+import { loadPipelinesFile } from '../core/pipeline/parse.ts'
+import type { PipelineSpec } from '../core/pipeline/spec.ts'
+import { runSimulator } from '../simulators/sim.ts'
+import type { SimInput } from '../simulators/options.ts'
+import type { SimSummary } from '../simulators/sim.ts'
+import type { TruthFile, WindowResult as TruthResult } from '../simulators/truth.ts'
+import { compareResults, fetchMetric, fetchResults } from './helpers/ground-truth.ts'
+import { fetchJson, freePort, startFogmesh, tmpDir, waitFor } from './helpers/process.ts'
+import type { RunningProcess } from './helpers/process.ts'
+
+const MESH = new URL('fixtures/mesh.yaml', import.meta.url).pathname
+const START = Date.UTC(2026, 0, 1)
+
+/** About 1,150 readings over 36 s of event time; as fast as the brokers take them unless `speed` is set. */
+const RUN: SimInput = {
+  start: START,
+  devices: 8,
+  rooms: 3,
+  rate: 4,
+  duration: 36_000,
+  seed: 3,
+  jitter: 1_500, // within the pipelines' 2 s lateness: out of order, never late
+  lateShare: 0.02,
+  lateBy: 20_000,
+  duplicateShare: 0.01,
+  malformedShare: 0.01
+}
+/** Event time per wall-clock time where a tier fails while readings flow: publishing takes about 4.5 s. */
+const SLOW = 8
+/**
+ * Short runs an hour of event time before and after the main one. A merge tier waits only for edges
+ * it has heard from, so in a mesh that starts from nothing the first edge to report could get windows
+ * finalized without the other (then revised): the warm-up makes every tier know every edge first. And
+ * an edge's watermark stops at its own last reading, so without time moving on the other edge's last
+ * windows would be final only after --finalize-after: the tail moves both edges' watermarks past the
+ * main run. Their windows are left out of the comparisons.
+ */
+const WARM_UP: SimInput = { start: START - 3_600_000, devices: 8, rooms: 3, rate: 4, duration: 6_000, seed: 99 }
+const TAIL: SimInput = { start: START + 3_600_000, devices: 8, rooms: 3, rate: 4, duration: 2_000, seed: 98 }
+/**
+ * Each scenario takes 4-9 s, twice that on a loaded machine. Five of these stay under the file's
+ * timeout (120 s): a subtest that times out still stops its processes, the file being killed does not.
+ */
+const SUBTEST_TIMEOUT = 22_000
+/** Longest wait for a tier to equal the truth. */
+const EXACT_WITHIN = 10_000
+/** Results of the main run start in [MAIN_FROM, MAIN_TO) (its late readings go back 20 s at most). */
+const MAIN_FROM = START - 600_000
+const MAIN_TO = START + 600_000
+
+interface MeshOptions {
+  /** Extra flags, after (and overriding) the defaults below. */
+  cloud?: string[]
+  fog?: string[]
+  edge?: string[]
+  /** After the warm-up, stop the fog (SIGTERM): the test brings it back with `startFog`. */
+  fogAway?: boolean
+}
+
+interface Mesh {
+  cloud: RunningProcess
+  fog: RunningProcess
+  edges: RunningProcess[]
+  /** The edges' broker URLs when the simulator ran: the truth names the edges by them. */
+  brokers: string[]
+  startCloud: () => Promise<RunningProcess>
+  startFog: () => Promise<RunningProcess>
+  startEdge: (i: number) => Promise<RunningProcess>
+}
+
+function alive (p: RunningProcess | undefined): p is RunningProcess {
+  return p !== undefined && p.proc.exitCode === null && p.proc.signalCode === null
+}
+
+/**
+ * Starts the mesh in a temp dir. The cloud and the fog get fixed ports, so that after a restart on the
+ * same data dir the tiers below find them again. Everything is stopped (or killed) at teardown.
+ */
+async function startMesh (t: Test, opts: MeshOptions = {}): Promise<Mesh> {
+  const dir = await tmpDir('fogmesh-mesh-')
+  const running = new Set<RunningProcess>()
+  t.teardown(async () => {
+    await Promise.all([...running].filter(alive).map(p => p.stop(5_000).catch(() => p.kill('SIGKILL'))))
+    await dir.cleanup()
+  })
+  const launch = async (args: string[]): Promise<RunningProcess> => {
+    const p = await startFogmesh(args)
+    running.add(p)
+    return p
+  }
+  const [cloudPort, fogPort] = await Promise.all([freePort(), freePort()])
+  const cloudUrl = `http://127.0.0.1:${cloudPort}`
+  const fogUrl = `http://127.0.0.1:${fogPort}`
+  // The cloud learns the pipelines from the fog's batches; the fog and the edges read the file. The
+  // merge tiers' --finalize-after is longer than any tier stays away here: windows are final by
+  // watermarks (the cloud, on failover, by the fog's), never by giving up on a tier.
+  const cloudArgs = ['cloud', '--id', 'c1', '--http-port', String(cloudPort), '--data-dir', join(dir.path, 'cloud'),
+    '--tick', '100ms', '--finalize-after', '30s', ...opts.cloud ?? []]
+  const fogArgs = ['fog', '--id', 'f1', '--http-port', String(fogPort), '--data-dir', join(dir.path, 'fog'), '--pipelines', MESH,
+    '--cloud', cloudUrl, '--tick', '100ms', '--finalize-after', '30s', '--uplink-retry-max', '500ms', ...opts.fog ?? []]
+  const edgeArgs = (i: number) => ['edge', '--id', `e${i + 1}`, '--pipelines', MESH, '--mqtt-port', '0', '--http-port', '0',
+    '--data-dir', join(dir.path, `e${i + 1}`), '--fog', fogUrl, '--cloud', cloudUrl, '--failover-after', '2s', '--uplink-retry-max', '500ms',
+    ...opts.edge ?? []]
+  const mesh = {
+    edges: [] as RunningProcess[],
+    brokers: [] as string[],
+    startCloud: async () => (mesh.cloud = await launch(cloudArgs)),
+    startFog: async () => (mesh.fog = await launch(fogArgs)),
+    startEdge: async (i: number) => (mesh.edges[i] = await launch(edgeArgs(i)))
+  } as Mesh
+  await Promise.all([mesh.startCloud(), mesh.startFog(), mesh.startEdge(0), mesh.startEdge(1)])
+  mesh.brokers = mesh.edges.map(e => e.mqtt!)
+  await warmUp(mesh)
+  if (opts.fogAway === true) await mesh.fog.stop()
+  return mesh
+}
+
+/** Runs the warm-up and waits until the fog knows both edges, and the cloud the fog, in every pipeline. */
+async function warmUp (mesh: Mesh): Promise<void> {
+  await runSimulator({ ...WARM_UP, mqtt: mesh.brokers })
+  const knows = async (base: string, ids: string[]) => {
+    const edges = (await fetchJson(`${base}/v1/mesh`)).body.edges as Array<{ id: string, watermarks: Record<string, string> }>
+    return ids.every(id => Object.keys(edges.find(e => e.id === id)?.watermarks ?? {}).length === 3)
+  }
+  await waitFor(() => knows(mesh.fog.http, ['e1', 'e2']), { timeoutMs: 10_000, message: 'the fog hearing from both edges in every pipeline' })
+  await waitFor(() => knows(mesh.cloud.http, ['e1', 'e2', 'f1']), { timeoutMs: 10_000, message: 'the cloud hearing from the fog in every pipeline' })
+}
+
+/** The main run (its summary has the truth), then the tail. */
+async function simulate (mesh: Mesh, specs: PipelineSpec[], over: SimInput = {}): Promise<SimSummary> {
+  const sim = await runSimulator({ ...RUN, mqtt: mesh.brokers, pipelines: specs, ...over })
+  await runSimulator({ ...TAIL, mqtt: mesh.brokers })
+  return sim
+}
+
+async function metric (base: string, name: string, labels = ''): Promise<number> {
+  return (await fetchMetric(base, name)).get(labels) ?? 0
+}
+
+/** Every difference between a tier's final results and `want`, pipeline by pipeline. */
+async function differences (base: string, specs: PipelineSpec[], want: (pipeline: string) => TruthResult[], sources?: number): Promise<string[]> {
+  const out: string[] = []
+  for (const spec of specs) {
+    const served = (await fetchResults(base, spec.name)).filter(r => Date.parse(r.start) >= MAIN_FROM && Date.parse(r.start) < MAIN_TO)
+    out.push(...compareResults(spec, served, want(spec.name), sources === undefined ? {} : { sources }))
+  }
+  return out
+}
+
+/**
+ * Polls until a tier's results equal the truth (every expected window final, nothing else final), then
+ * asserts it; on a timeout the assertion shows what still differs.
+ */
+async function expectExact (t: Test, what: string, check: () => Promise<string[]>, timeoutMs = EXACT_WITHIN): Promise<void> {
+  let last: string[] = ['never checked']
+  try {
+    await waitFor(async () => {
+      try {
+        last = await check()
+      } catch (err) {
+        last = [`cannot read the results: ${(err as Error).message}`]
+      }
+      return last.length === 0
+    }, { timeoutMs, intervalMs: 250, message: what })
+  } catch {}
+  const shown = last.length > 8 ? [...last.slice(0, 8), `… and ${last.length - 8} more`] : last
+  t.same(shown, [], `${what} equal the ground truth`)
+}
+
+async function expectEdgesExact (t: Test, mesh: Mesh, specs: PipelineSpec[], sim: SimSummary): Promise<void> {
+  for (const [i, edge] of mesh.edges.entries()) {
+    await expectExact(t, `edge e${i + 1}'s results`, () => differences(edge.http, specs, p => sim.truth!.pipelines[p].edges[mesh.brokers[i]].results, 1))
+  }
+}
+
+async function expectMergedExact (t: Test, tier: 'fog' | 'cloud', base: string, specs: PipelineSpec[], sim: SimSummary): Promise<void> {
+  await expectExact(t, `the ${tier}'s results`, () => differences(base, specs, p => sim.truth!.pipelines[p].merged!.results))
+}
+
+interface Background {
+  /** The run's ground truth, known before it publishes (the simulator is seeded). */
+  truth: TruthFile
+  /** Resolves after the main run and the tail. */
+  done: Promise<SimSummary>
+  published: () => boolean
+}
+
+/** Starts publishing at SLOW speed, so that a tier can fail while readings flow. */
+async function simulateSlowly (mesh: Mesh, specs: PipelineSpec[]): Promise<Background> {
+  const planned = await runSimulator({ ...RUN, speed: SLOW, mqtt: mesh.brokers, pipelines: specs, dryRun: true })
+  let published = false
+  const done = simulate(mesh, specs, { speed: SLOW }).finally(() => { published = true })
+  // Reported where the test awaits it; this keeps an early failure from being an unhandled rejection.
+  done.catch(() => {})
+  return { truth: planned.truth!, done, published: () => published }
+}
+
+/**
+ * Waits for a window that one edge has delivered to the fog and the other not yet (two sources in the
+ * truth, one at the fog, not final): failing the fog then splits the window's contributions between the
+ * fog and wherever the other edge's goes next. Returns the window.
+ */
+async function splitWindow (fog: string, truth: TruthFile): Promise<string> {
+  const pipelines = ['room-temp', 'room-hopping']
+  const both = new Set(pipelines.flatMap(p => truth.pipelines[p].merged!.results.filter(r => r.sources === 2).map(r => `${p} ${r.key} ${r.start}`)))
+  return await waitFor(async () => {
+    for (const p of pipelines) {
+      const split = (await fetchResults(fog, p)).find(r => !r.final && r.sources === 1 && both.has(`${p} ${r.key} ${r.start}`))
+      if (split !== undefined) return `${p} ${split.key} ${split.start}`
+    }
+    return undefined
+  }, { timeoutMs: 10_000, intervalMs: 5, message: 'a window one edge has delivered to the fog and the other not yet' })
+}
+
+/** Waits for a tier's first final result of the main run. */
+async function firstFinal (base: string, what: string): Promise<void> {
+  const ofRun = (r: { start: string }) => Date.parse(r.start) >= MAIN_FROM && Date.parse(r.start) < MAIN_TO
+  await waitFor(async () => (await fetchResults(base, 'room-temp')).some(r => r.final && ofRun(r)), { timeoutMs: 10_000, intervalMs: 50, message: what })
+}
+
+async function outboxEmpty (base: string, what: string): Promise<void> {
+  await waitFor(async () => (await metric(base, 'fogmesh_outbox_items')) === 0, { timeoutMs: 10_000, message: `${what}: an empty outbox` })
+}
+
+t.test('happy path: every edge, the fog and the cloud equal the ground truth', { timeout: SUBTEST_TIMEOUT }, async t => {
+  const specs = await loadPipelinesFile(MESH)
+  const mesh = await startMesh(t)
+  const sim = await simulate(mesh, specs)
+  t.ok(sim.stats.late > 0 && sim.stats.duplicates > 0 && Object.keys(sim.stats.malformed).length > 0, 'the run has late, duplicate and malformed readings')
+  t.ok(specs.every(s => sim.truth!.pipelines[s.name].merged!.results.length > 0), 'every pipeline has merged windows')
+  t.ok(sim.truth!.pipelines['room-temp'].merged!.results.some(r => r.sources === 2), 'windows with readings from both edges')
+
+  await expectEdgesExact(t, mesh, specs, sim)
+  await expectMergedExact(t, 'fog', mesh.fog.http, specs, sim)
+  await expectMergedExact(t, 'cloud', mesh.cloud.http, specs, sim)
+
+  const fog = mesh.fog.http
+  await outboxEmpty(fog, 'the fog')
+  t.ok(await metric(fog, 'fogmesh_batches_sent_total', '{target="cloud"}') > 0, 'the fog counts its batches to the cloud')
+  t.equal(await metric(fog, 'fogmesh_outbox_dropped_total'), 0)
+  t.equal(await metric(fog, 'fogmesh_outbox_bytes'), 0)
+  t.ok(await metric(mesh.cloud.http, 'fogmesh_batches_received_total', '{role="fog"}') > 0)
+  t.equal(await metric(mesh.cloud.http, 'fogmesh_batches_received_total', '{role="edge"}'), 0, 'no edge needed the cloud')
+  const pipelines = (await fetchJson(`${mesh.cloud.http}/v1/pipelines`)).body.pipelines as Array<{ name: string }>
+  t.same(pipelines.map(p => p.name), ['room-hopping', 'room-temp', 'sessions'], 'the cloud learned the pipelines from the fog\'s batches')
+  for (const edge of mesh.edges) t.equal(await metric(edge.http, 'fogmesh_failovers_total'), 0)
+  t.equal(await mesh.fog.stop(), 0, 'the fog stops cleanly')
+})
+
+t.test('fog SIGKILLed while readings flow, restarted on its data dir: the fog and the cloud stay exact', { timeout: SUBTEST_TIMEOUT }, async t => {
+  const specs = await loadPipelinesFile(MESH)
+  const mesh = await startMesh(t)
+  const run = await simulateSlowly(mesh, specs)
+  const split = await splitWindow(mesh.fog.http, run.truth)
+  t.notOk(run.published(), `the simulator is still publishing; ${split} is half at the fog`)
+  mesh.fog.kill('SIGKILL')
+  t.equal((await mesh.fog.exited).signal, 'SIGKILL')
+  await mesh.startFog()
+  const sim = await run.done
+
+  await expectEdgesExact(t, mesh, specs, sim)
+  await expectMergedExact(t, 'fog', mesh.fog.http, specs, sim)
+  await expectMergedExact(t, 'cloud', mesh.cloud.http, specs, sim)
+  await outboxEmpty(mesh.fog.http, 'the fog')
+  for (const edge of mesh.edges) await outboxEmpty(edge.http, 'an edge')
+})
+
+t.test('fog away longer than --failover-after: edges fail over to the cloud; the fog back, nothing lost or counted twice', { timeout: SUBTEST_TIMEOUT }, async t => {
+  const specs = await loadPipelinesFile(MESH)
+  const mesh = await startMesh(t)
+  const run = await simulateSlowly(mesh, specs)
+  const split = await splitWindow(mesh.fog.http, run.truth)
+  t.notOk(run.published(), `the simulator is still publishing; ${split} is half at the fog`)
+  mesh.fog.kill('SIGKILL')
+  await mesh.fog.exited
+
+  const failedOver = async () => (await Promise.all(mesh.edges.map(e => metric(e.http, 'fogmesh_failovers_total')))).every(n => n > 0)
+  await waitFor(failedOver, { timeoutMs: 10_000, message: 'both edges failing over to the cloud' })
+  t.pass('both edges failed over (fogmesh_failovers_total > 0)')
+  const sim = await run.done
+  await expectEdgesExact(t, mesh, specs, sim)
+  for (const edge of mesh.edges) {
+    await waitFor(async () => (await fetchJson(`${edge.http}/v1/mesh`)).body.uplink.failedOver === true, { timeoutMs: 5_000, message: 'an edge sending to the cloud' })
+  }
+  const cloud = mesh.cloud.http
+  await waitFor(async () => (await metric(cloud, 'fogmesh_batches_received_total', '{role="edge"}')) > 0, { timeoutMs: 5_000, message: 'edge batches at the cloud' })
+  // The cloud waits for the fog's progress before it finalizes what edges sent it straight: the fog
+  // may hold other contributions to the same windows.
+  const pending = await fetchMetric(cloud, 'fogmesh_pending_windows')
+  t.ok([...pending.values()].some(n => n > 0), 'windows the edges sent the cloud wait for the fog')
+
+  await mesh.startFog()
+  await expectMergedExact(t, 'fog', mesh.fog.http, specs, sim)
+  await expectMergedExact(t, 'cloud', cloud, specs, sim)
+  t.ok(await metric(cloud, 'fogmesh_partials_ignored_total', '{pipeline="room-temp"}') > 0, 'contributions that reached the cloud both ways were counted once')
+  for (const edge of mesh.edges) {
+    await waitFor(async () => (await fetchJson(`${edge.http}/v1/mesh`)).body.uplink.target === 'fog', { timeoutMs: 5_000, message: 'an edge back on the fog' })
+    await outboxEmpty(edge.http, 'an edge')
+  }
+  await outboxEmpty(mesh.fog.http, 'the fog')
+})
+
+t.test('cloud away: the fog keeps final windows in its outbox and delivers them when the cloud is back', { timeout: SUBTEST_TIMEOUT }, async t => {
+  const specs = await loadPipelinesFile(MESH)
+  const mesh = await startMesh(t)
+  const run = await simulateSlowly(mesh, specs)
+  await firstFinal(mesh.cloud.http, 'the cloud\'s first window of the run')
+  t.notOk(run.published(), 'the simulator is still publishing')
+  mesh.cloud.kill('SIGKILL')
+  await mesh.cloud.exited
+  const sim = await run.done
+
+  const fog = mesh.fog.http
+  await expectMergedExact(t, 'fog', fog, specs, sim)
+  const held = await metric(fog, 'fogmesh_outbox_items')
+  t.ok(held > 0, `the fog holds ${held} final windows for the cloud`)
+  t.ok(await metric(fog, 'fogmesh_batches_failed_total', '{target="cloud",reason="unreachable"}') > 0, 'failed deliveries counted')
+  for (const edge of mesh.edges) t.equal(await metric(edge.http, 'fogmesh_failovers_total'), 0, 'the edges never noticed')
+
+  await mesh.startCloud()
+  await expectMergedExact(t, 'cloud', mesh.cloud.http, specs, sim)
+  await outboxEmpty(fog, 'the fog')
+  t.equal(await metric(fog, 'fogmesh_outbox_dropped_total'), 0)
+})
+
+t.test('an edge restarted after its windows closed delivers its outbox: every tier exact', { timeout: SUBTEST_TIMEOUT }, async t => {
+  const specs = await loadPipelinesFile(MESH)
+  // The fog is away while the readings flow and until the edge has restarted, so that the restarted
+  // edge has an outbox to deliver; the edges wait for the fog rather than fail over.
+  const mesh = await startMesh(t, { fogAway: true, edge: ['--failover-after', '60s'] })
+  const sim = await simulate(mesh, specs)
+  await expectEdgesExact(t, mesh, specs, sim)
+
+  const e1 = mesh.edges[0]
+  // Every window closed (the tail's too, by idle): each one is in the outbox, once (late: drop).
+  await waitFor(async () => [...(await fetchMetric(e1.http, 'fogmesh_open_windows')).values()].every(n => n === 0), { timeoutMs: 5_000, message: 'e1\'s windows closed' })
+  const held = await metric(e1.http, 'fogmesh_outbox_items')
+  const main = specs.reduce((n, s) => n + sim.truth!.pipelines[s.name].edges[mesh.brokers[0]].results.length, 0)
+  t.ok(held > main, `e1's outbox holds ${held} windows: the run's ${main} and the tail's`)
+  t.equal(await e1.stop(), 0, 'SIGTERM stops the edge cleanly')
+  const again = await mesh.startEdge(0)
+  t.equal(await metric(again.http, 'fogmesh_outbox_items'), held, 'they are all still in the outbox after the restart')
+
+  await mesh.startFog()
+  await expectMergedExact(t, 'fog', mesh.fog.http, specs, sim)
+  await expectMergedExact(t, 'cloud', mesh.cloud.http, specs, sim)
+  await expectEdgesExact(t, mesh, specs, sim)
+  for (const edge of mesh.edges) await outboxEmpty(edge.http, 'an edge')
+  await outboxEmpty(mesh.fog.http, 'the fog')
+})
