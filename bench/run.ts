@@ -3,8 +3,8 @@
  * same run on the same machine. Shared CI machines are too noisy for absolute figures to mean anything,
  * so the bench reports ratios, takes the median of alternating rounds, and asserts nothing.
  *
- *   node bench/run.ts [--quick] [--rounds N] [--readings N] [--poll-ms MS] [--profile | --no-profile]
- *                     [--agent-node-args="--max-semi-space-size=2 ..."] [--out FILE]
+ *   node bench/run.ts [--quick] [--only edge|upstream] [--rounds N] [--readings N] [--poll-ms MS]
+ *                     [--profile | --no-profile] [--agent-node-args="--max-semi-space-size=2 ..."] [--out FILE]
  *
  * Throughput: bench/publisher.ts (its own process) writes M pre-encoded QoS 0 readings over one
  * connection, alternately to bench/raw-broker.ts (bare aedes + JSON.parse) and to the real edge agent;
@@ -12,9 +12,11 @@
  * 1,000 keys (the throughput rounds) and with 10,000 keys (a longer run). CPU time per reading of
  * both processes is reported too: it is the same comparison, less disturbed by other load. With the
  * agent below the throughput goal (or with --profile) one more run of each under --cpu-prof shows
- * where the time goes. Results go to stdout and bench/results.json.
+ * where the time goes. Upstream (bench/upstream.ts): bytes sent upstream per reading and close-to-final
+ * latency at the fog and the cloud, on a mesh of real processes. Results go to stdout and
+ * bench/results.json; with --only, the part not run keeps its figures from the previous file.
  */
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { cpus, loadavg, tmpdir, totalmem } from 'node:os'
 import { createServer } from 'node:net'
 import type { AddressInfo } from 'node:net'
@@ -26,6 +28,7 @@ import {
   rssMiB, scriptPath, spawnNode, stopAll, stopChild
 } from './lib.ts'
 import type { Child, Rate } from './lib.ts'
+import { runUpstreamBench, upstreamRows } from './upstream.ts'
 
 const THROUGHPUT_GOAL = 0.6
 const RSS_GOAL_MIB = 150
@@ -56,13 +59,15 @@ function readArgs () {
 }
 
 function usage (message: string): never {
-  process.stderr.write(`bench: ${message}\nusage: node bench/run.ts [--quick] [--rounds N] [--readings N] [--poll-ms MS] ` +
+  process.stderr.write(`bench: ${message}\nusage: node bench/run.ts [--quick] [--only edge|upstream] [--rounds N] [--readings N] [--poll-ms MS] ` +
     '[--profile | --no-profile] [--agent-node-args="--max-semi-space-size=2 ..."] [--out FILE]\n')
   process.exit(2)
 }
 
 const ARG_OPTIONS = {
   quick: { type: 'boolean', default: false },
+  // One part alone: the edge agent's throughput and memory, or the upstream bytes and latency.
+  only: { type: 'string' },
   rounds: { type: 'string' },
   readings: { type: 'string' },
   'poll-ms': { type: 'string', default: '50' },
@@ -83,6 +88,8 @@ function positiveInt (name: string, raw: string | undefined, fallback: number): 
 }
 
 const quick = args.quick === true
+if (args.only !== undefined && args.only !== 'edge' && args.only !== 'upstream') usage(`--only: expected edge or upstream, got ${args.only}`)
+const parts = { edge: args.only !== 'upstream', upstream: args.only !== 'edge' }
 const opts = {
   quick,
   rounds: positiveInt('rounds', args.rounds, quick ? 5 : 7),
@@ -471,6 +478,23 @@ function table (rows: Array<[string, string]>): string {
   return rows.map(([k, v]) => `  ${k.padEnd(w)}  ${v}`).join('\n')
 }
 
+interface Machine {
+  cpus: number
+  cpuModel: string
+  memoryMiB: number
+  node: string
+  platform: string
+  loadavgAtStart: number[]
+}
+
+interface EdgePart {
+  /** The top-level keys of results.json this part fills. */
+  results: Record<string, unknown> & { warnings: string[] }
+  rows: Array<[string, string]>
+  /** Prints the CPU profiles, if any. */
+  printProfiles: () => void
+}
+
 async function main (): Promise<void> {
   guardChildren()
   workDir = mkdtempSync(join(tmpdir(), 'fogmesh-bench-'))
@@ -479,7 +503,7 @@ async function main (): Promise<void> {
   writeFileSync(join(workDir, 'pipelines.yaml'), PIPELINES_YAML)
   const started = performance.now()
   const cpuList = cpus()
-  const machine = {
+  const machine: Machine = {
     cpus: cpuList.length,
     cpuModel: cpuList[0]?.model ?? 'unknown',
     memoryMiB: Math.round(totalmem() / 1048576),
@@ -488,7 +512,38 @@ async function main (): Promise<void> {
     loadavgAtStart: loadavg().map(x => Math.round(x * 100) / 100)
   }
   const log = (s: string): void => { process.stdout.write(s + '\n') }
-  log(`fogmesh bench${quick ? ' (quick)' : ''}: ${machine.cpus} cpus (${machine.cpuModel}), node ${machine.node}, load ${machine.loadavgAtStart.join(' ')}`)
+  log(`fogmesh bench${quick ? ' (quick)' : ''}${args.only !== undefined ? ` (only ${args.only})` : ''}: ${machine.cpus} cpus (${machine.cpuModel}), node ${machine.node}, load ${machine.loadavgAtStart.join(' ')}`)
+  const edge = parts.edge ? await edgeBench(log) : undefined
+  const edgeSeconds = Math.round((performance.now() - started) / 100) / 10
+  const upstream = parts.upstream ? await runUpstreamBench({ workDir, quick, log }) : undefined
+  const loadAtEnd = loadavg().map(x => Math.round(x * 100) / 100)
+
+  const out = args.out ?? join(BENCH_DIR, 'results.json')
+  // A part not run keeps the figures of the previous file (the top-level date and machine are the edge part's).
+  const previous = existsSync(out) ? JSON.parse(readFileSync(out, 'utf8')) as Record<string, unknown> : {}
+  const { upstream: previousUpstream, ...previousEdge } = previous
+  const results = {
+    ...(edge === undefined
+      ? previousEdge
+      : { date: new Date().toISOString(), quick, machine, loadavgAtEnd: loadAtEnd, durationSeconds: edgeSeconds, ...edge.results }),
+    upstream: upstream === undefined ? previousUpstream : { ...upstream, quick, machine: { ...machine, loadavgAtEnd: loadAtEnd } }
+  }
+  writeFileSync(out, JSON.stringify(results, null, 2) + '\n')
+
+  edge?.printProfiles()
+  log('\nresults')
+  log(table([
+    ['machine', `${machine.cpus} cpus, ${machine.cpuModel}, node ${machine.node}`],
+    ...(edge?.rows ?? []),
+    ...(upstream !== undefined ? upstreamRows(upstream) : []),
+    ['duration', `${Math.round((performance.now() - started) / 100) / 10} s; load ${machine.loadavgAtStart.join(' ')} -> ${loadAtEnd.join(' ')}`]
+  ]))
+  for (const w of [...(edge?.results.warnings ?? []), ...(upstream?.warnings ?? [])]) log(`warning: ${w}`)
+  log(`wrote ${out.startsWith(REPO_DIR + '/') ? relative(process.cwd(), out) : out}`)
+}
+
+/** The edge agent's throughput and memory, each against its baseline (see the top of this file). */
+async function edgeBench (log: (line: string) => void): Promise<EdgePart> {
   log(`throughput: ${opts.rounds} rounds of raw then agent, ${opts.readings.toLocaleString('en-US')} readings over ${opts.keys.toLocaleString('en-US')} keys each, polled every ${opts.pollMs} ms`)
   const warnings: string[] = []
   const ceiling = await publisherCeiling(opts.readings)
@@ -537,11 +592,6 @@ async function main (): Promise<void> {
   const agentScrape = median(agent.map(r => r.scrapeMs))
   const rawScrape = median(raw.map(r => r.scrapeMs))
   const results = {
-    date: new Date().toISOString(),
-    quick,
-    machine,
-    loadavgAtEnd: loadavg().map(x => Math.round(x * 100) / 100),
-    durationSeconds: Math.round((performance.now() - started) / 100) / 10,
     rounds: opts.rounds,
     readings: opts.readings,
     keys: opts.keys,
@@ -589,28 +639,25 @@ async function main (): Promise<void> {
     warnings,
     profiles: Object.fromEntries(profiles.map(p => [p.run.kind, { cpuUsPerReading: round2(p.run.cpuUsPerReading), ...p.summary }]))
   }
-  const out = args.out ?? join(BENCH_DIR, 'results.json')
-  writeFileSync(out, JSON.stringify(results, null, 2) + '\n')
-
-  for (const { run, summary: s } of profiles) {
-    // Shares of busy samples times the run's CPU per reading: approximate (GC threads count in the
-    // CPU time, not in the samples), but it puts both processes on one scale.
-    const us = (p: number): string => `${(p / 100 * run.cpuUsPerReading).toFixed(2)} µs`
-    log(`\n${run.kind} CPU profile, from its first reading to its last (${s.busySamples} busy samples, % of those; idle ${s.idleShare}% of the window; ${run.cpuUsPerReading.toFixed(1)} cpu µs/reading in this run; ${s.file})`)
-    log('  by part (what is on the stack), share and cpu per reading:')
-    for (const b of s.breakdown) log(`    ${b.pct.toFixed(1).padStart(5)}%  ${us(b.pct).padStart(8)}  ${b.part}`)
-    log('  self time, top functions:')
-    for (const f of s.selfTop.slice(0, run.kind === 'raw' ? 10 : 20)) log(`    ${f.pct.toFixed(1).padStart(5)}%  ${f.fn}  ${f.where}`)
-    if (run.kind === 'raw') continue
-    log('  self time by package / file:')
-    for (const a of s.byArea) log(`    ${a.pct.toFixed(1).padStart(5)}%  ${a.area}`)
-    log('  inclusive time, project functions:')
-    for (const f of s.inclusiveTop) log(`    ${f.pct.toFixed(1).padStart(5)}%  ${f.fn}  ${f.where}`)
+  const printProfiles = (): void => {
+    for (const { run, summary: s } of profiles) {
+      // Shares of busy samples times the run's CPU per reading: approximate (GC threads count in the
+      // CPU time, not in the samples), but it puts both processes on one scale.
+      const us = (p: number): string => `${(p / 100 * run.cpuUsPerReading).toFixed(2)} µs`
+      log(`\n${run.kind} CPU profile, from its first reading to its last (${s.busySamples} busy samples, % of those; idle ${s.idleShare}% of the window; ${run.cpuUsPerReading.toFixed(1)} cpu µs/reading in this run; ${s.file})`)
+      log('  by part (what is on the stack), share and cpu per reading:')
+      for (const b of s.breakdown) log(`    ${b.pct.toFixed(1).padStart(5)}%  ${us(b.pct).padStart(8)}  ${b.part}`)
+      log('  self time, top functions:')
+      for (const f of s.selfTop.slice(0, run.kind === 'raw' ? 10 : 20)) log(`    ${f.pct.toFixed(1).padStart(5)}%  ${f.fn}  ${f.where}`)
+      if (run.kind === 'raw') continue
+      log('  self time by package / file:')
+      for (const a of s.byArea) log(`    ${a.pct.toFixed(1).padStart(5)}%  ${a.area}`)
+      log('  inclusive time, project functions:')
+      for (const f of s.inclusiveTop) log(`    ${f.pct.toFixed(1).padStart(5)}%  ${f.fn}  ${f.where}`)
+    }
   }
 
-  log('\nresults')
-  log(table([
-    ['machine', `${machine.cpus} cpus, ${machine.cpuModel}, node ${machine.node}`],
+  const rows: Array<[string, string]> = [
     ...(opts.agentNodeArgs.length > 0 ? [['agent node args', opts.agentNodeArgs.join(' ')] as [string, string]] : []),
     ['rounds', `${opts.rounds} x (raw, agent), ${opts.readings.toLocaleString('en-US')} readings, ${opts.keys.toLocaleString('en-US')} keys, medians`],
     ['readings/s raw', `${fmtRate(rawRate)}  (the publisher alone: ${fmtRate(ceiling)})`],
@@ -621,11 +668,9 @@ async function main (): Promise<void> {
     ['RSS agent, 1k keys', `${rss1k.toFixed(1)} MiB  (raw broker ${rawRss1k.toFixed(1)} MiB; idle before the run: agent ${results.memory.agentIdleRssMiB}, raw ${results.memory.rawIdleRssMiB} MiB)`],
     ['RSS agent, 10k keys', `${agentBig.peakRssMiB.toFixed(1)} MiB  (goal < ${RSS_GOAL_MIB} MiB: ${agentBig.peakRssMiB < RSS_GOAL_MIB ? 'met' : 'NOT met'}; raw broker ${rawBig.peakRssMiB.toFixed(1)} MiB; ` +
       `agent V8 heap at the end ${agentBig.checks.heapUsedMiB} MiB used of ${agentBig.checks.heapTotalMiB})`],
-    ['scrape cost', `/metrics ${agentScrape.toFixed(2)} ms agent, ${rawScrape.toFixed(2)} ms raw, every ${opts.pollMs} ms`],
-    ['duration', `${results.durationSeconds} s; load ${machine.loadavgAtStart.join(' ')} -> ${results.loadavgAtEnd.join(' ')}`]
-  ]))
-  for (const w of warnings) log(`warning: ${w}`)
-  log(`wrote ${out.startsWith(REPO_DIR + '/') ? relative(process.cwd(), out) : out}`)
+    ['scrape cost', `/metrics ${agentScrape.toFixed(2)} ms agent, ${rawScrape.toFixed(2)} ms raw, every ${opts.pollMs} ms`]
+  ]
+  return { results, rows, printProfiles }
 }
 
 function pct (x: number): string {

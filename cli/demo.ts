@@ -1,80 +1,405 @@
 /**
- * `fogmesh demo` (npm start): a local mesh in one command. For now an edge agent with its embedded
- * broker, fed in real time by the sensor simulator; Ctrl-C stops everything cleanly.
+ * `fogmesh demo` (npm start): the whole mesh on one machine. A cloud sink; a fog coordinator that
+ * merges the edges' partials and forwards final windows to the cloud; two edge agents with embedded
+ * brokers that send their partials to the fog (failing over to the cloud); and the sensor simulator
+ * publishing in real time, its devices split over the two brokers.
+ *
+ * Each node is its own `fogmesh <role>` process, started the way a user starts it: the demo then shows
+ * the mesh as it is deployed (same entry points, options, logs and signals), it picks up whatever the
+ * roles gain (the fog's forwarding to the cloud lives in its command), one node dying is seen as a
+ * process dying, and a busy tier cannot delay another's timers through a shared event loop. The price
+ * is four Node processes instead of one. The simulator is only an MQTT client, so it runs in here.
+ *
+ * Children get their own process group, so a Ctrl-C at the terminal reaches the demo alone and the
+ * demo stops them in order: simulator, edges (which commit their windows), fog, cloud. If a node dies,
+ * the demo stops the rest and exits 1; if the demo itself is killed outright, the nodes notice their
+ * parent is gone and stop themselves (WATCH_PARENT).
  */
-import { join } from 'node:path'
+import { spawn } from 'node:child_process'
+import type { ChildProcess } from 'node:child_process'
+import { createServer } from 'node:net'
+import { constants } from 'node:os'
+import { relative, resolve } from 'node:path'
+import { createInterface } from 'node:readline'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
+import { ConfigError } from '../core/errors.ts'
 import { loadPipelinesFile } from '../core/pipeline/parse.ts'
-import { EdgeAgent } from '../edge-agent/agent.ts'
-import { edgeOptions } from '../edge-agent/config.ts'
 import { runSimulator } from '../simulators/sim.ts'
 
 const EXAMPLE = fileURLToPath(new URL('../examples/pipelines.yaml', import.meta.url))
+const FOGMESH = fileURLToPath(new URL('../bin/fogmesh.js', import.meta.url))
+const HOST = '127.0.0.1'
+/** Longest a node may take to print its ready line, and to stop after SIGTERM. */
+const READY_TIMEOUT = 30_000
+const STOP_TIMEOUT = 10_000
+/**
+ * The simulator generates its whole run up front (seeded, so it can write the ground truth); a day at
+ * once would be millions of messages. The demo runs it in chunks: each starts where the wall clock is,
+ * with the next seed, so the readings go on (each device's values jump once per chunk).
+ */
+const SIM_CHUNK = 10 * 60_000
+/**
+ * Preloaded into every node: a node whose parent changed (the demo was killed without a chance to stop
+ * it, e.g. SIGKILL) stops itself cleanly rather than run on unseen, holding the demo's ports.
+ */
+const WATCH_PARENT = 'const parent = process.ppid; const timer = setInterval(() => { if (process.ppid === parent) return; ' +
+  'clearInterval(timer); process.kill(process.pid, "SIGTERM") }, 1000); timer.unref()'
+
+const USAGE = `usage: fogmesh demo [options]
+
+A local mesh: cloud sink, fog coordinator, two edge agents with embedded MQTT brokers, and the sensor
+simulator publishing to both brokers in real time. Ctrl-C stops everything.
+
+  --base-port N      ports N..N+3 for the HTTP APIs of edge-1, fog, cloud, edge-2 and N+4, N+5 for
+                     the MQTT brokers of edge-1, edge-2; 0 picks free ports
+                     (default: edge-1 8081, fog 8082, cloud 8083, edge-2 8084, MQTT 1883 and 1884)
+  --data-dir DIR     one directory per node below DIR (default data/demo)
+  --pipelines FILE   pipelines of every node (default examples/pipelines.yaml)
+  --devices N        simulated devices, split over the two brokers (default 20)
+  --rooms N          rooms they are in (default 5)
+  --rate N           readings per second per device (default 2)
+  -h, --help         this help
+`
+
+type NodeName = 'cloud' | 'fog' | 'edge-1' | 'edge-2'
+
+interface Ports {
+  http: Record<NodeName, number>
+  mqtt: { 'edge-1': number, 'edge-2': number }
+}
+
+const DEFAULT_PORTS: Ports = { http: { 'edge-1': 8081, fog: 8082, cloud: 8083, 'edge-2': 8084 }, mqtt: { 'edge-1': 1883, 'edge-2': 1884 } }
+
+export function demoPorts (base: number | undefined): Ports {
+  if (base === undefined) return DEFAULT_PORTS
+  const at = (i: number) => base === 0 ? 0 : base + i
+  return { http: { 'edge-1': at(0), fog: at(1), cloud: at(2), 'edge-2': at(3) }, mqtt: { 'edge-1': at(4), 'edge-2': at(5) } }
+}
+
+interface DemoOptions {
+  ports: Ports
+  dataDir: string
+  pipelines: string
+  devices: number
+  rooms: number
+  rate: number
+}
+
+function readDemoOptions (argv: string[]): DemoOptions | undefined {
+  let values
+  try {
+    values = parseArgs({
+      args: argv,
+      options: {
+        'base-port': { type: 'string' },
+        'data-dir': { type: 'string', default: 'data/demo' },
+        pipelines: { type: 'string', default: EXAMPLE },
+        devices: { type: 'string', default: '20' },
+        rooms: { type: 'string', default: '5' },
+        rate: { type: 'string', default: '2' },
+        help: { type: 'boolean', short: 'h' }
+      }
+    }).values
+  } catch (err) {
+    throw new ConfigError(`${(err as Error).message} (fogmesh demo --help lists the options)`)
+  }
+  if (values.help === true) return undefined
+  const int = (name: string, text: string, min: number, max: number): number => {
+    const n = Number(text)
+    if (!/^\d+$/.test(text.trim()) || n < min || n > max) throw new ConfigError(`--${name}: expected a whole number from ${min} to ${max}, got ${JSON.stringify(text)}`)
+    return n
+  }
+  const base = values['base-port'] === undefined ? undefined : int('base-port', values['base-port'], 0, 65530)
+  const rate = Number(values.rate)
+  if (!(rate > 0 && rate <= 1000)) throw new ConfigError(`--rate: expected readings per second from above 0 to 1000, got ${JSON.stringify(values.rate)}`)
+  return {
+    ports: demoPorts(base),
+    dataDir: resolve(values['data-dir']),
+    pipelines: resolve(values.pipelines),
+    devices: int('devices', values.devices, 1, 100_000),
+    rooms: int('rooms', values.rooms, 1, 10_000),
+    rate
+  }
+}
+
+/** The ports of `ports` something else listens on already, each with the node that wants it. */
+async function takenPorts (ports: Ports): Promise<string[]> {
+  const wanted: Array<[number, string]> = [
+    ...Object.entries(ports.http).map(([node, port]): [number, string] => [port, `${node} HTTP`]),
+    ...Object.entries(ports.mqtt).map(([node, port]): [number, string] => [port, `${node} MQTT`])
+  ].filter(([port]) => port !== 0)
+  const taken = await Promise.all(wanted.map(async ([port, what]) => await new Promise<string | undefined>(done => {
+    const probe = createServer()
+    probe.once('error', (err: NodeJS.ErrnoException) => done(err.code === 'EADDRINUSE' || err.code === 'EACCES' ? `${port} (${what})` : undefined))
+    probe.listen(port, HOST, () => probe.close(() => done(undefined)))
+  })))
+  return taken.filter(t => t !== undefined)
+}
+
+function portsHint (): string {
+  return 'Stop what uses them (another demo, an MQTT broker such as Mosquitto on 1883?), or use other ports: ' +
+    'fogmesh demo --base-port 9000 (HTTP 9000-9003, MQTT 9004-9005), or --base-port 0 (any free ports).'
+}
+
+// ---------------------------------------------------------------------------------------------
+// Nodes as child processes
+
+interface ExitInfo {
+  code: number | null
+  signal: NodeJS.Signals | null
+}
+
+function exitStatus (e: ExitInfo): string {
+  return e.signal !== null ? `killed by ${e.signal}` : `exit code ${e.code}`
+}
+
+class MeshNode {
+  readonly name: NodeName
+  readonly proc: ChildProcess
+  readonly exited: Promise<ExitInfo>
+  readonly ready: Promise<{ http: string, mqtt?: string }>
+  #exit: ExitInfo | undefined
+  /** Recent stderr lines, to tell why a node did not start. */
+  readonly #stderr: string[] = []
+
+  constructor (name: NodeName, role: string, args: string[]) {
+    this.name = name
+    // detached: a process group of its own, so the terminal's Ctrl-C reaches only the demo (see top).
+    this.proc = spawn(process.execPath, [`--import=data:text/javascript,${encodeURIComponent(WATCH_PARENT)}`, FOGMESH, role, ...args], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      detached: true
+    })
+    live.add(this)
+    this.exited = new Promise(resolve => {
+      this.proc.once('error', () => resolve(this.#exit ??= { code: null, signal: null }))
+      this.proc.once('close', (code, signal) => resolve(this.#exit ??= { code, signal }))
+    })
+    void this.exited.then(() => live.delete(this))
+    const label = name.padEnd(6) + ' | '
+    let onLine: (line: string) => void = () => {}
+    createInterface({ input: this.proc.stdout!, crlfDelay: Infinity }).on('line', line => {
+      process.stdout.write(label + line + '\n')
+      onLine(line)
+    })
+    createInterface({ input: this.proc.stderr!, crlfDelay: Infinity }).on('line', line => {
+      process.stderr.write(label + line + '\n')
+      this.#stderr.push(line)
+      if (this.#stderr.length > 20) this.#stderr.shift()
+    })
+    this.ready = new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`${name} printed no ready line within ${READY_TIMEOUT / 1000} s`)), READY_TIMEOUT)
+      onLine = line => {
+        const m = /^ready \S+ \S+ http=(\S+)(?: mqtt=(\S+))?/.exec(line)
+        if (m === null) return
+        clearTimeout(timer)
+        resolve({ http: m[1], mqtt: m[2] })
+      }
+      void this.exited.then(e => {
+        clearTimeout(timer)
+        reject(new Error(this.#whyNotStarted(e)))
+      })
+    })
+    this.ready.catch(() => {})
+  }
+
+  get alive (): boolean {
+    return this.#exit === undefined
+  }
+
+  #whyNotStarted (e: ExitInfo): string {
+    const inUse = this.#stderr.map(l => /EADDRINUSE.*?:(\d+)\b/.exec(l)).find(m => m !== null)
+    if (inUse != null) return `${this.name} could not listen: port ${inUse[1]} is taken. ${portsHint()}`
+    return `${this.name} stopped before it was ready (${exitStatus(e)}); its output is above`
+  }
+
+  /**
+   * SIGTERM, then SIGKILL after STOP_TIMEOUT; true when it stopped cleanly: exit code 0, or ended by
+   * our SIGTERM before it was far enough along to catch it (still starting, so nothing to commit).
+   */
+  async stop (): Promise<boolean> {
+    if (this.alive) this.kill('SIGTERM')
+    const timer = setTimeout(() => {
+      process.stderr.write(`demo: ${this.name} did not stop within ${STOP_TIMEOUT / 1000} s of SIGTERM; killing it\n`)
+      this.kill('SIGKILL')
+    }, STOP_TIMEOUT)
+    const e = await this.exited
+    clearTimeout(timer)
+    return e.code === 0 || e.signal === 'SIGTERM'
+  }
+
+  kill (signal: NodeJS.Signals): void {
+    try { this.proc.kill(signal) } catch {}
+  }
+}
+
+/** Nodes still running: killed when the demo exits whatever way (an exception, a second Ctrl-C). */
+const live = new Set<MeshNode>()
+process.on('exit', () => {
+  for (const node of live) node.kill('SIGKILL')
+})
+
+// ---------------------------------------------------------------------------------------------
+
+interface Stop {
+  code: number
+  message?: string
+}
 
 export async function demoCommand (argv: string[]): Promise<number> {
-  const { values } = parseArgs({
-    args: argv,
-    options: {
-      'http-port': { type: 'string', default: '8081' },
-      'mqtt-port': { type: 'string', default: '1883' },
-      'data-dir': { type: 'string', default: join('data', 'demo') },
-      pipelines: { type: 'string', default: EXAMPLE },
-      devices: { type: 'string', default: '20' },
-      help: { type: 'boolean', short: 'h' }
-    }
-  })
-  if (values.help === true) {
-    process.stdout.write('usage: fogmesh demo [--http-port N] [--mqtt-port N] [--data-dir DIR] [--pipelines FILE] [--devices N]\n')
+  const o = readDemoOptions(argv)
+  if (o === undefined) {
+    process.stdout.write(USAGE)
     return 0
   }
-  const specs = await loadPipelinesFile(values.pipelines)
-  const options = edgeOptions(['--id', 'demo-edge-1', '--http-port', values['http-port'], '--mqtt-port', values['mqtt-port'], '--data-dir', join(values['data-dir'], 'edge-1')])
-  const edge = new EdgeAgent(options, specs)
-  try {
-    await edge.start()
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'EADDRINUSE') throw err
-    process.stderr.write('demo: a port is taken (another fogmesh or MQTT broker?); try --http-port 0 --mqtt-port 0\n')
+  // Check the file here once, rather than have four nodes fail on it.
+  await loadPipelinesFile(o.pipelines)
+  const taken = await takenPorts(o.ports)
+  if (taken.length > 0) {
+    process.stderr.write(`demo: port${taken.length > 1 ? 's' : ''} ${taken.join(', ')} ${taken.length > 1 ? 'are' : 'is'} taken on ${HOST}.\n${portsHint()}\n`)
     return 1
   }
-  const stop = new AbortController()
-  const sim = runSimulator({
-    mqtt: [edge.mqttUrl],
-    devices: Number(values.devices),
-    rooms: 4,
-    rate: 2,
-    duration: 24 * 3_600_000,
-    jitter: 1_000,
-    speed: 1,
-    seed: Date.now() % 100_000,
-    signal: stop.signal
-  }).catch((err: Error) => { if (!stop.signal.aborted) process.stderr.write(`demo: simulator stopped: ${err.message}\n`) })
 
-  const http = edge.httpUrl
-  process.stdout.write([
-    edge.readyLine(),
+  let requestStop: (s: Stop) => void = () => {}
+  const stopRequested = new Promise<Stop>(resolve => { requestStop = resolve })
+  let stopping: Stop | undefined
+  const stop = (s: Stop): void => {
+    if (stopping !== undefined) return
+    stopping = s
+    requestStop(s)
+  }
+  let firstSignalAt = 0
+  const onSignal = (signal: NodeJS.Signals): void => {
+    // Under `npm start` a Ctrl-C arrives twice (from the terminal and forwarded by npm): only a signal
+    // well after the first means "stop now".
+    const now = Date.now()
+    if (firstSignalAt === 0) {
+      firstSignalAt = now
+      stop({ code: 0 })
+    } else if (now - firstSignalAt > 2_000) {
+      process.stderr.write(`demo: ${signal} again: killing every node without a clean stop\n`)
+      process.exit(128 + (constants.signals[signal] ?? 0))
+    }
+  }
+  process.on('SIGINT', onSignal)
+  process.on('SIGTERM', onSignal)
+  process.on('SIGHUP', onSignal)
+
+  const nodes: MeshNode[] = []
+  const simAbort = new AbortController()
+  let sim: Promise<void> | undefined
+  /** Starts a node and resolves once it is ready, or undefined when the demo is stopping meanwhile. */
+  const start = async (name: NodeName, role: string, args: string[]) => {
+    const node = new MeshNode(name, role, [...args, '--id', `demo-${name}`, '--data-dir', resolve(o.dataDir, name), '--pipelines', o.pipelines])
+    nodes.push(node)
+    let isReady = false
+    // Before its ready line, a node's failure is told by `ready` rejecting (with the reason, if known).
+    void node.exited.then(e => {
+      if (isReady && stopping === undefined) stop({ code: 1, message: `${name} exited unexpectedly (${exitStatus(e)}); stopping the rest` })
+    })
+    const ready = await Promise.race([node.ready, stopRequested.then(() => undefined)])
+    isReady = ready !== undefined
+    return ready
+  }
+
+  try {
+    const cloud = await start('cloud', 'cloud', ['--http-port', String(o.ports.http.cloud)])
+    const fog = cloud && await start('fog', 'fog', ['--http-port', String(o.ports.http.fog), '--cloud', cloud.http])
+    const edges = fog && await Promise.all((['edge-1', 'edge-2'] as const).map(async name => await start(name, 'edge', [
+      '--http-port', String(o.ports.http[name]), '--mqtt-port', String(o.ports.mqtt[name]), '--fog', fog.http, '--cloud', cloud.http
+    ])))
+    if (cloud !== undefined && fog !== undefined && edges !== undefined && edges[0] !== undefined && edges[1] !== undefined) {
+      const [edge1, edge2] = edges as Array<{ http: string, mqtt: string }>
+      sim = simulate([edge1.mqtt, edge2.mqtt], o, simAbort.signal).catch((err: Error) => {
+        if (simAbort.signal.aborted) return
+        // An edge that dies closes the simulator's connection first: give its exit the time to be the news.
+        setTimeout(() => stop({ code: 1, message: `the simulator stopped: ${err.message}; stopping the rest` }), 1_000)
+      })
+      process.stdout.write(banner(o, { cloud: cloud.http, fog: fog.http, 'edge-1': edge1.http, 'edge-2': edge2.http }, [edge1.mqtt, edge2.mqtt]))
+    }
+  } catch (err) {
+    stop({ code: 1, message: (err as Error).message })
+  }
+
+  const why = await stopRequested
+  if (why.message !== undefined) process.stderr.write(`demo: ${why.message}\n`)
+  process.stdout.write('\ndemo: stopping: simulator, edges, fog, cloud\n')
+  simAbort.abort()
+  if (sim !== undefined) await Promise.race([sim, new Promise(resolve => setTimeout(resolve, 5_000).unref())])
+  let clean = true
+  const stopNodes = async (names: NodeName[]) => {
+    const results = await Promise.all(nodes.filter(n => names.includes(n.name)).map(async n => {
+      const wasAlive = n.alive
+      const ok = await n.stop()
+      // A node that died on its own was reported already.
+      if (!ok && wasAlive) process.stderr.write(`demo: ${n.name} did not stop cleanly (${exitStatus(await n.exited)})\n`)
+      return ok || !wasAlive
+    }))
+    clean &&= results.every(ok => ok)
+    process.stdout.write(`demo: stopped ${names.join(', ')}\n`)
+  }
+  await stopNodes(['edge-1', 'edge-2'])
+  await stopNodes(['fog'])
+  await stopNodes(['cloud'])
+  process.off('SIGINT', onSignal)
+  process.off('SIGTERM', onSignal)
+  process.off('SIGHUP', onSignal)
+  return why.code !== 0 ? why.code : clean ? 0 : 1
+}
+
+/** Runs the simulator until aborted, chunk after chunk (see SIM_CHUNK). */
+async function simulate (brokers: string[], o: DemoOptions, signal: AbortSignal): Promise<void> {
+  const seed = Date.now() % 100_000
+  for (let chunk = 0; !signal.aborted; chunk++) {
+    await runSimulator({
+      mqtt: brokers,
+      devices: o.devices,
+      rooms: o.rooms,
+      rate: o.rate,
+      duration: SIM_CHUNK,
+      jitter: 1_000,
+      speed: 1,
+      seed: seed + chunk,
+      signal
+    })
+  }
+}
+
+function banner (o: DemoOptions, http: Record<NodeName, string>, mqtt: string[]): string {
+  const dir = (name: NodeName) => {
+    const path = resolve(o.dataDir, name)
+    const rel = relative(process.cwd(), path)
+    return rel.startsWith('..') ? path : rel
+  }
+  const rows: Array<[string, string, string, string]> = [
+    ['node', 'HTTP API', 'MQTT', 'data dir'],
+    ['edge-1', http['edge-1'], mqtt[0], dir('edge-1')],
+    ['edge-2', http['edge-2'], mqtt[1], dir('edge-2')],
+    ['fog', http.fog, '', dir('fog')],
+    ['cloud', http.cloud, '', dir('cloud')]
+  ]
+  const widths = [0, 1, 2].map(i => Math.max(...rows.map(r => r[i].length)))
+  const table = rows.map(r => '  ' + r.map((c, i) => i < 3 ? c.padEnd(widths[i]) : c).join('   ').trimEnd())
+  return [
+    `ready demo cloud=${http.cloud} fog=${http.fog} edge-1=${http['edge-1']} edge-2=${http['edge-2']}`,
     '',
-    `fogmesh demo: an edge agent (${edge.mqttUrl}) with ${values.devices} simulated sensors publishing in real time.`,
-    'Windows close every 10 seconds; then try:',
+    `fogmesh demo: ${o.devices} simulated sensors in ${o.rooms} rooms publish in real time, half of them to each edge`,
+    'agent\'s broker. The edges aggregate them in windows and send partials to the fog, which merges both',
+    'edges and forwards the final windows to the cloud.',
     '',
-    `  npx fogmesh query ${http} room-temp`,
-    `  curl '${http}/v1/aggregates/building-humidity?limit=5'`,
-    `  curl ${http}/v1/pipelines`,
-    `  curl ${http}/metrics`,
+    ...table,
     '',
-    'Ctrl-C stops it.',
+    'room-temp windows close every 10 s at the edges (2 s lateness), and are final at the fog and then at the',
+    'cloud a fraction of a second later. Try:',
+    '',
+    `  npx fogmesh query ${http['edge-1']} room-temp    # edge-1: its own sensors (sources 1)`,
+    `  npx fogmesh query ${http.fog} room-temp    # the fog: both edges merged (sources 2)`,
+    `  npx fogmesh query ${http.cloud} room-temp    # the cloud: what the fog forwarded`,
+    `  curl '${http.cloud}/v1/aggregates/building-humidity?limit=5'`,
+    `  curl ${http.fog}/v1/mesh    # the edges and their watermarks, as the fog sees them`,
+    `  curl ${http['edge-1']}/metrics`,
+    '',
+    'Ctrl-C stops everything: the simulator, the edges, the fog, the cloud.',
     ''
-  ].join('\n'))
-
-  await new Promise<void>(resolve => {
-    const onSignal = () => resolve()
-    process.once('SIGINT', onSignal)
-    process.once('SIGTERM', onSignal)
-  })
-  process.stdout.write('\nstopping...\n')
-  stop.abort()
-  await sim
-  await edge.stop()
-  return 0
+  ].join('\n')
 }
