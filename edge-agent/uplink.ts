@@ -271,7 +271,8 @@ export class Uplink {
       batch: {
         sender: this.#edge,
         role: 'edge',
-        pipelines: [...defs.values()].map(d => d.def),
+        // Watermarks need no definition: a watermark-only batch stays small.
+        pipelines: windows.size === 0 ? [] : [...defs.values()].map(d => d.def),
         watermarks: [...watermarks].map(([pipeline, watermark]) => ({ pipeline, edge: this.#edge, watermark })),
         windows: [...windows.values()]
       },

@@ -178,7 +178,7 @@ export class Forwarder {
       ...[...progress].map(([pipeline, watermark]) => ({ pipeline, edge: this.#fog, watermark }))
     ]
     return {
-      batch: { sender: this.#fog, role: 'fog', pipelines: [...defs.values()].map(d => d.def), watermarks, windows: [...windows.values()] },
+      batch: { sender: this.#fog, role: 'fog', pipelines: windows.size === 0 ? [] : [...defs.values()].map(d => d.def), watermarks, windows: [...windows.values()] },
       used
     }
   }

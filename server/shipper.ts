@@ -246,6 +246,9 @@ export class Shipper {
         if (this.#stopped) return
         if (outcome.ok) {
           this.#acknowledged(lane, attempt)
+          // Watermarks alone are paced: a busy edge's watermark moves with every reading, and sending
+          // each move would cost more than the partials. New windows wake the lane early.
+          if (attempt.ids.length === 0) await this.#sleep(this.#options.idleEvery, true)
           continue
         }
         if (outcome.reason === 'too_large' && attempt.ids.length > 1) {
