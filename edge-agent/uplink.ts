@@ -15,7 +15,6 @@
  * per pipeline, the highest recorded watermark of its items; a batch that leaves nothing pending for
  * its target carries the pipelines' current watermarks (as of the flush just before it was built).
  */
-import { createHash } from 'node:crypto'
 import { Decoder, Encoder } from 'cbor-x'
 import { ConfigError } from '../core/errors.ts'
 import type { Batch, Contribution, PipelineDef, WindowEntry } from '../core/upstream/batch.ts'
@@ -23,7 +22,7 @@ import { pipelineDef } from '../core/upstream/pipeline-def.ts'
 import type { WindowOperator } from '../core/windows/operator.ts'
 import type { WindowState } from '../core/windows/window.ts'
 import type { Metrics } from '../server/metrics.ts'
-import { Outbox } from '../server/outbox.ts'
+import { Outbox, OutboxDefinitions } from '../server/outbox.ts'
 import type { OutboxItem } from '../server/outbox.ts'
 import { FAILURE_REASONS, SHIPPER_DEFAULTS, Shipper } from '../server/shipper.ts'
 import type { BatchContext, ShipperStatus } from '../server/shipper.ts'
@@ -57,7 +56,6 @@ export interface UplinkStatus extends ShipperStatus {
   outbox: { items: number, bytes: number, dropped: number }
 }
 
-const DEF_META = 'pipeline-def:'
 
 const encoder = new Encoder({ useRecords: false, mapsAsObjects: true })
 const decoder = new Decoder({ useRecords: false, mapsAsObjects: true })
@@ -98,7 +96,7 @@ export class Uplink {
   /** Pipelines that go upstream, by name. */
   readonly #upstream = new Map<string, Upstream>()
   /** Every definition items may refer to, by id (loaded from the outbox on demand). */
-  readonly #defs = new Map<string, PipelineDef>()
+  readonly #defs: OutboxDefinitions
   /** Per pipeline, the watermark as of the last flush: every window ending at or before it is in the outbox. */
   readonly #safe = new Map<string, number>()
   #buffer: Uint8Array[] = []
@@ -121,13 +119,11 @@ export class Uplink {
     ]
     if (tiers.length === 0) throw new ConfigError('an uplink needs --fog or --cloud')
     this.outbox = new Outbox({ dataDir: options.dataDir, maxBytes: options.outboxMax, targets: tiers.map(t => t.name) })
+    this.#defs = new OutboxDefinitions(this.outbox)
     for (const operator of operators) {
       if (!goesUpstream(operator)) continue
       const def = pipelineDef(operator.pipeline.spec)
-      const json = JSON.stringify(def)
-      const defId = createHash('sha256').update(json).digest('base64url').slice(0, 16)
-      if (this.outbox.meta(DEF_META + defId) === undefined) this.outbox.setMeta(DEF_META + defId, json)
-      this.#defs.set(defId, def)
+      const defId = this.#defs.idOf(def)
       this.#upstream.set(def.name, { operator, defId, def })
     }
     this.#shipper = new Shipper(this.outbox, this, {
@@ -307,14 +303,7 @@ export class Uplink {
   }
 
   #def (defId: string): PipelineDef | undefined {
-    let def = this.#defs.get(defId)
-    if (def === undefined) {
-      const json = this.outbox.meta(DEF_META + defId)
-      if (json === undefined) return undefined
-      def = JSON.parse(json) as PipelineDef
-      this.#defs.set(defId, def)
-    }
-    return def
+    return this.#defs.get(defId)
   }
 
   status (): UplinkStatus {

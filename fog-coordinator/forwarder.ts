@@ -27,12 +27,11 @@
  * watermark (the MergeNode does not say which are live): that only makes the cloud wait longer, at
  * most its --finalize-after. The fog's id must not also be an edge's.
  */
-import { createHash } from 'node:crypto'
 import { Decoder, Encoder } from 'cbor-x'
 import type { Batch, PipelineDef, Watermark, WindowEntry } from '../core/upstream/batch.ts'
 import type { MergeNode } from '../server/merge-node.ts'
 import type { Metrics } from '../server/metrics.ts'
-import { Outbox } from '../server/outbox.ts'
+import { Outbox, OutboxDefinitions } from '../server/outbox.ts'
 import type { OutboxItem } from '../server/outbox.ts'
 import { FAILURE_REASONS, SHIPPER_DEFAULTS, Shipper } from '../server/shipper.ts'
 import type { BatchContext } from '../server/shipper.ts'
@@ -53,7 +52,6 @@ export interface ForwarderOptions {
 
 /** The outbox target, and the tier name in metrics. */
 const TARGET = 'cloud'
-const DEF_META = 'pipeline-def:'
 
 const encoder = new Encoder({ useRecords: false, mapsAsObjects: true })
 const decoder = new Decoder({ useRecords: false, mapsAsObjects: true })
@@ -68,7 +66,7 @@ export class Forwarder {
   readonly #log: (line: string) => void
   readonly #removeListener: () => void
   /** Definitions items refer to, by id (loaded from the outbox's meta on demand). */
-  readonly #defs = new Map<string, PipelineDef>()
+  readonly #defs: OutboxDefinitions
   /** Per pipeline, the fog's progress as of the last pass that reached the outbox. */
   readonly #progress = new Map<string, number>()
   /** Items that could not be read back (counted with the dropped ones). */
@@ -79,6 +77,7 @@ export class Forwarder {
     this.#fog = options.fog
     this.#log = options.log ?? SHIPPER_DEFAULTS.log
     this.outbox = new Outbox({ dataDir: options.dataDir, maxBytes: options.outboxMax, targets: [TARGET] })
+    this.#defs = new OutboxDefinitions(this.outbox)
     this.#shipper = new Shipper(this.outbox, this, {
       ...SHIPPER_DEFAULTS,
       tiers: [{ name: TARGET, urls: [options.cloud] }],
@@ -123,13 +122,7 @@ export class Forwarder {
   #defIdOf (pipeline: string): string {
     const def = this.#node.definition(pipeline)
     if (def === undefined) throw new Error(`no definition of pipeline ${pipeline} to forward its windows with`)
-    const json = JSON.stringify(def)
-    const defId = createHash('sha256').update(json).digest('base64url').slice(0, 16)
-    if (!this.#defs.has(defId)) {
-      if (this.outbox.meta(DEF_META + defId) === undefined) this.outbox.setMeta(DEF_META + defId, json)
-      this.#defs.set(defId, def)
-    }
-    return defId
+    return this.#defs.idOf(def)
   }
 
   /** Right after a pass reached the outbox: its pipelines' lowest edge watermarks are the new progress. */
@@ -197,14 +190,7 @@ export class Forwarder {
   }
 
   #def (defId: string): PipelineDef | undefined {
-    let def = this.#defs.get(defId)
-    if (def === undefined) {
-      const json = this.outbox.meta(DEF_META + defId)
-      if (json === undefined) return undefined
-      def = JSON.parse(json) as PipelineDef
-      this.#defs.set(defId, def)
-    }
-    return def
+    return this.#defs.get(defId)
   }
 
   /** The edge's uplink metrics, for the fog's one tier. */

@@ -18,11 +18,13 @@
  *   meta (name TEXT PRIMARY KEY, value TEXT): the target bits, and whatever the caller keeps there
  *     (sequence numbers, pipeline definitions) so that it is as durable as the items.
  */
+import { createHash } from 'node:crypto'
 import { mkdirSync } from 'node:fs'
 import { join } from 'node:path'
 import { DatabaseSync } from 'node:sqlite'
 import type { StatementSync } from 'node:sqlite'
 import { FogmeshError } from '../core/errors.ts'
+import type { PipelineDef } from '../core/upstream/batch.ts'
 
 export const OUTBOX_SCHEMA_VERSION = 1
 
@@ -297,5 +299,43 @@ export class Outbox {
       this.#lastId = saved.lastId
       throw err
     }
+  }
+}
+
+const DEF_META = 'pipeline-def:'
+
+/**
+ * Pipeline definitions that outbox items refer to by id (a hash of the definition), kept in the
+ * outbox's meta: an item made before a pipeline changed still goes out with the definition it was made
+ * with, also after a restart.
+ */
+export class OutboxDefinitions {
+  readonly #outbox: Outbox
+  readonly #defs = new Map<string, PipelineDef>()
+
+  constructor (outbox: Outbox) {
+    this.#outbox = outbox
+  }
+
+  /** The id of `def`, stored before any item uses it. */
+  idOf (def: PipelineDef): string {
+    const json = JSON.stringify(def)
+    const id = createHash('sha256').update(json).digest('base64url').slice(0, 16)
+    if (!this.#defs.has(id)) {
+      if (this.#outbox.meta(DEF_META + id) === undefined) this.#outbox.setMeta(DEF_META + id, json)
+      this.#defs.set(id, def)
+    }
+    return id
+  }
+
+  get (id: string): PipelineDef | undefined {
+    let def = this.#defs.get(id)
+    if (def === undefined) {
+      const json = this.#outbox.meta(DEF_META + id)
+      if (json === undefined) return undefined
+      def = JSON.parse(json) as PipelineDef
+      this.#defs.set(id, def)
+    }
+    return def
   }
 }
