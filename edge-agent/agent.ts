@@ -13,7 +13,7 @@ import type { PipelineInfo, ServiceApi } from '../server/http.ts'
 import { Metrics } from '../server/metrics.ts'
 import type { Sample } from '../server/metrics.ts'
 import { ResultStore } from '../server/result-store.ts'
-import { compareResults, matchesQuery } from '../server/results.ts'
+import { withLive } from '../server/results.ts'
 import type { ResultQuery, WindowResult } from '../server/results.ts'
 import { LocalActions } from './actions.ts'
 import { EmbeddedBroker } from './broker.ts'
@@ -187,20 +187,8 @@ export class EdgeAgent implements ServiceApi {
     if (operator === undefined) return undefined
     // The store's query would commit pending results itself, ahead of the outbox.
     this.#commit()
-    const results = this.#store.query(pipeline, q)
-    let open = false
-    for (const w of operator.openWindows()) {
-      const r = this.#result(operator, w, false)
-      if (matchesQuery(r, q)) {
-        results.push(r)
-        open = true
-      }
-    }
-    if (open) {
-      results.sort(compareResults)
-      results.length = Math.min(results.length, q.limit)
-    }
-    return results
+    const live = [...operator.openWindows()].map(w => this.#result(operator, w, false))
+    return withLive(this.#store.query(pipeline, q), live, q)
   }
 
   mesh (): unknown {

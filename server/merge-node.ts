@@ -25,7 +25,7 @@ import { Metrics } from './metrics.ts'
 import type { Sample } from './metrics.ts'
 import type { MergeOptions } from './merge-options.ts'
 import { ResultStore } from './result-store.ts'
-import { compareResults } from './results.ts'
+import { withLive } from './results.ts'
 import type { ResultQuery, WindowResult } from './results.ts'
 
 /** How often state past retention is pruned. */
@@ -401,21 +401,11 @@ export class MergeNode implements ServiceApi {
   /** Final results from the store, with the windows not final yet (`final: false`, merged so far) mixed in. */
   results (pipeline: string, q: ResultQuery): WindowResult[] | undefined {
     if (!this.#defs.has(pipeline)) return undefined
-    const results = this.#results.query(pipeline, q)
-    // A window can be both stored and pending after a crash between the two writes: the stored one wins.
-    const stored = new Set(results.map(windowId))
-    let added = false
-    for (const [id, w] of this.#pending) {
-      if (w.pipeline !== pipeline || w.finalRevision !== null || stored.has(id)) continue
-      if (w.start < q.from || w.start >= q.to || (q.key !== undefined && w.key !== q.key)) continue
-      results.push(this.#result(w, false, 0))
-      added = true
+    const live: WindowResult[] = []
+    for (const w of this.#pending.values()) {
+      if (w.pipeline === pipeline && w.finalRevision === null) live.push(this.#result(w, false, 0))
     }
-    if (added) {
-      results.sort(compareResults)
-      results.length = Math.min(results.length, q.limit)
-    }
-    return results
+    return withLive(this.#results.query(pipeline, q), live, q)
   }
 
   mesh (): unknown {

@@ -39,6 +39,29 @@ export function matchesQuery (r: WindowResult, q: ResultQuery): boolean {
   return r.start >= q.from && r.start < q.to && (q.key === undefined || r.key === q.key)
 }
 
+/**
+ * Stored results with the live ones (windows not final yet) that match `q` mixed in, in API order and
+ * within the limit. A live window that is also stored (after a crash between two writes) is left out:
+ * the stored one wins.
+ */
+export function withLive (stored: WindowResult[], live: Iterable<WindowResult>, q: ResultQuery): WindowResult[] {
+  const id = (r: WindowResult) => `${r.key}\0${r.start}\0${r.end}`
+  let known: Set<string> | undefined
+  let added = false
+  for (const r of live) {
+    if (!matchesQuery(r, q)) continue
+    known ??= new Set(stored.map(id))
+    if (known.has(id(r))) continue
+    stored.push(r)
+    added = true
+  }
+  if (added) {
+    stored.sort(compareResults)
+    stored.length = Math.min(stored.length, q.limit)
+  }
+  return stored
+}
+
 /** The JSON shape of a result in the HTTP API. */
 export interface ResultJson {
   key: string
