@@ -14,6 +14,11 @@
  * it was emitted (all windows ending at or before it were in the outbox by then), and a batch carries,
  * per pipeline, the highest recorded watermark of its items; a batch that leaves nothing pending for
  * its target carries the pipelines' current watermarks (as of the flush just before it was built).
+ *
+ * Only such a batch may also say a pipeline is idle (`idle: true` with its watermark): the operator was
+ * idle at that flush (no reading for `idle`, no window open), so every window it will ever have closed
+ * is in the outbox, and none of them waits for the target. Receivers then stop waiting for this edge
+ * in that pipeline; the next batch without the flag (a reading came) makes them wait again.
  */
 import { Decoder, Encoder } from 'cbor-x'
 import { ConfigError } from '../core/errors.ts'
@@ -99,6 +104,8 @@ export class Uplink {
   readonly #defs: OutboxDefinitions
   /** Per pipeline, the watermark as of the last flush: every window ending at or before it is in the outbox. */
   readonly #safe = new Map<string, number>()
+  /** Pipelines idle as of the last flush that reached the outbox. */
+  readonly #idle = new Set<string>()
   #buffer: Uint8Array[] = []
   #buffered = 0
   #closed = false
@@ -207,6 +214,8 @@ export class Uplink {
           this.#buffered -= this.#buffer.shift()!.byteLength
           this.#lost++
         }
+        // Windows not in the outbox yet: no pipeline may be called idle until they are.
+        this.#idle.clear()
         return
       }
       if (this.#appendFailing) this.#log('uplink: the outbox takes writes again')
@@ -216,16 +225,27 @@ export class Uplink {
       this.#afterAppend()
       this.#shipper.notify()
     }
+    const now = Date.now()
+    let turned = false
     for (const [name, up] of this.#upstream) {
       const wm = up.operator.watermark
       if (Number.isFinite(wm) && wm > (this.#safe.get(name) ?? -Infinity)) this.#safe.set(name, wm)
+      const idle = up.operator.isIdle(now)
+      if (idle === this.#idle.has(name)) continue
+      turned = true
+      if (idle) this.#idle.add(name)
+      else this.#idle.delete(name)
     }
+    // Receivers finalize without an idle edge: that it is active again must not wait for the pacing
+    // of watermark-only batches, or windows it is about to contribute to could be finalized without it.
+    if (turned) this.#shipper.notify()
   }
 
   build (items: OutboxItem[], ctx: BatchContext): { batch: Omit<Batch, 'seq'>, used: number } {
     const defs = new Map<string, { defId: string, def: PipelineDef }>()
     const windows = new Map<string, WindowEntry>()
     const watermarks = new Map<string, number>()
+    const idle = new Set<string>()
     let used = 0
     for (const item of items) {
       const parsed = this.#decode(item)
@@ -261,6 +281,8 @@ export class Uplink {
         if (safe === undefined) continue
         defs.set(name, { defId: up.defId, def: up.def })
         watermarks.set(name, Math.max(watermarks.get(name) ?? -Infinity, safe))
+        // Idle only with no window of it left anywhere on this side: not pending, not buffered.
+        if (this.#idle.has(name) && this.#buffer.length === 0) idle.add(name)
       }
     }
     return {
@@ -269,7 +291,9 @@ export class Uplink {
         role: 'edge',
         // Watermarks need no definition: a watermark-only batch stays small.
         pipelines: windows.size === 0 ? [] : [...defs.values()].map(d => d.def),
-        watermarks: [...watermarks].map(([pipeline, watermark]) => ({ pipeline, edge: this.#edge, watermark })),
+        watermarks: [...watermarks].map(([pipeline, watermark]) => idle.has(pipeline)
+          ? { pipeline, edge: this.#edge, watermark, idle: true }
+          : { pipeline, edge: this.#edge, watermark }),
         windows: [...windows.values()]
       },
       used

@@ -10,7 +10,8 @@
  * `defId` names the PipelineDef in the outbox's meta (as the edge's uplink does), so items keep the
  * definition they were finalized with.
  *
- * Watermarks. Batches carry every edge's watermark as the fog knows it, and the fog's own progress per
+ * Watermarks. Batches carry every edge's watermark as the fog knows it (with its idle flag, so that the
+ * cloud does not wait for an idle edge either), and the fog's own progress per
  * pipeline under the fog's id, as if the fog were one more edge: "every window ending at or before this
  * that I will finalize is in this batch or was delivered before". The cloud then waits for the fog, as
  * for an edge, before it finalizes a window edges sent it straight (on failover): without that, the
@@ -23,9 +24,11 @@
  * a new window only comes from an edge whose watermark has not reached its end yet (late updates are
  * revisions, and an edge never heard from is not waited for anywhere). Each item records the progress
  * as of the pass before its own (the windows of its own pass may be cut across batches), and a batch
- * that leaves nothing pending carries the latest. Edges silent at the fog still count in the lowest
- * watermark (the MergeNode does not say which are live): that only makes the cloud wait longer, at
- * most its --finalize-after. The fog's id must not also be an edge's.
+ * that leaves nothing pending carries the latest. Idle edges are left out of the lowest watermark (the
+ * fog does not wait for them either; with every edge idle, all of them count): a window an idle edge
+ * contributes to after all comes as a revision, as at the fog. Edges silent at the fog still count (the
+ * MergeNode does not say which are live): that only makes the cloud wait longer, at most its
+ * --finalize-after. The fog's id must not also be an edge's.
  */
 import { Decoder, Encoder } from 'cbor-x'
 import type { Batch, PipelineDef, Watermark, WindowEntry } from '../core/upstream/batch.ts'
@@ -128,8 +131,13 @@ export class Forwarder {
   /** Right after a pass reached the outbox: its pipelines' lowest edge watermarks are the new progress. */
   #advance (): void {
     const lowest = new Map<string, number>()
-    for (const w of this.#node.watermarks()) lowest.set(w.pipeline, Math.min(lowest.get(w.pipeline) ?? Infinity, w.watermark))
-    for (const [pipeline, wm] of lowest) {
+    const lowestActive = new Map<string, number>()
+    for (const w of this.#node.watermarks()) {
+      lowest.set(w.pipeline, Math.min(lowest.get(w.pipeline) ?? Infinity, w.watermark))
+      if (w.idle !== true) lowestActive.set(w.pipeline, Math.min(lowestActive.get(w.pipeline) ?? Infinity, w.watermark))
+    }
+    for (const [pipeline, all] of lowest) {
+      const wm = lowestActive.get(pipeline) ?? all
       if (wm > (this.#progress.get(pipeline) ?? -Infinity)) this.#progress.set(pipeline, wm)
     }
   }

@@ -107,6 +107,8 @@ export class MergeNode implements ServiceApi {
       if (known === undefined) this.#defs.set(def.name, def)
     }
     this.#finalizer = new Finalizer(options.finalizeAfter)
+    // Idle flags are not stored: after a restart every edge counts as active until its next batch
+    // says otherwise, which at worst makes windows wait as they did before edges could be idle.
     for (const w of this.#store.watermarks()) this.#finalizer.observe(w.pipeline, w.edge, w.watermark, w.lastSeen)
     for (const w of this.#store.pendingWindows()) this.#pending.set(windowId(w), w)
     this.#http = new HttpService(this, [{ method: 'POST', path: '/v1/partials', handle: async req => await this.#receive(req) }],
@@ -161,7 +163,9 @@ export class MergeNode implements ServiceApi {
 
   /** Every edge's watermark per pipeline as known here (for forwarding upstream with the partials). */
   watermarks (): Watermark[] {
-    return [...this.#finalizer.watermarks()].map(w => ({ pipeline: w.pipeline, edge: w.edge, watermark: w.watermark }))
+    return [...this.#finalizer.watermarks()].map(w => w.idle
+      ? { pipeline: w.pipeline, edge: w.edge, watermark: w.watermark, idle: true }
+      : { pipeline: w.pipeline, edge: w.edge, watermark: w.watermark })
   }
 
   // POST /v1/partials
@@ -261,7 +265,7 @@ export class MergeNode implements ServiceApi {
       }
     }
     write.windows = [...toWrite]
-    write.watermarks = batch.watermarks.map(wm => ({ ...wm, lastSeen: now }))
+    write.watermarks = batch.watermarks.map(wm => ({ pipeline: wm.pipeline, edge: wm.edge, watermark: wm.watermark, lastSeen: now }))
     if (batch.role === 'edge') write.seen.push({ edge: batch.sender, at: now })
     this.#store.write(write)
 
@@ -272,7 +276,7 @@ export class MergeNode implements ServiceApi {
     for (const [id, w] of staged) {
       if (w.finalRevision === null || w.dirty) this.#pending.set(id, w)
     }
-    for (const wm of batch.watermarks) this.#finalizer.observe(wm.pipeline, wm.edge, wm.watermark, now)
+    for (const wm of batch.watermarks) this.#finalizer.observe(wm.pipeline, wm.edge, wm.watermark, now, wm.idle === true)
     if (batch.role === 'edge') this.#finalizer.seen(batch.sender, now)
     for (const [pipeline, c] of counts) {
       const s = this.#statsOf(pipeline)

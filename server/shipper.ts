@@ -16,7 +16,8 @@
  *   silently (the outbox bound is what finally drops items that can never be delivered, and counts them).
  *
  * With nothing pending for a tier, the caller is asked for a watermark-only batch every `idleEvery`;
- * it goes out when a watermark moved past what the tier acknowledged, or as a heartbeat every
+ * it goes out when a watermark moved past what the tier acknowledged or its idle flag changed (a
+ * receiver must learn at once that an edge went idle, or active again), or as a heartbeat every
  * `heartbeatEvery`, so receivers can finalize the windows of idle edges and know the sender is alive.
  */
 import { ConfigError } from '../core/errors.ts'
@@ -118,8 +119,8 @@ interface Lane {
   /** Since when the tier has taken nothing (undefined while it works). */
   failingSince: number | undefined
   lastAckAt: number
-  /** Watermarks the tier acknowledged, by `pipeline\0edge`. */
-  readonly acked: Map<string, number>
+  /** Watermarks the tier acknowledged, by `pipeline\0edge`, with the idle flag last acknowledged. */
+  readonly acked: Map<string, { watermark: number, idle: boolean }>
   /** The last problem logged, so a failure repeating at every retry is logged once. */
   lastProblem: string | undefined
 }
@@ -278,7 +279,10 @@ export class Shipper {
       return { batch, ids: items.slice(0, used).map(i => i.id) }
     }
     const { batch } = this.#source.build([], { target, drained: true })
-    const moved = batch.watermarks.some(w => (lane.acked.get(watermarkKey(w)) ?? -Infinity) < w.watermark)
+    const moved = batch.watermarks.some(w => {
+      const acked = lane.acked.get(watermarkKey(w))
+      return acked === undefined || acked.watermark < w.watermark || acked.idle !== (w.idle === true)
+    })
     if (!moved && Date.now() - lane.lastAckAt < this.#options.heartbeatEvery) return undefined
     return { batch, ids: [] }
   }
@@ -353,7 +357,8 @@ export class Shipper {
     lane.lastAckAt = Date.now()
     for (const w of attempt.batch.watermarks) {
       const k = watermarkKey(w)
-      lane.acked.set(k, Math.max(lane.acked.get(k) ?? -Infinity, w.watermark))
+      // A receiver takes the flag of each entry as it comes: the last one sent is what it believes.
+      lane.acked.set(k, { watermark: Math.max(lane.acked.get(k)?.watermark ?? -Infinity, w.watermark), idle: w.idle === true })
     }
     lane.delay = Math.min(this.#options.retryMin, this.#options.retryMax)
     lane.limit = Math.min(this.#options.maxBatchItems, lane.limit * 2)

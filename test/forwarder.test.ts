@@ -115,3 +115,29 @@ t.test('each pass\'s final windows go to the cloud with their contributions, and
   await items(0)
   t.equal((await fetchMetric(fog, 'fogmesh_outbox_bytes')).get(''), 0)
 })
+
+t.test('an idle edge: the fog finalizes without it, forwards its flag, and leaves it out of its progress', { timeout: 20_000 }, async t => {
+  const cloud = await startReceiver()
+  const dir = await tmpDir('fogmesh-forwarder-')
+  const node = new MergeNode('fog', {
+    id: 'f1', host: '127.0.0.1', httpPort: 0, dataDir: dir.path, retention: 3_600_000, maxResults: 1000, finalizeAfter: 30_000, maxBatch: 1 << 20, tick: 50
+  }, [])
+  const forwarder = new Forwarder(node, { fog: 'f1', dataDir: dir.path, cloud: cloud.url, outboxMax: 1 << 20, requestTimeout: 1_000, retryMax: 200, log: () => {} })
+  await node.start()
+  forwarder.start()
+  t.teardown(async () => {
+    await node.stop()
+    await forwarder.stop()
+    await cloud.close()
+    await dir.cleanup()
+  })
+  const idle = edgeBatch('e1', [], START - 1)
+  idle.watermarks[0].idle = true
+  await post(node.httpUrl, idle)
+  await post(node.httpUrl, edgeBatch('e2', [[0, [4]]], END0))
+  await waitFor(() => cloud.results('temp').length === 1, { timeoutMs: 3_000, message: 'window 0 at the cloud, final without e1' })
+  await waitFor(() => cloud.watermarks.get('temp f1') === END0, { timeoutMs: 3_000, message: 'the fog\'s progress past window 0' })
+  const last = cloud.requests.filter(q => q.answer === 'ok').at(-1)!.batch.watermarks
+  t.same(last.filter(w => w.edge !== 'f1'), [{ pipeline: 'temp', edge: 'e1', watermark: START - 1, idle: true }, { pipeline: 'temp', edge: 'e2', watermark: END0 }],
+    'the edges\' watermarks with e1\'s idle flag')
+})

@@ -49,8 +49,13 @@ const SLOW = 8
 const WARM_UP: SimInput = { start: START - 3_600_000, devices: 8, rooms: 3, rate: 4, duration: 6_000, seed: 99 }
 const TAIL: SimInput = { start: START + 3_600_000, devices: 8, rooms: 3, rate: 4, duration: 2_000, seed: 98 }
 /**
- * Each scenario takes 4-9 s, twice that on a loaded machine. Five of these stay under the file's
- * timeout (120 s): a subtest that times out still stops its processes, the file being killed does not.
+ * Readings on e2 alone after the main run, while e1 gets none (and goes idle). No late readings: the
+ * truth of a run starts from nothing, and e2 does not.
+ */
+const E2_ALONE: SimInput = { start: START + 60_000, devices: 8, rooms: 3, rate: 4, duration: 24_000, seed: 5, jitter: 1_500 }
+/**
+ * Each scenario takes 4-9 s, twice that on a loaded machine. Six of these stay under the file's
+ * timeout (120 s) in practice: a subtest that times out still stops its processes, the file being killed does not.
  */
 const SUBTEST_TIMEOUT = 22_000
 /** Longest wait for a tier to equal the truth. */
@@ -359,3 +364,35 @@ t.test('an edge restarted after its windows closed delivers its outbox: every ti
   for (const edge of mesh.edges) await outboxEmpty(edge.http, 'an edge')
   await outboxEmpty(mesh.fog.http, 'the fog')
 })
+
+t.test('an edge whose readings stop goes idle: the other edge\'s windows are final within seconds, not --finalize-after', { timeout: SUBTEST_TIMEOUT }, async t => {
+  const specs = await loadPipelinesFile(MESH)
+  // No tier gives up on an edge within the test: a window final here is final by watermarks.
+  const mesh = await startMesh(t, { fog: ['--finalize-after', '60s'], cloud: ['--finalize-after', '60s'] })
+  const both = await runSimulator({ ...RUN, mqtt: mesh.brokers, pipelines: specs })
+  const alone: SimInput = { ...E2_ALONE, speed: SLOW, mqtt: [mesh.brokers[1]], pipelines: specs }
+  const planned = await runSimulator({ ...alone, dryRun: true })
+  let published = false
+  const done = runSimulator(alone).finally(() => { published = true })
+  done.catch(() => {})
+
+  // Windows e2 closes while it still publishes: final at once, though e1's watermark stopped in the main run.
+  const ofAlone = (r: { start: string }) => Date.parse(r.start) >= E2_ALONE.start!
+  await waitFor(async () => (await fetchResults(mesh.fog.http, 'room-temp')).some(r => r.final && ofAlone(r)),
+    { timeoutMs: 10_000, intervalMs: 50, message: 'a window of e2 alone final at the fog' })
+  t.notOk(published, 'a window of e2 alone was final at the fog while e2 still published')
+  const sim = await done
+  t.same(planned.truth!.pipelines['room-temp'].merged!.results, sim.truth!.pipelines['room-temp'].merged!.results, 'the run was as planned')
+  const end = Date.now()
+  const want = (p: string) => [...both.truth!.pipelines[p].merged!.results, ...sim.truth!.pipelines[p].merged!.results]
+  await expectMergedExactOf(t, 'fog', mesh.fog.http, specs, want)
+  await expectMergedExactOf(t, 'cloud', mesh.cloud.http, specs, want)
+  const took = Date.now() - end
+  t.ok(took < 15_000, `the fog and the cloud were exact ${took} ms after the last reading, not after --finalize-after (60 s)`)
+  const edges = (await fetchJson(`${mesh.fog.http}/v1/mesh`)).body.edges as Array<{ id: string }>
+  t.same(edges.map(e => e.id), ['e1', 'e2'], 'the fog still knows e1')
+})
+
+async function expectMergedExactOf (t: Test, tier: 'fog' | 'cloud', base: string, specs: PipelineSpec[], want: (pipeline: string) => TruthResult[]): Promise<void> {
+  await expectExact(t, `the ${tier}'s results`, () => differences(base, specs, want))
+}

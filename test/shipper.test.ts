@@ -21,13 +21,14 @@ const decoder = new Decoder({ useRecords: false })
 /** Items are [key, n]: window [0, 10 s) of key with count n. */
 class Source {
   watermark: number | undefined
+  idle = false
   flush (): void {}
   build (items: OutboxItem[], ctx: BatchContext): { batch: Omit<Batch, 'seq'>, used: number } {
     const windows = items.map(i => {
       const [key, n] = decoder.decode(i.data) as [string, number]
       return { pipeline: 'p', key, start: 0, end: 10_000, contributions: [{ edge: 'e1', revision: 0, states: [n] }] }
     })
-    const watermarks = ctx.drained && this.watermark !== undefined ? [{ pipeline: 'p', edge: 'e1', watermark: this.watermark }] : []
+    const watermarks = ctx.drained && this.watermark !== undefined ? [{ pipeline: 'p', edge: 'e1', watermark: this.watermark, ...this.idle ? { idle: true } : {} }] : []
     return { batch: { sender: 'e1', role: 'edge', pipelines: [def], watermarks, windows }, used: items.length }
   }
 }
@@ -143,4 +144,19 @@ t.test('with nothing pending, a watermark-only batch goes when the watermark mov
   await new Promise(resolve => setTimeout(resolve, 300))
   t.equal(fog.requests.length, 2, 'nothing more while the watermark stands still')
   t.same(fog.requests[1].batch.windows, [])
+})
+
+t.test('with the watermark standing still, a change of the idle flag goes at once', async t => {
+  const fog = await receiver(t)
+  const { source } = rig(t, { tiers: [{ name: 'fog', urls: [fog.url] }] })
+  source.watermark = 5_000
+  await waitFor(() => fog.watermarks.get('p e1') === 5_000, { timeoutMs: 2_000 })
+  const sent = () => fog.requests.filter(r => r.batch.watermarks.length > 0).map(r => r.batch.watermarks[0].idle === true)
+  source.idle = true
+  await waitFor(() => sent().at(-1) === true, { timeoutMs: 2_000, message: 'the idle flag sent' })
+  source.idle = false
+  await waitFor(() => sent().at(-1) === false, { timeoutMs: 2_000, message: 'active again, sent' })
+  await new Promise(resolve => setTimeout(resolve, 300))
+  t.same(sent(), [false, true, false], 'one batch per change, nothing while the flag stands still')
+  t.ok(fog.requests.every(r => r.batch.watermarks.every(w => w.watermark === 5_000)))
 })

@@ -130,6 +130,27 @@ t.test('a batch never carries a watermark past windows still waiting in the outb
   t.same(idle.batch.watermarks.map(w => w.watermark), [START + 25_000], 'a watermark-only batch')
 })
 
+t.test('a pipeline is called idle only with nothing open and nothing waiting for the target', async t => {
+  const { uplink, runner, read } = offlineUplink([pipelineSpec({ key: ['room'], idle: 1 })])
+  t.teardown(() => uplink.stop())
+  const idle = (b: ReturnType<Uplink['build']>) => b.batch.watermarks.some(w => w.idle === true)
+  read('r1', START + 1_000)
+  read('r1', START + 15_000)
+  uplink.flush()
+  t.notOk(idle(uplink.build([], { target: 'fog', drained: true })), 'a window is open')
+  await new Promise(resolve => setTimeout(resolve, 5))
+  runner.tick(Date.now())
+  uplink.flush()
+  const items = uplink.outbox.pending('fog', 10)
+  t.equal(items.length, 2, 'idle closed the last window')
+  t.notOk(idle(uplink.build(items.slice(0, 1), { target: 'fog', drained: false })), 'a window waits in the outbox')
+  const all = uplink.build(items, { target: 'fog', drained: true })
+  t.same(all.batch.watermarks, [{ pipeline: 'p', edge: 'e1', watermark: START + 20_000, idle: true }], 'the batch holds the last windows: idle')
+  read('r2', START + 21_000)
+  uplink.flush()
+  t.notOk(idle(uplink.build([], { target: 'fog', drained: true })), 'a reading makes it active again')
+})
+
 t.test('windows of count pipelines and of pipelines without emit: upstream stay local', async t => {
   const { uplink, read } = offlineUplink([
     pipelineSpec({ name: 'counted', window: { kind: 'count', count: 1 } }),

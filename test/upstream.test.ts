@@ -40,6 +40,11 @@ t.test('a batch survives encoding, compressed or not', async t => {
   const final = { ...batch(), role: 'fog' as const }
   final.windows[0].final = 2
   t.same(decodeBatch(encodeBatch(final).body), final)
+  const idle = batch()
+  idle.watermarks.push({ pipeline: 'p', edge: 'e2', watermark: 5_000, idle: true })
+  t.same(decodeBatch(encodeBatch(idle).body), idle, 'an idle flag survives; entries without one stay 3 long')
+  t.same(decodeBatch(cborEncode({ v: 1, sender: 'e1', role: 'edge', seq: 1, pipelines: [], watermarks: [['p', 'e1', 5, false]], windows: [] })).watermarks,
+    [{ pipeline: 'p', edge: 'e1', watermark: 5 }], 'an explicit false is the same as no flag')
 })
 
 t.test('malformed batches are refused whole with a WireError', async t => {
@@ -66,7 +71,9 @@ t.test('malformed batches are refused whole with a WireError', async t => {
     ['NaN start', mutate(o => { (o.windows as unknown[][])[0][2] = NaN })],
     ['too few states', mutate(o => { (o.windows as unknown[][])[0][5] = [['e1', 0, [1]]] })],
     ['corrupt state', mutate(o => { (o.windows as unknown[][])[0][5] = [['e1', 0, ['x', 1]]] })],
-    ['empty edge id', mutate(o => { (o.windows as unknown[][])[0][5] = [['', 0, state([1])]] })]
+    ['empty edge id', mutate(o => { (o.windows as unknown[][])[0][5] = [['', 0, state([1])]] })],
+    ['idle flag not a boolean', mutate(o => { o.watermarks = [['p', 'e1', 0, 1]] })],
+    ['watermark entry too long', mutate(o => { o.watermarks = [['p', 'e1', 0, true, 'x']] })]
   )
   for (const [what, body, encoding] of cases) t.throws(() => decodeBatch(body, encoding), WireError, what)
 })
@@ -92,4 +99,17 @@ t.test('a window is final when every live edge passed its end, or after the time
   f.observe('p', 'e1', 30_000, 6_000)
   t.ok(f.isDue('p', 25_000, 6_500, 6_500), 'e2, silent for 6 s, is not waited for')
   t.notOk(f.isDue('q', 1, 0, 10), 'an unknown pipeline waits for the timeout')
+})
+
+t.test('an idle edge is not waited for until it reports a watermark without the flag', async t => {
+  const f = new Finalizer(60_000)
+  f.observe('p', 'e1', 10_000, 0, true)
+  f.observe('p', 'e2', 30_000, 0)
+  t.ok(f.isDue('p', 20_000, 0, 100), 'e1 is idle at 10 s: the window to 20 s is due by e2 alone')
+  f.observe('p', 'e1', 10_000, 200)
+  t.notOk(f.isDue('p', 20_000, 0, 300), 'e1 active again: the window waits for it')
+  f.observe('p', 'e1', 20_000, 400, true)
+  f.observe('p', 'e2', 25_000, 400, true)
+  t.ok(f.isDue('p', 40_000, 0, 500), 'every edge idle: nothing is left to wait for')
+  t.same([...f.watermarks()].map(w => [w.edge, w.watermark, w.idle]), [['e1', 20_000, true], ['e2', 30_000, true]], 'the flag is listed; watermarks never move back')
 })

@@ -8,9 +8,12 @@
  * CBOR, version 1 (arrays where items repeat, to keep batches small):
  *   { v: 1, sender, role, seq,
  *     pipelines:  [[name, version, windowKind, [[field, fn, params], …]], …],
- *     watermarks: [[pipeline, edge, watermark], …],
+ *     watermarks: [[pipeline, edge, watermark, idle?], …],
  *     windows:    [[pipeline, key, start, end, final, [[edge, revision, [state, …]], …]], …] }
- * `final` is the sender's revision of the finalized merged result (fog → cloud), or null.
+ * `final` is the sender's revision of the finalized merged result (fog → cloud), or null. `idle`, only
+ * ever `true` (left out otherwise, so older receivers see the 3-element form), says the edge's pipeline
+ * is idle: it has sent every window and has none open, so receivers need not wait for its watermark
+ * until an entry without the flag says it is active again.
  */
 import { Decoder, Encoder } from 'cbor-x'
 import { deflateRawSync, inflateRawSync } from 'node:zlib'
@@ -50,6 +53,8 @@ export interface Watermark {
   pipeline: string
   edge: string
   watermark: number
+  /** The edge's pipeline has nothing open or unsent: receivers leave it out of finalization. */
+  idle?: boolean
 }
 
 export interface Batch {
@@ -91,7 +96,7 @@ export function encodeBatch (batch: Batch): EncodedBatch {
     role: batch.role,
     seq: batch.seq,
     pipelines: batch.pipelines.map(p => [p.name, p.version, p.window, p.selects.map(s => [s.name, s.fn, s.params])]),
-    watermarks: batch.watermarks.map(w => [w.pipeline, w.edge, w.watermark]),
+    watermarks: batch.watermarks.map(w => w.idle === true ? [w.pipeline, w.edge, w.watermark, true] : [w.pipeline, w.edge, w.watermark]),
     windows: batch.windows.map(w => [w.pipeline, w.key, w.start, w.end, w.final ?? null, w.contributions.map(c => [c.edge, c.revision, c.states])])
   })
   if (body.length > COMPRESS_ABOVE) {
@@ -174,8 +179,11 @@ export function decodeBatch (body: Uint8Array, encoding?: string): Batch {
   const byName = new Map(pipelines.map(p => [p.name, p]))
   if (byName.size !== pipelines.length) fail('a pipeline is defined twice')
   const watermarks = list(o.watermarks, 'watermarks', 1_000_000).map((w, i) => {
-    const [p, edge, wm] = list(w, `watermarks[${i}]`, 3)
-    return { pipeline: name(p, 'a pipeline name'), edge: name(edge, 'an edge id'), watermark: time(wm, 'a watermark') }
+    const [p, edge, wm, idle] = list(w, `watermarks[${i}]`, 4)
+    const entry: Watermark = { pipeline: name(p, 'a pipeline name'), edge: name(edge, 'an edge id'), watermark: time(wm, 'a watermark') }
+    if (idle !== undefined && typeof idle !== 'boolean') fail(`watermarks[${i}]: idle must be a boolean`)
+    if (idle === true) entry.idle = true
+    return entry
   })
   const windows = list(o.windows, 'windows', BATCH_LIMITS.maxWindows).map((w, i) => {
     const [p, key, start, end, final, contributions] = list(w, `windows[${i}]`, 6)

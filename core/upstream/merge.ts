@@ -47,13 +47,17 @@ export function sameSelects (a: PipelineDef, b: PipelineDef): boolean {
 interface EdgeProgress {
   watermark: number
   lastSeen: number
+  /** As last reported: the edge's pipeline has nothing open or unsent. */
+  idle: boolean
 }
 
 /**
  * Decides when a merged window is final: when every edge that feeds its pipeline has a watermark at or
  * past the window's end, or `finalizeAfter` after the window was first seen. An edge not heard from for
  * `finalizeAfter` is not waited for (it went silent; its partials are merged when they come, as a new
- * revision).
+ * revision). An idle edge (it said so with its latest watermark) is not waited for either, until it
+ * reports a watermark without the flag: as with idle sources in Flink, one quiet edge must not hold
+ * back the windows of the others.
  */
 export class Finalizer {
   readonly #finalizeAfter: number
@@ -63,18 +67,19 @@ export class Finalizer {
     this.#finalizeAfter = finalizeAfter
   }
 
-  /** Records an edge's watermark for a pipeline (never moves it back). */
-  observe (pipeline: string, edge: string, watermark: number, now: number): void {
+  /** Records an edge's watermark for a pipeline (never moves it back) and whether it is idle. */
+  observe (pipeline: string, edge: string, watermark: number, now: number, idle = false): void {
     let edges = this.#edges.get(pipeline)
     if (edges === undefined) {
       edges = new Map()
       this.#edges.set(pipeline, edges)
     }
     const p = edges.get(edge)
-    if (p === undefined) edges.set(edge, { watermark, lastSeen: now })
+    if (p === undefined) edges.set(edge, { watermark, lastSeen: now, idle })
     else {
       p.watermark = Math.max(p.watermark, watermark)
       p.lastSeen = now
+      p.idle = idle
     }
   }
 
@@ -91,14 +96,14 @@ export class Finalizer {
     const edges = this.#edges.get(pipeline)
     if (edges === undefined) return false
     for (const p of edges.values()) {
-      if (now - p.lastSeen >= this.#finalizeAfter) continue
+      if (p.idle || now - p.lastSeen >= this.#finalizeAfter) continue
       if (p.watermark < end) return false
     }
     return true
   }
 
   /** Watermarks as known here, for forwarding upstream and for /v1/mesh. */
-  * watermarks (): Generator<{ pipeline: string, edge: string, watermark: number, lastSeen: number }> {
+  * watermarks (): Generator<{ pipeline: string, edge: string, watermark: number, lastSeen: number, idle: boolean }> {
     for (const [pipeline, edges] of this.#edges) {
       for (const [edge, p] of edges) yield { pipeline, edge, ...p }
     }

@@ -317,6 +317,15 @@ export class WindowOperator {
     }
   }
 
+  /**
+   * Whether the pipeline is idle at `now`: no reading for `idle` and no time window or session open,
+   * so it has nothing more to send upstream until a reading comes. Incomplete count windows are left
+   * out: they never go upstream, so no receiver waits for them.
+   */
+  isIdle (now: number): boolean {
+    return this.#open.size === 0 && this.#sessions.size === 0 && now - this.#lastReadingAt >= this.pipeline.spec.idle
+  }
+
   snapshot (): OperatorSnapshot {
     const selects = this.pipeline.selects
     const entry = (kind: 'open' | 'count' | 'closed', w: WindowState) =>
