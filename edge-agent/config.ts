@@ -14,8 +14,8 @@ export const EDGE_OPTIONS: OptionTable = {
   users: { type: 'strings', fileOnly: true, help: 'embedded broker users: a list of { username, password, publish: [filters], subscribe: [filters] }; none = anonymous access' },
   'max-payload': { type: 'bytes', default: '64kib', help: 'largest reading payload processed; larger ones are rejected as too_large' },
   tick: { type: 'duration', default: '250ms', help: 'how often idle pipelines and arrival-time windows are checked' },
-  fog: { type: 'strings', help: 'fog coordinator URL (repeatable)' },
-  cloud: { type: 'string', help: 'cloud sink URL: used on failover, or always without --fog' },
+  fog: { type: 'urls', help: 'fog coordinator URL (repeatable)' },
+  cloud: { type: 'url', help: 'cloud sink URL: used on failover, or always without --fog' },
   'failover-after': { type: 'duration', default: '30s', help: 'how long no fog may answer before partials go to the cloud' },
   'outbox-max': { type: 'bytes', default: '256mib', help: 'most partials kept for the fog/cloud while they cannot take them; when full the oldest are dropped (and counted)' },
   'uplink-timeout': { type: 'duration', default: '10s', help: 'longest a request to a fog or the cloud may take' },
@@ -69,16 +69,6 @@ function parseUsers (raw: unknown): BrokerUser[] {
   })
 }
 
-/** Fails early on a fog or cloud URL the uplink could never reach. */
-function upstreamUrl (flag: string, v: string): string {
-  let url: URL | undefined
-  try {
-    url = new URL(v)
-  } catch {}
-  if (url === undefined || (url.protocol !== 'http:' && url.protocol !== 'https:')) throw new ConfigError(`--${flag}: expected an http:// or https:// URL, got ${JSON.stringify(v)}`)
-  return v
-}
-
 export function edgeOptions (argv: string[]): EdgeOptions & { help: boolean } {
   const o = readOptions(EDGE_OPTIONS, argv) as Record<string, unknown>
   const id = (o.id as string | undefined) ?? `edge-${hostname()}`
@@ -88,7 +78,6 @@ export function edgeOptions (argv: string[]): EdgeOptions & { help: boolean } {
     dataDir: (o.dataDir as string | undefined) ?? join('data', id),
     mqttClientId: (o.mqttClientId as string | undefined) ?? `fogmesh-${id}`,
     users: parseUsers(o.users),
-    fog: ((o.fog as string[] | undefined) ?? []).map(u => upstreamUrl('fog', u)),
-    cloud: o.cloud === undefined ? undefined : upstreamUrl('cloud', o.cloud as string)
+    fog: (o.fog as string[] | undefined) ?? []
   }
 }

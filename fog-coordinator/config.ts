@@ -1,5 +1,4 @@
 /** Options of the fog coordinator (`fogmesh fog`), with their defaults. */
-import { ConfigError } from '../core/errors.ts'
 import { MERGE_OPTIONS, readMergeOptions } from '../server/merge-options.ts'
 import type { MergeOptions } from '../server/merge-options.ts'
 import { COMMON_OPTIONS } from '../server/options.ts'
@@ -8,7 +7,7 @@ import type { OptionTable } from '../server/options.ts'
 export const FOG_OPTIONS: OptionTable = {
   ...COMMON_OPTIONS,
   ...MERGE_OPTIONS,
-  cloud: { type: 'string', help: 'cloud sink URL: every final window goes there, through a durable outbox in the data dir' },
+  cloud: { type: 'url', help: 'cloud sink URL: every final window goes there, through a durable outbox in the data dir' },
   'outbox-max': { type: 'bytes', default: '256mib', help: 'most final windows kept for the cloud while it cannot take them; when full the oldest are dropped (and counted)' },
   'uplink-timeout': { type: 'duration', default: '10s', help: 'longest a request to the cloud may take' },
   'uplink-retry-max': { type: 'duration', default: '10s', help: 'longest wait between retries to the cloud (exponential backoff with jitter from 200ms)' },
@@ -27,14 +26,6 @@ export interface FogOptions extends MergeOptions {
 
 export function fogOptions (argv: string[]): FogOptions & { help: boolean } {
   const o = readMergeOptions('fog', FOG_OPTIONS, argv)
-  const cloud = o.cloud as string | undefined
-  if (cloud !== undefined) {
-    let url: URL | undefined
-    try {
-      url = new URL(cloud)
-    } catch {}
-    if (url === undefined || (url.protocol !== 'http:' && url.protocol !== 'https:')) throw new ConfigError(`--cloud: expected an http(s) URL, got ${JSON.stringify(cloud)}`)
-  }
   const etcd = o.etcd as string | undefined
   return {
     ...o,

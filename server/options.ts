@@ -9,7 +9,7 @@ import { parse as parseYaml } from 'yaml'
 import { formatDuration, parseDuration } from '../core/duration.ts'
 import { ConfigError } from '../core/errors.ts'
 
-export type OptionType = 'string' | 'strings' | 'int' | 'port' | 'duration' | 'bool' | 'bytes'
+export type OptionType = 'string' | 'strings' | 'url' | 'urls' | 'int' | 'port' | 'duration' | 'bool' | 'bytes'
 
 export interface OptionSpec {
   type: OptionType
@@ -25,9 +25,25 @@ export type OptionTable = Record<string, OptionSpec>
 const SIZE = /^(\d+)\s*(b|kb|kib|mb|mib|gb|gib)?$/i
 const SIZE_UNITS: Record<string, number> = { b: 1, kb: 1000, kib: 1024, mb: 1e6, mib: 1048576, gb: 1e9, gib: 1073741824 }
 
+/** An http(s) URL, checked up front so a typo fails at start-up rather than at the first delivery. */
+function httpUrl (name: string, raw: unknown): string {
+  let url: URL | undefined
+  try {
+    url = new URL(String(raw))
+  } catch {}
+  if (typeof raw !== 'string' || url === undefined || (url.protocol !== 'http:' && url.protocol !== 'https:')) {
+    throw new ConfigError(`--${name}: expected an http:// or https:// URL, got ${JSON.stringify(raw)}`)
+  }
+  return raw
+}
+
 function convert (name: string, spec: OptionSpec, raw: unknown): unknown {
   const fail = (what: string): never => { throw new ConfigError(`--${name}: ${what}, got ${JSON.stringify(raw)}`) }
   switch (spec.type) {
+    case 'url':
+      return httpUrl(name, raw)
+    case 'urls':
+      return (Array.isArray(raw) ? raw : [raw]).map(u => httpUrl(name, u))
     case 'string':
       if (typeof raw !== 'string' && typeof raw !== 'number') fail('expected a string')
       return String(raw)
@@ -77,7 +93,7 @@ export function readOptions (table: OptionTable, argv: string[]): Record<string,
   }
   for (const [name, spec] of Object.entries(table)) {
     if (spec.fileOnly === true) continue
-    flagOptions[name] = { type: spec.type === 'bool' ? 'boolean' : 'string', multiple: spec.type === 'strings' }
+    flagOptions[name] = { type: spec.type === 'bool' ? 'boolean' : 'string', multiple: spec.type === 'strings' || spec.type === 'urls' }
   }
   let parsed
   try {
