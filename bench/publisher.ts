@@ -15,6 +15,7 @@ import type { Socket } from 'node:net'
 import { createInterface } from 'node:readline'
 import { parseArgs } from 'node:util'
 import { connectPacket, DISCONNECT, publishSize, writePublish } from './lib.ts'
+import { createRng } from '../simulators/random.ts'
 
 /** Large enough to amortize write calls, small enough that 'drain' paces us closely. */
 const CHUNK = 64 * 1024
@@ -41,16 +42,6 @@ function fail (message: string): never {
   process.exit(1)
 }
 
-function mulberry32 (seed: number): () => number {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
 
 interface Workload {
   stream: Buffer
@@ -63,7 +54,7 @@ interface Workload {
  * by less than the slot, which keeps them out of order by far less than the pipeline's lateness.
  */
 function generate (readings: number, keys: number, perSlot: number, slotMs: number, offsetMs: number, seed: number): Workload {
-  const random = mulberry32(seed)
+  const random = createRng(seed).next
   let stride = 7919
   while (gcd(stride, keys) !== 1) stride += 2
   const topics = Array.from({ length: ROOMS }, (_, i) => `sensors/room${i}/temperature`)

@@ -7,6 +7,7 @@
 import { deflateRawSync } from 'node:zlib'
 import { Encoder } from 'cbor-x'
 import { publishSize } from './lib.ts'
+import { createRng } from '../simulators/random.ts'
 
 const ROOMS = 50
 
@@ -32,20 +33,10 @@ export interface WorkloadOptions {
   seed: number
 }
 
-function mulberry32 (seed: number): () => number {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
 
 /** Readings in event-time order: key k reads at origin + s * 1000 + k * 1000 / keys for each second s. */
 export function makeReadings (o: WorkloadOptions): Reading[] {
-  const random = mulberry32(o.seed)
+  const random = createRng(o.seed).next
   const end = o.origin + o.windows * o.windowMs
   const values = Array.from({ length: o.keys }, () => 15 + random() * 10)
   // Past the last window, one more second of readings from its end plus the lateness: every edge's
