@@ -27,7 +27,7 @@ import { pipelineDef } from '../core/upstream/pipeline-def.ts'
 import type { WindowOperator } from '../core/windows/operator.ts'
 import type { WindowState } from '../core/windows/window.ts'
 import type { Metrics } from '../server/metrics.ts'
-import { Outbox, OutboxDefinitions } from '../server/outbox.ts'
+import { BatchDefinitions, Outbox, OutboxDefinitions } from '../server/outbox.ts'
 import type { OutboxItem } from '../server/outbox.ts'
 import { FAILURE_REASONS, SHIPPER_DEFAULTS, Shipper } from '../server/shipper.ts'
 import type { BatchContext, ShipperStatus } from '../server/shipper.ts'
@@ -242,7 +242,7 @@ export class Uplink {
   }
 
   build (items: OutboxItem[], ctx: BatchContext): { batch: Omit<Batch, 'seq'>, used: number } {
-    const defs = new Map<string, { defId: string, def: PipelineDef }>()
+    const defs = new BatchDefinitions()
     const windows = new Map<string, WindowEntry>()
     const watermarks = new Map<string, number>()
     const idle = new Set<string>()
@@ -255,10 +255,7 @@ export class Uplink {
       }
       const [defId, key, start, end, edge, revision, states, watermark] = parsed
       const def = this.#def(defId)!
-      const seen = defs.get(def.name)
-      // A batch defines each pipeline once: items made with another definition go in the next batch.
-      if (seen !== undefined && seen.defId !== defId) break
-      defs.set(def.name, { defId, def })
+      if (!defs.take(defId, def)) break
       used++
       const id = `${def.name}\0${key}\0${start}\0${end}`
       let entry = windows.get(id)
@@ -275,11 +272,9 @@ export class Uplink {
     if (ctx.drained && used === items.length) {
       // Nothing waits for this target: the current watermarks are safe to send.
       for (const [name, up] of this.#upstream) {
-        const seen = defs.get(name)
-        if (seen !== undefined && seen.defId !== up.defId) continue
+        if (!defs.take(up.defId, up.def)) continue
         const safe = this.#safe.get(name)
         if (safe === undefined) continue
-        defs.set(name, { defId: up.defId, def: up.def })
         watermarks.set(name, Math.max(watermarks.get(name) ?? -Infinity, safe))
         // Idle only with no window of it left anywhere on this side: not pending, not buffered.
         if (this.#idle.has(name) && this.#buffer.length === 0) idle.add(name)
@@ -289,8 +284,7 @@ export class Uplink {
       batch: {
         sender: this.#edge,
         role: 'edge',
-        // Watermarks need no definition: a watermark-only batch stays small.
-        pipelines: windows.size === 0 ? [] : [...defs.values()].map(d => d.def),
+        pipelines: defs.list(windows.size > 0),
         watermarks: [...watermarks].map(([pipeline, watermark]) => idle.has(pipeline)
           ? { pipeline, edge: this.#edge, watermark, idle: true }
           : { pipeline, edge: this.#edge, watermark }),

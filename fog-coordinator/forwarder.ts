@@ -34,7 +34,7 @@ import { Decoder, Encoder } from 'cbor-x'
 import type { Batch, PipelineDef, Watermark, WindowEntry } from '../core/upstream/batch.ts'
 import type { MergeNode } from '../server/merge-node.ts'
 import type { Metrics } from '../server/metrics.ts'
-import { Outbox, OutboxDefinitions } from '../server/outbox.ts'
+import { BatchDefinitions, Outbox, OutboxDefinitions } from '../server/outbox.ts'
 import type { OutboxItem } from '../server/outbox.ts'
 import { FAILURE_REASONS, SHIPPER_DEFAULTS, Shipper } from '../server/shipper.ts'
 import type { BatchContext } from '../server/shipper.ts'
@@ -148,7 +148,7 @@ export class Forwarder {
   flush (): void {}
 
   build (items: OutboxItem[], ctx: BatchContext): { batch: Omit<Batch, 'seq'>, used: number } {
-    const defs = new Map<string, { defId: string, def: PipelineDef }>()
+    const defs = new BatchDefinitions()
     const windows = new Map<string, WindowEntry>()
     const progress = new Map<string, number>()
     let used = 0
@@ -160,10 +160,7 @@ export class Forwarder {
       }
       const [defId, key, start, end, final, contributions, recorded] = parsed
       const def = this.#def(defId)!
-      const seen = defs.get(def.name)
-      // A batch defines each pipeline once: items finalized with another definition go in the next batch.
-      if (seen !== undefined && seen.defId !== defId) break
-      defs.set(def.name, { defId, def })
+      if (!defs.take(defId, def)) break
       used++
       // A later revision of the same window holds every contribution of the earlier one, or a newer one.
       windows.set(JSON.stringify([def.name, key, start, end]), {
@@ -179,7 +176,7 @@ export class Forwarder {
       ...[...progress].map(([pipeline, watermark]) => ({ pipeline, edge: this.#fog, watermark }))
     ]
     return {
-      batch: { sender: this.#fog, role: 'fog', pipelines: windows.size === 0 ? [] : [...defs.values()].map(d => d.def), watermarks, windows: [...windows.values()] },
+      batch: { sender: this.#fog, role: 'fog', pipelines: defs.list(windows.size > 0), watermarks, windows: [...windows.values()] },
       used
     }
   }

@@ -339,3 +339,24 @@ export class OutboxDefinitions {
     return def
   }
 }
+
+/**
+ * The pipeline definitions one batch carries. A batch defines each pipeline once, so an item made with
+ * another definition of a pipeline already in the batch must wait for the next batch.
+ */
+export class BatchDefinitions {
+  readonly #byName = new Map<string, { id: string, def: PipelineDef }>()
+
+  /** Adds the definition `id`; false when the batch already holds another definition of its pipeline. */
+  take (id: string, def: PipelineDef): boolean {
+    const held = this.#byName.get(def.name)
+    if (held !== undefined) return held.id === id
+    this.#byName.set(def.name, { id, def })
+    return true
+  }
+
+  /** The definitions, for the batch; none for a batch without windows (watermarks need none). */
+  list (withWindows: boolean): PipelineDef[] {
+    return withWindows ? [...this.#byName.values()].map(d => d.def) : []
+  }
+}

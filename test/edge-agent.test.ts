@@ -232,7 +232,7 @@ t.test('bad input: clear errors and counted rejections, the agent keeps running'
 
 t.test('an invalid pipelines file stops the agent with located errors', async t => {
   const edge = startFogmesh(['edge', '--pipelines', new URL('fixtures/broken-pipelines.yaml', import.meta.url).pathname, '--mqtt-port', '0'])
-  await t.rejects(edge, /exited|before/)
+  await t.rejects(edge, /exited \(1\)[\s\S]*broken-pipelines\.yaml:2:11: pipeline name "Room_Temp" must match/)
   const dir = await tmpDir('fogmesh-badcfg-')
   t.teardown(() => dir.cleanup())
   await writeFile(join(dir.path, 'edge.yaml'), 'http-port: lots\n')
