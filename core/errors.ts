@@ -68,12 +68,17 @@ export class WireError extends FogmeshError {
   }
 }
 
-/** An HTTP request is wrong or cannot be served; `status` is the response status. */
+/**
+ * An HTTP request is wrong or cannot be served; `status` is the response status. `details` go into the
+ * error object beside `code` and `message` (e.g. the current shard map with a 421 wrong_shard).
+ */
 export class HttpError extends FogmeshError {
   readonly status: number
+  readonly details: Record<string, unknown> | undefined
 
-  constructor (status: number, code: string, message: string, options?: ErrorOptions) {
+  constructor (status: number, code: string, message: string, options?: ErrorOptions & { details?: Record<string, unknown> }) {
     super(code, message, options)
     this.status = status
+    this.details = options?.details
   }
 }

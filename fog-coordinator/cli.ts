@@ -13,9 +13,7 @@ export async function fogCommand (argv: string[]): Promise<number> {
     process.stdout.write(optionsHelp('usage: fogmesh fog [--config FILE] [options]', FOG_OPTIONS) + '\n')
     return 0
   }
-  if (options.etcd !== undefined) {
-    throw new ConfigError('--etcd: a replicated fog cluster (etcd) is not supported yet; run a single fog coordinator without --etcd')
-  }
+  if (options.etcd !== undefined && options.etcd.length === 0) throw new ConfigError('--etcd: give at least one HOST:PORT')
   const specs: PipelineSpec[] = options.pipelines === undefined ? [] : await loadPipelinesFile(options.pipelines)
   return await runUntilSignal(new FogCoordinator(options, specs))
 }

@@ -1,20 +1,45 @@
 /**
- * The fog coordinator: a MergeNode (partials in, merged results out) and, with --cloud, a forwarder
- * that takes every finalized window to the cloud sink.
+ * The fog coordinator: a MergeNode (partials in, merged results out), with --etcd one member of a
+ * replicated cluster (FogCluster), and with --cloud a forwarder that takes every finalized window to
+ * the cloud sink.
  */
 import type { PipelineSpec } from '../core/pipeline/spec.ts'
+import type { WindowEntry } from '../core/upstream/batch.ts'
 import type { Runnable } from '../server/lifecycle.ts'
 import { MergeNode } from '../server/merge-node.ts'
+import { FogCluster } from './cluster.ts'
+import type { WindowRef } from './cluster-layout.ts'
 import type { FogOptions } from './config.ts'
 import { Forwarder } from './forwarder.ts'
 
 export class FogCoordinator implements Runnable {
   readonly node: MergeNode
+  /** Undefined without --etcd: a single fog with its own store. */
+  readonly cluster: FogCluster | undefined
   /** Undefined without --cloud: final windows stay here. */
   readonly forwarder: Forwarder | undefined
 
   constructor (options: FogOptions, specs: PipelineSpec[]) {
-    this.node = new MergeNode('fog', options, specs)
+    const log = (line: string) => { process.stderr.write(line + '\n') }
+    this.cluster = options.etcd === undefined
+      ? undefined
+      : new FogCluster({
+        id: options.id,
+        endpoints: options.etcd,
+        prefix: options.etcdPrefix,
+        leaseTtl: options.leaseTtl,
+        shards: options.shards,
+        etcdTimeout: options.etcdTimeout,
+        maintainEvery: options.etcdMaintainEvery,
+        retention: options.etcdRetention,
+        forward: options.cloud !== undefined,
+        log
+      })
+    // In a cluster, results live as long as etcd keeps them.
+    const nodeOptions = this.cluster === undefined ? options : { ...options, retention: options.etcdRetention }
+    this.node = new MergeNode('fog', nodeOptions, specs, this.cluster)
+    this.cluster?.registerMetrics(this.node.metrics)
+    const cluster = this.cluster
     this.forwarder = options.cloud === undefined
       ? undefined
       : new Forwarder(this.node, {
@@ -23,22 +48,42 @@ export class FogCoordinator implements Runnable {
         cloud: options.cloud,
         outboxMax: options.outboxMax,
         requestTimeout: options.uplinkTimeout,
-        retryMax: options.uplinkRetryMax
+        retryMax: options.uplinkRetryMax,
+        log,
+        // The replicated marks of what the cloud has: a coordinator taking over a shard forwards the rest.
+        onDelivered: cluster === undefined ? undefined : windows => { cluster.forwarded(windows).catch(() => {}) }
       })
   }
 
   async start (): Promise<void> {
     await this.node.start()
+    await this.cluster?.start(this.node.httpUrl, {
+      apply: change => { this.node.applyReplicated(change) },
+      toForward: windows => { this.#forwardAgain(windows) }
+    })
     this.forwarder?.start()
   }
 
-  /** The node first: once it takes no batches and finalizes nothing more, the outbox can close. */
+  /** The node first: once it takes no batches and finalizes nothing more, the cluster and outbox can close. */
   async stop (): Promise<void> {
     await this.node.stop()
+    await this.cluster?.stop()
     await this.forwarder?.stop()
   }
 
   readyLine (): string {
     return this.node.readyLine()
+  }
+
+  /** Final windows of shards taken over from another coordinator that the cloud may not have yet. */
+  #forwardAgain (windows: Array<{ ref: WindowRef, revision: number }>): void {
+    if (this.forwarder === undefined) return
+    const entries: WindowEntry[] = []
+    for (const { ref } of windows) {
+      const w = this.node.window(ref)
+      if (w === undefined || w.finalRevision === null) continue
+      entries.push({ pipeline: w.pipeline, key: w.key, start: w.start, end: w.end, final: w.finalRevision, contributions: [...w.contributions.values()] })
+    }
+    if (entries.length > 0) this.forwarder.forward(entries)
   }
 }

@@ -51,6 +51,8 @@ export interface ForwarderOptions {
   requestTimeout: number
   retryMax: number
   log?: (line: string) => void
+  /** The cloud acknowledged these windows at these revisions (a cluster clears its "to forward" marks). */
+  onDelivered?: (windows: Array<{ ref: { pipeline: string, key: string, start: number, end: number }, revision: number }>) => void
 }
 
 /** The outbox target, and the tier name in metrics. */
@@ -74,6 +76,7 @@ export class Forwarder {
   readonly #progress = new Map<string, number>()
   /** Items that could not be read back (counted with the dropped ones). */
   #lost = 0
+  readonly #onDelivered: ForwarderOptions['onDelivered']
 
   constructor (node: MergeNode, options: ForwarderOptions) {
     this.#node = node
@@ -88,7 +91,8 @@ export class Forwarder {
       retryMax: options.retryMax,
       log: this.#log
     })
-    this.#removeListener = node.onFinal(entries => this.#onFinal(entries))
+    this.#onDelivered = options.onDelivered
+    this.#removeListener = node.onFinal(entries => { this.forward(entries) })
     this.#registerMetrics(node.metrics)
   }
 
@@ -105,9 +109,10 @@ export class Forwarder {
 
   /**
    * One pass's windows into the outbox, in one transaction (one fsync). Throwing leaves the pass's
-   * windows pending in the MergeNode, which offers them again at the next tick.
+   * windows pending in the MergeNode, which offers them again at the next tick. A cluster coordinator
+   * also hands over here the final windows of shards it took over that the cloud may not have.
    */
-  #onFinal (entries: readonly WindowEntry[]): void {
+  forward (entries: readonly WindowEntry[]): void {
     const defIds = new Map<string, string>()
     const blobs = entries.map(e => {
       let defId = defIds.get(e.pipeline)
@@ -146,6 +151,11 @@ export class Forwarder {
 
   /** Nothing to move: passes append to the outbox as they happen. */
   flush (): void {}
+
+  delivered (batch: Omit<Batch, 'seq'>): void {
+    if (this.#onDelivered === undefined || batch.windows.length === 0) return
+    this.#onDelivered(batch.windows.map(w => ({ ref: { pipeline: w.pipeline, key: w.key, start: w.start, end: w.end }, revision: w.final ?? 0 })))
+  }
 
   build (items: OutboxItem[], ctx: BatchContext): { batch: Omit<Batch, 'seq'>, used: number } {
     const defs = new BatchDefinitions()

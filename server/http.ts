@@ -216,7 +216,7 @@ export class HttpService {
 }
 
 function errorReply (err: unknown): Reply {
-  if (err instanceof HttpError) return { status: err.status, body: { error: { code: err.code, message: err.message } } }
+  if (err instanceof HttpError) return { status: err.status, body: { error: { ...err.details, code: err.code, message: err.message } } }
   if (err instanceof FogmeshError) return { status: 400, body: { error: { code: err.code, message: err.message } } }
   console.error('internal error serving a request:', err)
   return { status: 500, body: { error: { code: 'internal', message: 'internal error' } } }

@@ -17,6 +17,7 @@ import { decodeBatch } from '../core/upstream/batch.ts'
 import type { Batch, PipelineDef, Watermark, WindowEntry } from '../core/upstream/batch.ts'
 import { Finalizer, mergeContributions, sameSelects, supersedes } from '../core/upstream/merge.ts'
 import { pipelineDef } from '../core/upstream/pipeline-def.ts'
+import type { ShardMapView } from '../core/upstream/shards.ts'
 import { ContributionStore, windowId } from './contribution-store.ts'
 import type { BatchWrite, MergeWindow } from './contribution-store.ts'
 import { HttpService } from './http.ts'
@@ -24,6 +25,7 @@ import type { PipelineInfo, Request, Reply, ServiceApi } from './http.ts'
 import { Metrics } from './metrics.ts'
 import type { Sample } from './metrics.ts'
 import type { MergeOptions } from './merge-options.ts'
+import type { ReplicatedChange, Replication } from './replication.ts'
 import { ResultStore } from './result-store.ts'
 import { withLive } from './results.ts'
 import type { ResultQuery, WindowResult } from './results.ts'
@@ -87,16 +89,26 @@ export class MergeNode implements ServiceApi {
   #ready = false
   #stopped = false
   #finalizeQueued = false
+  #finalizing = false
   #timers: NodeJS.Timeout[] = []
+  readonly #replication: Replication | undefined
+  /** Commits and finalization passes run one at a time: with replication they wait for etcd. */
+  #exclusive: Promise<unknown> = Promise.resolve()
 
-  constructor (role: 'fog' | 'cloud', options: MergeOptions, specs: PipelineSpec[]) {
+  /**
+   * With `replication`, the replicated state is the durable one: the local stores are kept in memory as
+   * a mirror of it (filled through applyReplicated), and the data dir holds only what is this node's own.
+   */
+  constructor (role: 'fog' | 'cloud', options: MergeOptions, specs: PipelineSpec[], replication?: Replication) {
     this.role = role
     this.id = options.id
     this.#options = options
+    this.#replication = replication
     this.#specs = new Map(specs.map(s => [s.name, s]))
     for (const s of specs) this.#defs.set(s.name, pipelineDef(s))
-    this.#store = new ContributionStore({ dataDir: options.dataDir })
-    this.#results = new ResultStore({ dataDir: options.dataDir, retention: options.retention, maxResultsPerPipeline: options.maxResults, synchronous: 'FULL' })
+    const dataDir = replication === undefined ? options.dataDir : undefined
+    this.#store = new ContributionStore({ dataDir })
+    this.#results = new ResultStore({ dataDir, retention: options.retention, maxResultsPerPipeline: options.maxResults, synchronous: 'FULL' })
     for (const def of this.#store.pipelines()) {
       this.#learned.set(def.name, def)
       const known = this.#defs.get(def.name)
@@ -111,7 +123,10 @@ export class MergeNode implements ServiceApi {
     // says otherwise, which at worst makes windows wait as they did before edges could be idle.
     for (const w of this.#store.watermarks()) this.#finalizer.observe(w.pipeline, w.edge, w.watermark, w.lastSeen)
     for (const w of this.#store.pendingWindows()) this.#pending.set(windowId(w), w)
-    this.#http = new HttpService(this, [{ method: 'POST', path: '/v1/partials', handle: async req => await this.#receive(req) }],
+    this.#http = new HttpService(this, [
+      { method: 'POST', path: '/v1/partials', handle: async req => await this.#receive(req) },
+      { method: 'GET', path: '/v1/shards', handle: () => ({ body: this.shards() }) }
+    ],
       { host: options.host, port: options.httpPort, maxBody: options.maxBatch })
     this.#registerMetrics()
   }
@@ -133,6 +148,7 @@ export class MergeNode implements ServiceApi {
     for (const t of this.#timers) clearInterval(t)
     await this.#http.close()
     this.#stopped = true
+    await this.#exclusive
     this.#results.close()
     this.#store.close()
   }
@@ -195,7 +211,8 @@ export class MergeNode implements ServiceApi {
         if (err instanceof WireError) throw new HttpError(400, 'bad_batch', err.message)
         throw err
       }
-      const ack = this.#apply(batch, Date.now())
+      this.#replication?.admit(batch)
+      const ack = await this.#serially(async () => await this.#apply(batch, Date.now()))
       this.#queueFinalize()
       return { body: ack }
     } catch (err) {
@@ -207,9 +224,10 @@ export class MergeNode implements ServiceApi {
   /**
    * Applies a batch: checks every definition first (a conflict refuses the batch whole), works out the
    * changes on copies, commits them in one transaction, and only then updates the state in memory, so
-   * a failed commit leaves everything as it was.
+   * a failed commit leaves everything as it was. With replication the commit goes to the replicated
+   * state first (fenced), then to the local mirror.
    */
-  #apply (batch: Batch, now: number): Ack {
+  async #apply (batch: Batch, now: number): Promise<Ack> {
     const defs: PipelineDef[] = []
     for (const d of batch.pipelines) {
       const known = this.#defs.get(d.name)
@@ -267,6 +285,11 @@ export class MergeNode implements ServiceApi {
     write.windows = [...toWrite]
     write.watermarks = batch.watermarks.map(wm => ({ pipeline: wm.pipeline, edge: wm.edge, watermark: wm.watermark, lastSeen: now }))
     if (batch.role === 'edge') write.seen.push({ edge: batch.sender, at: now })
+    if (this.#replication !== undefined && (write.windows.length > 0 || write.contributions.length > 0 || write.pipelines.length > 0)) {
+      const changed = new Set(write.windows)
+      for (const c of write.contributions) changed.add(c.window)
+      await this.#replication.commitBatch(write, [...changed])
+    }
     this.#store.write(write)
 
     for (const d of defs) {
@@ -301,18 +324,28 @@ export class MergeNode implements ServiceApi {
   }
 
   #finalizeSafely (): void {
-    if (this.#stopped) return
-    try {
-      this.#finalizeDue(Date.now())
-    } catch (err) {
+    // One pass at a time; a tick that finds one under way (waiting for etcd) skips.
+    if (this.#stopped || this.#finalizing) return
+    this.#finalizing = true
+    this.#serially(async () => await this.#finalizeDue(Date.now())).catch((err: unknown) => {
       // A failed write leaves the windows pending; the next tick tries again.
-      console.error(`${this.role}: finalization failed:`, err)
-    }
+      if (!this.#stopped) console.error(`${this.role}: finalization failed:`, err)
+    }).finally(() => { this.#finalizing = false })
   }
 
-  #finalizeDue (now: number): void {
+  /** Runs `fn` after every commit or pass queued before it has finished. */
+  #serially<T> (fn: () => Promise<T>): Promise<T> {
+    const run = this.#exclusive.then(fn, fn)
+    this.#exclusive = run.catch(() => {})
+    return run
+  }
+
+  async #finalizeDue (now: number): Promise<void> {
+    if (this.#stopped) return
     const due: Array<{ id: string, window: MergeWindow, revision: number }> = []
     for (const [id, w] of this.#pending) {
+      // In a cluster only the owner of a window's shard finalizes it.
+      if (this.#replication !== undefined && !this.#replication.finalizes(w.pipeline, w.key)) continue
       if (w.finalRevision !== null) {
         if (w.dirty) due.push({ id, window: w, revision: w.finalRevision + 1 })
       } else if (w.upstreamFinal || this.#finalizer.isDue(w.pipeline, w.end, w.firstSeen, now)) {
@@ -320,6 +353,8 @@ export class MergeNode implements ServiceApi {
       }
     }
     if (due.length === 0) return
+    await this.#replication?.commitFinal(due, now)
+    if (this.#stopped) return
     for (const d of due) this.#results.put(this.#result(d.window, true, d.revision))
     // Durable before the window is recorded as final: a crash in between finalizes it again, same revision.
     this.#results.flush()
@@ -412,6 +447,48 @@ export class MergeNode implements ServiceApi {
     return withLive(this.#results.query(pipeline, q), live, q)
   }
 
+  /**
+   * Cluster mode: changes other nodes committed (and this node's own, seen again, which change
+   * nothing). A window record is whole: it replaces what is here, and a final one becomes a result.
+   */
+  applyReplicated (change: ReplicatedChange): void {
+    if (this.#stopped) return
+    for (const d of change.pipelines) {
+      this.#learned.set(d.name, d)
+      if (!this.#specs.has(d.name)) this.#defs.set(d.name, d)
+    }
+    const write: BatchWrite = { pipelines: change.pipelines, windows: change.windows, contributions: [], watermarks: [], seen: [] }
+    for (const w of change.windows) for (const contribution of w.contributions.values()) write.contributions.push({ window: w, contribution })
+    this.#store.write(write)
+    const finals: Array<{ window: MergeWindow, revision: number }> = []
+    for (const w of change.windows) {
+      const id = windowId(w)
+      if (w.finalRevision !== null && !w.dirty) {
+        if (this.#defs.has(w.pipeline)) this.#results.put(this.#result(w, true, w.finalRevision))
+        finals.push({ window: w, revision: w.finalRevision })
+        this.#pending.delete(id)
+      } else {
+        this.#pending.set(id, w)
+      }
+    }
+    if (finals.length > 0) {
+      this.#results.flush()
+      for (const f of finals) this.#store.markFinal([f], f.window.finalAt ?? Date.now())
+    }
+  }
+
+  /** A window as stored here (pending or final), with its contributions. */
+  window (ref: { pipeline: string, key: string, start: number, end: number }): MergeWindow | undefined {
+    return this.#pending.get(windowId(ref)) ?? this.#store.window(ref.pipeline, ref.key, ref.start, ref.end)
+  }
+
+  /** GET /v1/shards: the cluster's shard map, or (a single node) no shards: send it everything. */
+  shards (): ShardMapView {
+    return this.#replication?.view() ?? {
+      version: 0, shards: 0, owners: [], members: [{ id: this.id, http: this.httpUrl }], leader: null, status: 'embedded'
+    }
+  }
+
   mesh (): unknown {
     const edges = new Map<string, { id: string, lastSeen: number, watermarks: Record<string, string> }>()
     for (const w of this.#finalizer.watermarks()) {
@@ -423,10 +500,15 @@ export class MergeNode implements ServiceApi {
     return {
       self: { id: this.id, role: this.role, peerId: null },
       peers: [],
-      fog: { leader: null, shardMapVersion: 0, shards: 0 },
+      fog: this.#fogView(),
       edges: [...edges.values()].sort((a, b) => a.id < b.id ? -1 : a.id > b.id ? 1 : 0)
         .map(e => ({ id: e.id, lastSeen: new Date(e.lastSeen).toISOString(), watermarks: e.watermarks }))
     }
+  }
+
+  #fogView (): { leader: string | null, shardMapVersion: number, shards: number, status: string } {
+    const v = this.shards()
+    return { leader: v.leader ?? (this.role === 'fog' ? this.id : null), shardMapVersion: v.version, shards: v.shards, status: v.status }
   }
 
   #registerMetrics (): void {
