@@ -37,7 +37,7 @@ export interface UplinkOptions {
   edge: string
   /** Directory of the outbox database; undefined keeps it in memory (tests). */
   dataDir?: string
-  /** Fog coordinator URLs, tried in turn. */
+  /** Fog coordinator URLs: tried in turn, or, when they are a cluster, where its shard map is asked. */
   fog: string[]
   /** Cloud sink URL: the primary when there is no fog, else used on failover. */
   cloud?: string
@@ -121,7 +121,8 @@ export class Uplink {
     this.#afterAppend = options.afterAppend ?? (() => {})
     this.#maxBuffered = options.outboxMax
     const tiers = [
-      ...(options.fog.length > 0 ? [{ name: 'fog', urls: options.fog }] : []),
+      // The fogs may be a cluster that splits windows by shard: the router finds out and follows it.
+      ...(options.fog.length > 0 ? [{ name: 'fog', urls: options.fog, route: true }] : []),
       ...(options.cloud !== undefined ? [{ name: 'cloud', urls: [options.cloud] }] : [])
     ]
     if (tiers.length === 0) throw new ConfigError('an uplink needs --fog or --cloud')

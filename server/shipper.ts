@@ -15,6 +15,14 @@
  *   and retries at once; any other refusal keeps the items, backs off, counts and logs: data never goes
  *   silently (the outbox bound is what finally drops items that can never be delivered, and counts them).
  *
+ * A fog tier that routes (`route`) may be a cluster of coordinators that split the key space by shard
+ * (server/shard-router.ts): then a batch goes as one sub-batch per owner of its windows, all sent at
+ * once, and the attempt counts only when every owner acknowledged its part (resending a part one owner
+ * already took changes nothing). A 421 wrong_shard carries the refusing coordinator's map: it is
+ * adopted and the batch re-planned at once, a few times in a row before backing off as for any other
+ * failure. Only then does every member get the watermarks (see Plan.watermarks for why not before).
+ * While the fogs are no cluster, a routing tier works as any other.
+ *
  * With nothing pending for a tier, the caller is asked for a watermark-only batch every `idleEvery`;
  * it goes out when a watermark moved past what the tier acknowledged or its idle flag changed (a
  * receiver must learn at once that an edge went idle, or active again), or as a heartbeat every
@@ -23,13 +31,23 @@
 import { ConfigError } from '../core/errors.ts'
 import { encodeBatch } from '../core/upstream/batch.ts'
 import type { Batch, Watermark } from '../core/upstream/batch.ts'
+import { parseShardMap } from '../core/upstream/shards.ts'
+import type { ShardMapView } from '../core/upstream/shards.ts'
 import type { Outbox, OutboxItem } from './outbox.ts'
+import { ShardRouter } from './shard-router.ts'
+import type { Plan } from './shard-router.ts'
 
 export interface Tier {
   /** The outbox target its deliveries are recorded under (`fog`, `cloud`). */
   name: string
   /** Base URLs, tried in turn; batches go to `<url>/v1/partials`. */
   urls: string[]
+  /**
+   * Route batches by shard when the URLs turn out to be a fog cluster: `true` for a router with its
+   * defaults (seeded with `urls`), or a router of one's own. The shipper starts and stops it.
+   * Default: no routing.
+   */
+  route?: boolean | ShardRouter
 }
 
 export interface ShipperOptions {
@@ -86,6 +104,8 @@ export interface BatchSource {
    * are any), or a watermark-only batch when there are none.
    */
   build: (items: OutboxItem[], ctx: BatchContext) => { batch: Omit<Batch, 'seq'>, used: number }
+  /** Told of every batch a tier acknowledged, after its items were marked delivered. */
+  delivered?: (batch: Omit<Batch, 'seq'>, target: string) => void
 }
 
 export type FailureReason =
@@ -96,10 +116,12 @@ export type FailureReason =
   | 'server_error' // other 5xx
   | 'rejected' // other 4xx (bad_batch, pipeline_conflict, …): kept and retried
   | 'bad_ack' // 200 without the batch's seq in `acked`
+  | 'misrouted' // 421 wrong_shard: a fog coordinator does not own a window's shard; re-planned
 
-export const FAILURE_REASONS: readonly FailureReason[] = ['unreachable', 'timeout', 'too_large', 'unavailable', 'server_error', 'rejected', 'bad_ack']
+export const FAILURE_REASONS: readonly FailureReason[] = ['unreachable', 'timeout', 'too_large', 'unavailable', 'server_error', 'rejected', 'bad_ack', 'misrouted']
 
-type Outcome = { ok: true } | { ok: false, reason: FailureReason, detail: string }
+type Failure = { ok: false, reason: FailureReason, detail: string, shardMap?: ShardMapView }
+type Outcome = { ok: true } | Failure
 
 interface Attempt {
   batch: Omit<Batch, 'seq'>
@@ -110,6 +132,8 @@ interface Attempt {
 interface Lane {
   readonly tier: Tier
   readonly primary: boolean
+  /** Set when the tier routes by shard. */
+  readonly router: ShardRouter | undefined
   /** Index of the URL tried first: the last one that took a batch. */
   url: number
   /** Current backoff, ms. */
@@ -123,11 +147,14 @@ interface Lane {
   readonly acked: Map<string, { watermark: number, idle: boolean }>
   /** The last problem logged, so a failure repeating at every retry is logged once. */
   lastProblem: string | undefined
+  /** The last problem logged per cluster member that missed watermarks (Plan.watermarks), likewise. */
+  readonly lagging: Map<string, string>
 }
 
 export interface ShipperStatus {
   /** The tier batches go to now. */
   target: string
+  /** The URL that took the last batch; with a fog cluster, the URLs of the shards' owners. */
   url: string
   failedOver: boolean
   /** Since when the primary has failed (ISO-8601), or null. */
@@ -137,6 +164,12 @@ export interface ShipperStatus {
 /** The seq is stored in blocks: a restart skips the rest of a block, never reuses a number. */
 const SEQ_BLOCK = 1024
 const SEQ_META = 'shipper-seq'
+
+/**
+ * 421s in a row a batch is re-planned after at once; then it backs off like any failure, so that
+ * coordinators disagreeing about the map do not make an edge spin.
+ */
+const MAX_REROUTES = 3
 
 function watermarkKey (w: Watermark): string {
   return `${w.pipeline}\0${w.edge}`
@@ -155,7 +188,16 @@ function errorSummary (text: string): string {
   return text.slice(0, 200)
 }
 
-function transportFailure (err: unknown): Outcome {
+/** The shard map a 421 wrong_shard carries, or undefined when it carries no valid one. */
+function carriedMap (text: string): ShardMapView | undefined {
+  try {
+    return parseShardMap((JSON.parse(text) as { error?: { shardMap?: unknown } }).error?.shardMap)
+  } catch {
+    return undefined
+  }
+}
+
+function transportFailure (err: unknown): Failure {
   const e = err as Error & { cause?: { code?: string, message?: string } }
   if (e.name === 'TimeoutError') return { ok: false, reason: 'timeout', detail: 'no answer in time' }
   return { ok: false, reason: 'unreachable', detail: e.cause?.code ?? e.cause?.message ?? e.message }
@@ -196,13 +238,17 @@ export class Shipper {
       if (tier.urls.length === 0) throw new ConfigError(`tier ${tier.name} has no URL`)
       this.stats.sent[tier.name] = 0
       this.stats.failed[tier.name] = {}
-      return { tier, primary: i === 0, url: 0, delay: retryMin, limit: options.maxBatchItems, failingSince: undefined, lastAckAt: 0, acked: new Map(), lastProblem: undefined }
+      const router = tier.route instanceof ShardRouter
+        ? tier.route
+        : tier.route === true ? new ShardRouter(tier.urls, { name: tier.name, timeout: Math.min(2_000, options.requestTimeout), log: options.log }) : undefined
+      return { tier, primary: i === 0, router, url: 0, delay: retryMin, limit: options.maxBatchItems, failingSince: undefined, lastAckAt: 0, acked: new Map(), lastProblem: undefined, lagging: new Map() }
     })
     this.#seq = Number(outbox.meta(SEQ_META) ?? 0)
     this.#seqReserved = this.#seq
   }
 
   start (): void {
+    for (const lane of this.#lanes) lane.router?.start()
     this.#loops = this.#lanes.map(lane => this.#run(lane))
   }
 
@@ -217,15 +263,16 @@ export class Shipper {
     clearTimeout(this.#failoverTimer)
     this.#abort.abort()
     for (const wake of [...this.#sleeping]) wake()
-    await Promise.all(this.#loops)
+    await Promise.all([...this.#loops, ...this.#lanes.map(lane => lane.router?.stop())])
   }
 
   status (): ShipperStatus {
     const lane = this.#failedOver ? this.#lanes[1] : this.#lanes[0]
     const since = this.#lanes[0].failingSince
+    const owners = lane.router?.ownerUrls() ?? []
     return {
       target: lane.tier.name,
-      url: lane.tier.urls[lane.url],
+      url: owners.length > 0 ? owners.join(', ') : lane.tier.urls[lane.url],
       failedOver: this.#failedOver,
       failingSince: since === undefined ? null : new Date(since).toISOString()
     }
@@ -287,8 +334,29 @@ export class Shipper {
     return { batch, ids: [] }
   }
 
-  /** POSTs the batch to the tier's URLs in turn until one takes it (or answers 413). */
+  /** Delivers an attempt: by shard to a fog cluster, else whole to the tier's URLs in turn. */
   async #deliver (lane: Lane, attempt: Attempt): Promise<Outcome> {
+    const router = lane.router
+    if (router === undefined) return await this.#deliverWhole(lane, attempt)
+    // Whole batches to a cluster would only be refused: learn first whether the fogs are one.
+    if (router.map === undefined) await router.refresh()
+    for (let reroutes = 0; ; reroutes++) {
+      const version = router.version
+      const plan = router.plan(attempt.batch)
+      const outcome = plan === undefined ? await this.#deliverWhole(lane, attempt) : await this.#deliverRouted(lane, attempt, plan)
+      if (outcome.ok || this.#stopped) return outcome
+      if (outcome.reason !== 'misrouted' || reroutes >= MAX_REROUTES) {
+        // Whatever failed, the map may have changed (a member gone, shards moved): look now.
+        void router.refresh()
+        return outcome
+      }
+      // The refusal's map was adopted when it was newer; else the cluster is asked.
+      if (router.version === version) await router.refresh()
+    }
+  }
+
+  /** POSTs the batch to the tier's URLs in turn until one takes it (or answers 413 or 421). */
+  async #deliverWhole (lane: Lane, attempt: Attempt): Promise<Outcome> {
     const urls = lane.tier.urls
     let outcome: Outcome = { ok: false, reason: 'unreachable', detail: 'not tried' }
     for (let k = 0; k < urls.length && !this.#stopped; k++) {
@@ -297,8 +365,7 @@ export class Shipper {
       outcome = await this.#post(urls[i], { ...attempt.batch, seq: this.#nextSeq() })
       if (this.#stopped) break
       if (outcome.ok) {
-        if (lane.lastProblem !== undefined) this.#options.log(`uplink: ${lane.tier.name} ${urls[i]} takes batches again`)
-        lane.lastProblem = undefined
+        this.#recovered(lane, urls[i])
         lane.url = i
         return outcome
       }
@@ -307,8 +374,40 @@ export class Shipper {
         lane.url = i
         break
       }
+      // The fogs are a cluster: the batch is re-planned by shard.
+      if (outcome.reason === 'misrouted') break
     }
     return outcome
+  }
+
+  /**
+   * Phase 1: every owner's windows at once; the attempt fails unless all are acknowledged. Phase 2, only
+   * then: the watermarks to every member, best effort.
+   */
+  async #deliverRouted (lane: Lane, attempt: Attempt, plan: Plan): Promise<Outcome> {
+    if (!plan.ok) {
+      const failure: Failure = { ok: false, reason: 'unavailable', detail: plan.detail }
+      this.#refused(lane, `shard map v${plan.version}`, failure, attempt)
+      return failure
+    }
+    const outcomes = await Promise.all(plan.owners.map(r => this.#post(r.url, { ...r.batch, seq: this.#nextSeq() })))
+    if (this.#stopped) return { ok: false, reason: 'unreachable', detail: 'stopped' }
+    const failures: Failure[] = []
+    outcomes.forEach((o, i) => {
+      if (o.ok) return
+      this.#refused(lane, plan.owners[i].url, o, attempt)
+      failures.push(o)
+    })
+    // A 421 first (re-planning may fix the rest), then a 413 (halving helps every part).
+    if (failures.length > 0) return failures.find(f => f.reason === 'misrouted') ?? failures.find(f => f.reason === 'too_large') ?? failures[0]
+    const sent = await Promise.all(plan.watermarks.map(r => this.#post(r.url, { ...r.batch, seq: this.#nextSeq() })))
+    sent.forEach((o, i) => this.#lagging(lane, plan.watermarks[i].url, o))
+    const missed = sent.filter((o): o is Failure => !o.ok)
+    // A heartbeat (no windows, so no owner) must reach somebody: a cluster that is down is a failure
+    // even with nothing to send, or failover would never notice it.
+    if (plan.owners.length === 0 && missed.length > 0 && missed.length === sent.length) return missed[0]
+    this.#recovered(lane, `shard map v${plan.version}`)
+    return { ok: true }
   }
 
   async #post (url: string, batch: Batch): Promise<Outcome> {
@@ -335,24 +434,58 @@ export class Shipper {
     const detail = `${status} ${errorSummary(text)}`
     if (status === 413) return { ok: false, reason: 'too_large', detail }
     if (status === 503) return { ok: false, reason: 'unavailable', detail }
+    if (status === 421) return { ok: false, reason: 'misrouted', detail, shardMap: carriedMap(text) }
     if (status >= 500) return { ok: false, reason: 'server_error', detail }
     return { ok: false, reason: 'rejected', detail }
   }
 
-  /** Counts a failed request and logs it unless it repeats the last problem of the tier. */
-  #refused (lane: Lane, url: string, outcome: Outcome & { ok: false }, attempt: Attempt): void {
-    const failed = this.stats.failed[lane.tier.name]
-    failed[outcome.reason] = (failed[outcome.reason] ?? 0) + 1
+  /**
+   * Counts a failed request, adopts the shard map a 421 carries, and logs the failure unless it
+   * repeats the last problem of the tier.
+   */
+  #refused (lane: Lane, url: string, outcome: Failure, attempt: Attempt): void {
+    this.#count(lane, outcome)
     const problem = `${url} ${outcome.reason} ${outcome.detail}`
     if (problem === lane.lastProblem) return
     lane.lastProblem = problem
     const what = attempt.ids.length === 0 ? 'a watermark batch' : `a batch of ${attempt.ids.length} windows`
-    const then = outcome.reason === 'too_large' && attempt.ids.length > 1 ? 'halving it' : 'keeping it, retrying with backoff'
+    const then = outcome.reason === 'too_large' && attempt.ids.length > 1
+      ? 'halving it'
+      : outcome.reason === 'misrouted' && lane.router !== undefined ? 're-planning it by shard' : 'keeping it, retrying with backoff'
     this.#options.log(`uplink: ${lane.tier.name} ${url} did not take ${what} (${outcome.reason}: ${outcome.detail}); ${then}`)
+  }
+
+  #count (lane: Lane, outcome: Failure): void {
+    const failed = this.stats.failed[lane.tier.name]
+    failed[outcome.reason] = (failed[outcome.reason] ?? 0) + 1
+    if (outcome.shardMap !== undefined) lane.router?.adopt(outcome.shardMap)
+  }
+
+  #recovered (lane: Lane, where: string): void {
+    if (lane.lastProblem !== undefined) this.#options.log(`uplink: ${lane.tier.name} ${where} takes batches again`)
+    lane.lastProblem = undefined
+  }
+
+  /**
+   * Notes how a member took the watermarks it only gets to finalize its own windows (Plan.watermarks):
+   * a failure is counted and logged once per member and problem, and fails nothing.
+   */
+  #lagging (lane: Lane, url: string, outcome: Outcome): void {
+    if (outcome.ok) {
+      lane.lagging.delete(url)
+      return
+    }
+    this.#count(lane, outcome)
+    const problem = `${outcome.reason} ${outcome.detail}`
+    if (lane.lagging.get(url) !== problem) {
+      lane.lagging.set(url, problem)
+      this.#options.log(`uplink: ${lane.tier.name} ${url} did not take watermarks (${outcome.reason}: ${outcome.detail}); it gets the next ones`)
+    }
   }
 
   #acknowledged (lane: Lane, attempt: Attempt): void {
     this.#outbox.markDelivered(lane.tier.name, attempt.ids)
+    this.#source.delivered?.(attempt.batch, lane.tier.name)
     this.stats.sent[lane.tier.name]++
     lane.lastAckAt = Date.now()
     for (const w of attempt.batch.watermarks) {

@@ -35,13 +35,17 @@ export interface ShardMap {
   leader: string | null
 }
 
-/** `GET /v1/shards`: the map as a coordinator knows it, and whether it takes partials now. */
+/**
+ * `GET /v1/shards`: the map as a coordinator knows it, and whether it takes partials now. A map read
+ * off the wire without `status` is taken as `ok`.
+ */
 export interface ShardMapView extends ShardMap {
   /** `ok`; `no_quorum` (etcd has lost its majority: no partial is taken); `embedded` (single fog). */
   status: 'ok' | 'no_quorum' | 'starting' | 'embedded'
 }
 
 export function shardOf (pipeline: string, key: string, shards: number): number {
+  if (!(shards > 0)) throw new RangeError(`shardOf: ${shards} shards`)
   return h32(pipeline + '\0' + key) % shards
 }
 
@@ -99,14 +103,17 @@ export function parseShardMap (v: unknown): ShardMapView {
   if (!Number.isSafeInteger(version) || (version as number) < 0) bad('version is not a non-negative integer')
   if (!Number.isSafeInteger(shards) || (shards as number) < 0 || (shards as number) > MAX_SHARDS) bad(`shards is not an integer in 0..${MAX_SHARDS}`)
   if (!Array.isArray(owners) || owners.length !== shards) bad('owners is not a list of one entry per shard')
+  // The leader's first map is version 1: a map with shards and version 0 could never replace "no cluster".
+  if ((shards as number) > 0 && (version as number) === 0) bad('a map with shards has version 0')
   if (!Array.isArray(members)) bad('members is not a list')
   const ms: ShardMember[] = (members as unknown[]).map(m => {
     const r = m as Record<string, unknown> | null
-    if (typeof r !== 'object' || r === null || typeof r.id !== 'string' || typeof r.http !== 'string') return bad('a member lacks id or http')
+    if (typeof r !== 'object' || r === null || typeof r.id !== 'string' || r.id === '' || typeof r.http !== 'string') return bad('a member lacks id or http')
     if (!/^https?:\/\//.test(r.http)) bad(`member ${r.id} has no http(s) URL`)
     return { id: r.id, http: r.http }
   })
   const ids = new Set(ms.map(m => m.id))
+  if (ids.size !== ms.length) bad('a member id appears twice')
   for (const owner of owners as unknown[]) {
     if (owner !== null && (typeof owner !== 'string' || !ids.has(owner))) bad('an owner is not one of the members')
   }
@@ -116,7 +123,7 @@ export function parseShardMap (v: unknown): ShardMapView {
   return {
     version: version as number,
     shards: shards as number,
-    owners: owners as Array<string | null>,
+    owners: [...owners as Array<string | null>],
     members: ms,
     leader: (leader as string | null | undefined) ?? null,
     status: (status as ShardMapView['status'] | undefined) ?? 'ok'

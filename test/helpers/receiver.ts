@@ -2,6 +2,8 @@
  * A fake fog/cloud for uplink tests: `POST /v1/partials` on 127.0.0.1, each body decoded with
  * decodeBatch and kept the way receivers keep contributions (the highest revision per window and edge).
  * The test decides how it answers each batch, and can stop it and bring it back on the same port.
+ * As a fog cluster member it also serves `GET /v1/shards` (`shardMap`), and its 421 refusals carry that
+ * map as a coordinator's do.
  */
 import { createServer } from 'node:http'
 import type { IncomingMessage, ServerResponse } from 'node:http'
@@ -13,9 +15,16 @@ import type { ServedResult } from './ground-truth.ts'
 
 /**
  * How to answer a batch: commit and 200; commit and answer 500 (a lost acknowledgement: the sender
- * resends); never answer; or an error status without committing.
+ * resends); never answer; or an error status without committing (421: wrong_shard, with `shardMap`).
  */
-export type Answer = 'ok' | 'lose_ack' | 'hang' | 400 | 409 | 413 | 500 | 503
+export type Answer = 'ok' | 'lose_ack' | 'hang' | 400 | 409 | 413 | 421 | 500 | 503
+
+/**
+ * Orders events across every receiver of the test process: each request notes the tick it arrived at
+ * and the tick it was answered at, so a test can tell that one request came after another's answer.
+ */
+let clock = 0
+const tick = () => ++clock
 
 export interface Kept {
   pipeline: string
@@ -29,8 +38,17 @@ export interface FakeReceiver {
   url: string
   port: number
   answer: (batch: Batch) => Answer
-  /** Every decoded batch and how it was answered. */
-  requests: Array<{ batch: Batch, answer: Answer }>
+  /** How long it takes to commit and answer a batch, ms (0, the default: at once). */
+  delay: number
+  /**
+   * What `GET /v1/shards` answers (as JSON, whatever it is: tests serve bad maps too), also carried by
+   * 421 refusals; undefined (the default) answers 404, as a fog from before clusters.
+   */
+  shardMap: unknown
+  /** `GET /v1/shards` requests served. */
+  shardGets: number
+  /** Every decoded batch, how it was answered, and the ticks it arrived and was answered at. */
+  requests: Array<{ batch: Batch, answer: Answer, arrived: number, answered?: number }>
   /** Contributions of committed batches, highest revision per (pipeline, key, start, end, edge). */
   kept: Map<string, Kept>
   /** Contributions committed, duplicates and replays included. */
@@ -68,9 +86,11 @@ export interface ReceiverOptions {
   port?: number
   /** How to answer each batch; default: ok. Can be changed later through `answer` on the receiver. */
   answer?: (batch: Batch) => Answer
+  /** See FakeReceiver.shardMap; can be changed later there too. */
+  shardMap?: unknown
 }
 
-const CODES: Record<number, string> = { 400: 'bad_batch', 409: 'pipeline_conflict', 413: 'batch_too_large', 500: 'internal', 503: 'unavailable' }
+const CODES: Record<number, string> = { 400: 'bad_batch', 409: 'pipeline_conflict', 413: 'batch_too_large', 421: 'wrong_shard', 500: 'internal', 503: 'unavailable' }
 
 export async function startReceiver (opts: ReceiverOptions = {}): Promise<FakeReceiver> {
   const sockets = new Set<Socket>()
@@ -78,6 +98,9 @@ export async function startReceiver (opts: ReceiverOptions = {}): Promise<FakeRe
     url: '',
     port: 0,
     answer: opts.answer ?? (() => 'ok'),
+    delay: 0,
+    shardMap: opts.shardMap,
+    shardGets: 0,
     requests: [],
     kept: new Map(),
     arrived: 0,
@@ -124,7 +147,12 @@ export async function startReceiver (opts: ReceiverOptions = {}): Promise<FakeRe
 
   const server = createServer((req, res) => {
     void (async () => {
+      if (req.method === 'GET' && req.url === '/v1/shards' && r.shardMap !== undefined) {
+        r.shardGets++
+        return reply(res, 200, r.shardMap)
+      }
       if (req.method !== 'POST' || req.url !== '/v1/partials') return reply(res, 404, { error: { code: 'not_found', message: req.url } })
+      const arrived = tick()
       const body = await readAll(req)
       let batch: Batch
       try {
@@ -133,14 +161,18 @@ export async function startReceiver (opts: ReceiverOptions = {}): Promise<FakeRe
         return reply(res, 400, { error: { code: 'bad_batch', message: (err as Error).message } })
       }
       const answer = r.answer(batch)
-      r.requests.push({ batch, answer })
+      const request: FakeReceiver['requests'][number] = { batch, answer, arrived }
+      r.requests.push(request)
       if (answer === 'hang') return
+      if (r.delay > 0) await new Promise(resolve => setTimeout(resolve, r.delay))
+      request.answered = tick()
       if (answer === 'ok' || answer === 'lose_ack') {
         commit(batch)
         if (answer === 'ok') return reply(res, 200, { acked: batch.seq, windows: batch.windows.length })
         return reply(res, 500, { error: { code: 'internal', message: 'lost acknowledgement' } })
       }
-      reply(res, answer, { error: { code: CODES[answer], message: `answered ${answer} by the test` } })
+      const details = answer === 421 ? { shardMap: r.shardMap } : {}
+      reply(res, answer, { error: { code: CODES[answer], message: `answered ${answer} by the test`, ...details } })
     })()
   })
   server.on('connection', s => {
