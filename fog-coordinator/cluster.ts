@@ -287,7 +287,12 @@ export class FogCluster implements Replication {
       }
       this.stats.commits++
       const rev = Number(res.header.revision)
-      for (const [k] of chunk) this.#revs.set(k, Math.max(this.#revs.get(k) ?? 0, rev))
+      for (const [k, v] of chunk) {
+        this.#revs.set(k, Math.max(this.#revs.get(k) ?? 0, rev))
+        // The watch skips this commit when it comes back (the revision is known): note the mark now.
+        const parsed = this.#layout.parse(k)
+        if (parsed.kind === 'mark') this.#marks.set(windowId(parsed.ref), { ref: parsed.ref, revision: Number(v) })
+      }
       if (i === 0) for (const [k] of compares) this.#revs.set(k, Math.max(this.#revs.get(k) ?? 0, rev))
     }
   }

@@ -328,8 +328,9 @@ export class MergeNode implements ServiceApi {
     if (this.#stopped || this.#finalizing) return
     this.#finalizing = true
     this.#serially(async () => await this.#finalizeDue(Date.now())).catch((err: unknown) => {
-      // A failed write leaves the windows pending; the next tick tries again.
-      if (!this.#stopped) console.error(`${this.role}: finalization failed:`, err)
+      // A failed write leaves the windows pending; the next tick tries again. A refusal of the
+      // replicated state (no quorum, the map moved) is reported where it is seen, not at every tick.
+      if (!this.#stopped && !(err instanceof HttpError)) console.error(`${this.role}: finalization failed:`, err)
     }).finally(() => { this.#finalizing = false })
   }
 

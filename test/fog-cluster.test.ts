@@ -70,16 +70,20 @@ interface Cluster {
   proxies: Map<string, TcpProxy[]>
   start: (id: string) => Promise<RunningProcess>
   map: (id?: string) => Promise<ShardMapView>
+  cloud?: RunningProcess
 }
 
 /** Three etcd members and three coordinators f1..f3; `proxied` coordinators reach etcd through proxies. */
-async function startCluster (t: Test, opts: { proxied?: string[], fog?: string[] } = {}): Promise<Cluster> {
+async function startCluster (t: Test, opts: { proxied?: string[], fog?: string[], cloud?: boolean } = {}): Promise<Cluster> {
   const dir = await tmpDir('fogmesh-cluster-')
   const etcd = await startEtcdCluster({ members: 3, dir: join(dir.path, 'etcd') })
   const fogs = new Map<string, RunningProcess>()
   const proxies = new Map<string, TcpProxy[]>()
+  const cloud = opts.cloud === true
+    ? await startFogmesh(['cloud', '--id', 'c1', '--http-port', '0', '--data-dir', join(dir.path, 'cloud'), '--tick', '100ms', '--finalize-after', '30s'])
+    : undefined
   t.teardown(async () => {
-    await Promise.all([...fogs.values()].map(p => p.stop(5_000).catch(() => p.kill('SIGKILL'))))
+    await Promise.all([...fogs.values(), ...cloud === undefined ? [] : [cloud]].map(p => p.stop(5_000).catch(() => p.kill('SIGKILL'))))
     for (const list of proxies.values()) for (const p of list) await p.close()
     await etcd.stop()
     await dir.cleanup()
@@ -93,13 +97,15 @@ async function startCluster (t: Test, opts: { proxied?: string[], fog?: string[]
     })))
   }
   const cluster: Cluster = {
+    cloud,
     etcd,
     fogs,
     proxies,
     start: async id => {
       const endpoints = proxies.get(id)?.map(p => p.address) ?? etcd.endpoints
       const p = await startFogmesh(['fog', '--id', id, '--http-port', String(ports.get(id)), '--data-dir', join(dir.path, id),
-        '--etcd', endpoints.join(','), '--lease-ttl', `${LEASE_TTL}ms`, '--etcd-timeout', '1s', '--tick', '100ms', '--finalize-after', '30s', ...opts.fog ?? []])
+        '--etcd', endpoints.join(','), '--lease-ttl', `${LEASE_TTL}ms`, '--etcd-timeout', '1s', '--tick', '100ms', '--finalize-after', '30s',
+        ...cloud === undefined ? [] : ['--cloud', cloud.http, '--uplink-retry-max', '500ms'], ...opts.fog ?? []])
       fogs.set(id, p)
       return p
     },
@@ -126,8 +132,8 @@ async function finalOf (base: string, key: string): Promise<{ final: boolean, re
   return (await fetchResults(base, DEF.name)).find(r => r.key === key && r.final)
 }
 
-t.test('shards: a balanced map, 421 for another owner\'s window, the same results from every coordinator', { timeout: 60_000 }, async t => {
-  const c = await startCluster(t)
+t.test('shards: a balanced map, 421 for another owner\'s window, the same results from every coordinator and the cloud', { timeout: 60_000 }, async t => {
+  const c = await startCluster(t, { cloud: true })
   const map = await c.map('f1')
   t.equal(map.shards, 64)
   const counts: number[] = ['f1', 'f2', 'f3'].map(id => map.owners.filter(o => o === id).length)
@@ -152,6 +158,14 @@ t.test('shards: a balanced map, 421 for another owner\'s window, the same result
     t.same({ revision: r.revision, sources: r.sources, values: r.values }, { revision: 0, sources: 2, values: { n: 4, total: 16 } }, `${id} answers the merged window`)
   }
   t.equal((await fetchMetric(c.fogs.get('f1')!.http, 'fogmesh_cluster_members')).get(''), 3)
+
+  // Forwarded by the owner; its "to forward" mark goes once the cloud has it.
+  const atCloud = await waitFor(() => finalOf(c.cloud!.http, key), { timeoutMs: 10_000, message: 'the window at the cloud' })
+  t.same(atCloud.values, { n: 4, total: 16 }, 'the cloud has the merged window')
+  const client = new Etcd3({ hosts: c.etcd.members.map(m => m.clientUrl) })
+  t.teardown(() => client.close())
+  await waitFor(async () => (await client.getAll().prefix('/fogmesh/f/').count()) === 0, { timeoutMs: 10_000, message: 'the mark cleared' })
+  t.equal(await client.getAll().prefix('/fogmesh/w/').count(), 1, 'the window record stays (until retention)')
 })
 
 t.test('a coordinator SIGKILLed with open windows: its shards move, the new owner finishes them exactly once', { timeout: 60_000 }, async t => {
