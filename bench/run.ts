@@ -3,7 +3,7 @@
  * same run on the same machine. Shared CI machines are too noisy for absolute figures to mean anything,
  * so the bench reports ratios, takes the median of alternating rounds, and asserts nothing.
  *
- *   node bench/run.ts [--quick] [--only edge|upstream] [--rounds N] [--readings N] [--poll-ms MS]
+ *   node bench/run.ts [--quick] [--only edge|upstream|cluster|cluster-long] [--long DURATION] [--rounds N] [--readings N] [--poll-ms MS]
  *                     [--profile | --no-profile] [--agent-node-args="--max-semi-space-size=2 ..."] [--out FILE]
  *
  * Throughput: bench/publisher.ts (its own process) writes M pre-encoded QoS 0 readings over one
@@ -13,8 +13,11 @@
  * both processes is reported too: it is the same comparison, less disturbed by other load. With the
  * agent below the throughput goal (or with --profile) one more run of each under --cpu-prof shows
  * where the time goes. Upstream (bench/upstream.ts): bytes sent upstream per reading and close-to-final
- * latency at the fog and the cloud, on a mesh of real processes. Results go to stdout and
- * bench/results.json; with --only, the part not run keeps its figures from the previous file.
+ * latency at the fog and the cloud, on a mesh of real processes. Cluster (bench/cluster.ts, needs
+ * etcd): committed partial batches per second and commit latency through a fog cluster of three
+ * coordinators on a 3-member etcd, against raw etcd writes in alternating rounds, and failover times;
+ * `--only cluster-long [--long 5m]` samples etcd's size under a steady load instead. Results go to
+ * stdout and bench/results.json; with --only, the parts not run keep their figures from the previous file.
  */
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { cpus, loadavg, tmpdir, totalmem } from 'node:os'
@@ -29,6 +32,9 @@ import {
 } from './lib.ts'
 import type { Child, Rate } from './lib.ts'
 import { runUpstreamBench, upstreamRows } from './upstream.ts'
+import { clusterLongRows, clusterRows, runClusterBench, runClusterLongBench } from './cluster.ts'
+import { parseDuration } from '../core/duration.ts'
+import { findEtcd } from '../simulators/etcd-cluster.ts'
 
 const THROUGHPUT_GOAL = 0.6
 const RSS_GOAL_MIB = 150
@@ -59,15 +65,18 @@ function readArgs () {
 }
 
 function usage (message: string): never {
-  process.stderr.write(`bench: ${message}\nusage: node bench/run.ts [--quick] [--only edge|upstream] [--rounds N] [--readings N] [--poll-ms MS] ` +
+  process.stderr.write(`bench: ${message}\nusage: node bench/run.ts [--quick] [--only edge|upstream|cluster|cluster-long] [--long DURATION] [--rounds N] [--readings N] [--poll-ms MS] ` +
     '[--profile | --no-profile] [--agent-node-args="--max-semi-space-size=2 ..."] [--out FILE]\n')
   process.exit(2)
 }
 
 const ARG_OPTIONS = {
   quick: { type: 'boolean', default: false },
-  // One part alone: the edge agent's throughput and memory, or the upstream bytes and latency.
+  // One part alone: the edge agent's throughput and memory, the upstream bytes and latency, the fog
+  // cluster's commits and failover, or (only this way) etcd's size over a long run.
   only: { type: 'string' },
+  // How long cluster-long runs (default 2m, 40s with --quick: one retention and a maintenance).
+  long: { type: 'string' },
   rounds: { type: 'string' },
   readings: { type: 'string' },
   'poll-ms': { type: 'string', default: '50' },
@@ -88,8 +97,21 @@ function positiveInt (name: string, raw: string | undefined, fallback: number): 
 }
 
 const quick = args.quick === true
-if (args.only !== undefined && args.only !== 'edge' && args.only !== 'upstream') usage(`--only: expected edge or upstream, got ${args.only}`)
-const parts = { edge: args.only !== 'upstream', upstream: args.only !== 'edge' }
+const PARTS = ['edge', 'upstream', 'cluster', 'cluster-long']
+if (args.only !== undefined && !PARTS.includes(args.only)) usage(`--only: expected ${PARTS.join(', ')}, got ${args.only}`)
+const parts = {
+  edge: args.only === undefined || args.only === 'edge',
+  upstream: args.only === undefined || args.only === 'upstream',
+  cluster: args.only === undefined || args.only === 'cluster',
+  clusterLong: args.only === 'cluster-long'
+}
+if (args.long !== undefined && args.only !== 'cluster-long') usage('--long goes with --only cluster-long')
+let longMs = quick ? 40_000 : 120_000
+try {
+  if (args.long !== undefined) longMs = parseDuration(args.long)
+} catch (err) {
+  usage(`--long: ${(err as Error).message}`)
+}
 const opts = {
   quick,
   rounds: positiveInt('rounds', args.rounds, quick ? 5 : 7),
@@ -516,17 +538,21 @@ async function main (): Promise<void> {
   const edge = parts.edge ? await edgeBench(log) : undefined
   const edgeSeconds = Math.round((performance.now() - started) / 100) / 10
   const upstream = parts.upstream ? await runUpstreamBench({ workDir, quick, log }) : undefined
+  const cluster = parts.cluster && etcdAvailable(log) ? await runClusterBench({ workDir, quick, log, rounds: args.rounds === undefined ? undefined : opts.rounds }) : undefined
+  const clusterLong = parts.clusterLong ? await runClusterLongBench({ workDir, durationMs: longMs, log }) : undefined
   const loadAtEnd = loadavg().map(x => Math.round(x * 100) / 100)
 
   const out = args.out ?? join(BENCH_DIR, 'results.json')
   // A part not run keeps the figures of the previous file (the top-level date and machine are the edge part's).
   const previous = existsSync(out) ? JSON.parse(readFileSync(out, 'utf8')) as Record<string, unknown> : {}
-  const { upstream: previousUpstream, ...previousEdge } = previous
+  const { upstream: previousUpstream, cluster: previousCluster, clusterLong: previousClusterLong, ...previousEdge } = previous
   const results = {
     ...(edge === undefined
       ? previousEdge
       : { date: new Date().toISOString(), quick, machine, loadavgAtEnd: loadAtEnd, durationSeconds: edgeSeconds, ...edge.results }),
-    upstream: upstream === undefined ? previousUpstream : { ...upstream, quick, machine: { ...machine, loadavgAtEnd: loadAtEnd } }
+    upstream: upstream === undefined ? previousUpstream : { ...upstream, quick, machine: { ...machine, loadavgAtEnd: loadAtEnd } },
+    cluster: cluster === undefined ? previousCluster : { ...cluster, quick, machine: { ...machine, loadavgAtEnd: loadAtEnd } },
+    clusterLong: clusterLong === undefined ? previousClusterLong : { ...clusterLong, machine: { ...machine, loadavgAtEnd: loadAtEnd } }
   }
   writeFileSync(out, JSON.stringify(results, null, 2) + '\n')
 
@@ -536,10 +562,27 @@ async function main (): Promise<void> {
     ['machine', `${machine.cpus} cpus, ${machine.cpuModel}, node ${machine.node}`],
     ...(edge?.rows ?? []),
     ...(upstream !== undefined ? upstreamRows(upstream) : []),
+    ...(cluster !== undefined ? clusterRows(cluster) : []),
+    ...(clusterLong !== undefined ? clusterLongRows(clusterLong) : []),
     ['duration', `${Math.round((performance.now() - started) / 100) / 10} s; load ${machine.loadavgAtStart.join(' ')} -> ${loadAtEnd.join(' ')}`]
   ]))
-  for (const w of [...(edge?.results.warnings ?? []), ...(upstream?.warnings ?? [])]) log(`warning: ${w}`)
+  for (const w of [...(edge?.results.warnings ?? []), ...(upstream?.warnings ?? []), ...(cluster?.warnings ?? []), ...(clusterLong?.warnings ?? [])]) log(`warning: ${w}`)
   log(`wrote ${out.startsWith(REPO_DIR + '/') ? relative(process.cwd(), out) : out}`)
+}
+
+/**
+ * Whether etcd is installed for the cluster part. Asked for alone (--only cluster) it must be; in a
+ * run of every part, a machine without etcd skips it, saying so, rather than failing the other parts.
+ */
+function etcdAvailable (log: (line: string) => void): boolean {
+  try {
+    findEtcd()
+    return true
+  } catch (err) {
+    if (args.only === 'cluster') throw err
+    log(`cluster: skipped, ${(err as Error).message}`)
+    return false
+  }
 }
 
 /** The edge agent's throughput and memory, each against its baseline (see the top of this file). */

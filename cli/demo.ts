@@ -13,22 +13,19 @@
  * Children get their own process group, so a Ctrl-C at the terminal reaches the demo alone and the
  * demo stops them in order: simulator, edges (which commit their windows), fog, cloud. If a node dies,
  * the demo stops the rest and exits 1; if the demo itself is killed outright, the nodes notice their
- * parent is gone and stop themselves (WATCH_PARENT).
+ * parent is gone and stop themselves (cli/node-process.ts).
  */
-import { spawn } from 'node:child_process'
-import type { ChildProcess } from 'node:child_process'
 import { createServer } from 'node:net'
 import { constants } from 'node:os'
 import { relative, resolve } from 'node:path'
-import { createInterface } from 'node:readline'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 import { ConfigError } from '../core/errors.ts'
 import { loadPipelinesFile } from '../core/pipeline/parse.ts'
 import { runSimulator } from '../simulators/sim.ts'
+import { NodeProcess, exitStatus } from './node-process.ts'
 
 const EXAMPLE = fileURLToPath(new URL('../examples/pipelines.yaml', import.meta.url))
-const FOGMESH = fileURLToPath(new URL('../bin/fogmesh.js', import.meta.url))
 const HOST = '127.0.0.1'
 /** Longest a node may take to print its ready line, and to stop after SIGTERM. */
 const READY_TIMEOUT = 30_000
@@ -39,12 +36,6 @@ const STOP_TIMEOUT = 10_000
  * with the next seed, so the readings go on (each device's values jump once per chunk).
  */
 const SIM_CHUNK = 10 * 60_000
-/**
- * Preloaded into every node: a node whose parent changed (the demo was killed without a chance to stop
- * it, e.g. SIGKILL) stops itself cleanly rather than run on unseen, holding the demo's ports.
- */
-const WATCH_PARENT = 'const parent = process.ppid; const timer = setInterval(() => { if (process.ppid === parent) return; ' +
-  'clearInterval(timer); process.kill(process.pid, "SIGTERM") }, 1000); timer.unref()'
 
 const USAGE = `usage: fogmesh demo [options]
 
@@ -143,101 +134,27 @@ function portsHint (): string {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Nodes as child processes
+// Nodes as child processes (cli/node-process.ts), their output echoed with the node's name
 
-interface ExitInfo {
-  code: number | null
-  signal: NodeJS.Signals | null
-}
-
-function exitStatus (e: ExitInfo): string {
-  return e.signal !== null ? `killed by ${e.signal}` : `exit code ${e.code}`
-}
-
-class MeshNode {
-  readonly name: NodeName
-  readonly proc: ChildProcess
-  readonly exited: Promise<ExitInfo>
-  readonly ready: Promise<{ http: string, mqtt?: string }>
-  #exit: ExitInfo | undefined
-  /** Recent stderr lines, to tell why a node did not start. */
-  readonly #stderr: string[] = []
+class MeshNode extends NodeProcess {
+  declare readonly name: NodeName
 
   constructor (name: NodeName, role: string, args: string[]) {
-    this.name = name
-    // detached: a process group of its own, so the terminal's Ctrl-C reaches only the demo (see top).
-    this.proc = spawn(process.execPath, [`--import=data:text/javascript,${encodeURIComponent(WATCH_PARENT)}`, FOGMESH, role, ...args], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-      detached: true
-    })
-    live.add(this)
-    this.exited = new Promise(resolve => {
-      this.proc.once('error', () => resolve(this.#exit ??= { code: null, signal: null }))
-      this.proc.once('close', (code, signal) => resolve(this.#exit ??= { code, signal }))
-    })
-    void this.exited.then(() => live.delete(this))
-    const label = name.padEnd(6) + ' | '
-    let onLine: (line: string) => void = () => {}
-    createInterface({ input: this.proc.stdout!, crlfDelay: Infinity }).on('line', line => {
-      process.stdout.write(label + line + '\n')
-      onLine(line)
-    })
-    createInterface({ input: this.proc.stderr!, crlfDelay: Infinity }).on('line', line => {
-      process.stderr.write(label + line + '\n')
-      this.#stderr.push(line)
-      if (this.#stderr.length > 20) this.#stderr.shift()
-    })
-    this.ready = new Promise((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`${name} printed no ready line within ${READY_TIMEOUT / 1000} s`)), READY_TIMEOUT)
-      onLine = line => {
-        const m = /^ready \S+ \S+ http=(\S+)(?: mqtt=(\S+))?/.exec(line)
-        if (m === null) return
-        clearTimeout(timer)
-        resolve({ http: m[1], mqtt: m[2] })
+    super({
+      name,
+      role,
+      args,
+      readyTimeout: READY_TIMEOUT,
+      stopTimeout: STOP_TIMEOUT,
+      log: line => { process.stderr.write(`demo: ${line}\n`) },
+      explainEarlyExit: (e, stderr) => {
+        const inUse = stderr.map(l => /EADDRINUSE.*?:(\d+)\b/.exec(l)).find(m => m !== null)
+        if (inUse != null) return `${name} could not listen: port ${inUse[1]} is taken. ${portsHint()}`
+        return `${name} stopped before it was ready (${exitStatus(e)}); its output is above`
       }
-      void this.exited.then(e => {
-        clearTimeout(timer)
-        reject(new Error(this.#whyNotStarted(e)))
-      })
     })
-    this.ready.catch(() => {})
-  }
-
-  get alive (): boolean {
-    return this.#exit === undefined
-  }
-
-  #whyNotStarted (e: ExitInfo): string {
-    const inUse = this.#stderr.map(l => /EADDRINUSE.*?:(\d+)\b/.exec(l)).find(m => m !== null)
-    if (inUse != null) return `${this.name} could not listen: port ${inUse[1]} is taken. ${portsHint()}`
-    return `${this.name} stopped before it was ready (${exitStatus(e)}); its output is above`
-  }
-
-  /**
-   * SIGTERM, then SIGKILL after STOP_TIMEOUT; true when it stopped cleanly: exit code 0, or ended by
-   * our SIGTERM before it was far enough along to catch it (still starting, so nothing to commit).
-   */
-  async stop (): Promise<boolean> {
-    if (this.alive) this.kill('SIGTERM')
-    const timer = setTimeout(() => {
-      process.stderr.write(`demo: ${this.name} did not stop within ${STOP_TIMEOUT / 1000} s of SIGTERM; killing it\n`)
-      this.kill('SIGKILL')
-    }, STOP_TIMEOUT)
-    const e = await this.exited
-    clearTimeout(timer)
-    return e.code === 0 || e.signal === 'SIGTERM'
-  }
-
-  kill (signal: NodeJS.Signals): void {
-    try { this.proc.kill(signal) } catch {}
   }
 }
-
-/** Nodes still running: killed when the demo exits whatever way (an exception, a second Ctrl-C). */
-const live = new Set<MeshNode>()
-process.on('exit', () => {
-  for (const node of live) node.kill('SIGKILL')
-})
 
 // ---------------------------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ const COMMANDS: Record<string, { help: string, run: () => Promise<(argv: string[
   fog: { help: 'a fog coordinator: merges partials from edges', run: async () => (await import('../fog-coordinator/cli.ts')).fogCommand },
   cloud: { help: 'the cloud sink: merges partials from fogs (and edges on failover)', run: async () => (await import('../cloud-sink/cli.ts')).cloudCommand },
   sim: { help: 'sensor simulator; writes the ground truth', run: async () => (await import('../simulators/cli.ts')).simCommand },
+  chaos: { help: 'a fog cluster under injected faults, checked against the ground truth', run: async () => (await import('../simulators/chaos-cli.ts')).chaosCommand },
   validate: { help: 'check a pipelines file', run: async () => (await import('./validate.ts')).validateCommand },
   query: { help: 'print results from any tier', run: async () => (await import('./query.ts')).queryCommand }
 }

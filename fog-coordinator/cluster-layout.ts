@@ -13,7 +13,7 @@
  *                             (a replicated "to forward" mark: whoever owns the shard forwards it)
  *
  * Names and keys are URI-encoded (no `/` inside a segment); times are fixed-width decimals offset to be
- * non-negative, so that keys sort by time and one range delete removes a pipeline's old windows.
+ * non-negative, so that a pipeline's windows sort by time.
  */
 import { Decoder, Encoder } from 'cbor-x'
 import { WireError } from '../core/errors.ts'
@@ -76,12 +76,6 @@ export class ClusterLayout {
 
   mark (w: WindowRef): string {
     return this.marks + windowPath(w)
-  }
-
-  /** The key range of a pipeline's windows (or marks) that start before `before`: [from, to). */
-  startingBefore (kind: 'w/' | 'f/', pipeline: string, before: number): { from: string, to: string } {
-    const base = `${this.prefix}${kind}${encodeURIComponent(pipeline)}/`
-    return { from: base, to: base + time(before) }
   }
 
   /** What a key under the prefix is, with its parts. */

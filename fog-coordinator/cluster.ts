@@ -72,6 +72,8 @@ const TXN_OPS = 100
 const TXN_BYTES = 1024 * 1024
 /** How often a coordinator checks that etcd answers (and so whether it has quorum), ms. */
 const PROBE_EVERY = 1_000
+/** Most windows one maintenance pass removes (the next pass takes the rest). */
+const MAINTAIN_MAX = 20_000
 /** Pages of the initial load. */
 const LOAD_PAGE = 1_000
 /**
@@ -89,6 +91,10 @@ export interface ClusterSink {
   apply: (change: ReplicatedChange) => void
   /** This coordinator now owns these windows' shards and they are still to be forwarded. */
   toForward: (windows: Array<{ ref: WindowRef, revision: number }>) => void
+  /** Windows final since before `before` (the leader removes them from etcd), at most `limit`. */
+  expired: (before: number, limit: number) => WindowRef[]
+  /** Windows removed from etcd. */
+  removed: (windows: WindowRef[]) => void
 }
 
 interface Mark {
@@ -195,8 +201,8 @@ export class FogCluster implements Replication {
     }
   }
 
-  finalizes (pipeline: string, key: string): boolean {
-    return Date.now() - this.#joinedAt >= JOIN_GRACE && this.owns(pipeline, key)
+  finalizing (): boolean {
+    return Date.now() - this.#joinedAt >= JOIN_GRACE
   }
 
   owns (pipeline: string, key: string): boolean {
@@ -429,22 +435,23 @@ export class FogCluster implements Replication {
     this.#o.log(`fog cluster: shard map version ${map.version}: ${live.length} member(s), ${moved} shard(s) moved`)
   }
 
-  /** Leader: removes windows past retention (with their marks) and compacts etcd's history. */
+  /**
+   * Leader: removes the windows final for longer than the retention (with their marks: a window that
+   * is gone cannot be forwarded any more) and compacts etcd's history. Retention counts from
+   * finalization, as in the result store, not from event time: backfilled data must not go before it
+   * was final.
+   */
   async #maintain (): Promise<void> {
-    if (this.#stopped || !this.#isLeader() || !this.#quorum) return
+    if (this.#stopped || !this.#isLeader() || !this.#quorum || this.#sink === undefined) return
     try {
-      const before = Date.now() - this.#o.retention
-      const pipelines = new Set<string>()
-      for (const key of this.#revs.keys()) {
-        const k = this.#layout.parse(key)
-        if (k.kind === 'pipeline') pipelines.add(k.name)
-      }
-      for (const p of pipelines) {
-        for (const kind of ['w/', 'f/'] as const) {
-          const { from, to } = this.#layout.startingBefore(kind, p, before)
-          const res = await this.#client.delete().inRange({ start: from, end: to }).exec()
-          this.stats.removed += Number(res.deleted)
-        }
+      const expired = this.#sink.expired(Date.now() - this.#o.retention, MAINTAIN_MAX)
+      for (let i = 0; i < expired.length; i += TXN_OPS / 2) {
+        const chunk = expired.slice(i, i + TXN_OPS / 2)
+        const res = await this.#client.if(this.#layout.leader, 'Lease', '==', this.#leaseId)
+          .then(...chunk.flatMap(w => [this.#client.delete().key(this.#layout.window(w)), this.#client.delete().key(this.#layout.mark(w))]))
+          .commit()
+        if (!res.succeeded) return
+        this.stats.removed += chunk.length
       }
       const status = await this.#client.maintenance.status({})
       this.stats.dbSize = Number(status.dbSize)
@@ -544,6 +551,7 @@ export class FogCluster implements Replication {
 
   #applyEvents (events: ReadonlyArray<{ type: 'Put' | 'Delete', kv: IKeyValue }>, initial: boolean): void {
     const change: ReplicatedChange = { pipelines: [], windows: [] }
+    const removed: WindowRef[] = []
     const before = this.#ownedShards()
     let membership = false
     for (const { type, kv } of events) {
@@ -562,6 +570,8 @@ export class FogCluster implements Replication {
           membership = true
         } else if (parsed.kind === 'mark') {
           this.#marks.delete(windowId(parsed.ref))
+        } else if (parsed.kind === 'window') {
+          removed.push(parsed.ref)
         }
         continue
       }
@@ -606,6 +616,7 @@ export class FogCluster implements Replication {
       }
     }
     if (change.pipelines.length > 0 || change.windows.length > 0) this.#sink?.apply(change)
+    if (removed.length > 0) this.#sink?.removed(removed)
     if (membership && !initial) this.#scheduleReconcile()
     if (!initial && this.#started) this.#gained(before)
     if (!initial && this.#members.get(this.#o.id) === undefined) void this.#reregisterIfLost()

@@ -59,7 +59,9 @@ export class FogCoordinator implements Runnable {
     await this.node.start()
     await this.cluster?.start(this.node.httpUrl, {
       apply: change => { this.node.applyReplicated(change) },
-      toForward: windows => { this.#forwardAgain(windows) }
+      toForward: windows => { this.#forwardAgain(windows) },
+      expired: (before, limit) => this.node.finalBefore(before, limit),
+      removed: windows => { this.node.removeReplicated(windows) }
     })
     this.forwarder?.start()
   }

@@ -123,7 +123,8 @@ export class Forwarder {
     })
     this.outbox.append(blobs)
     this.#advance()
-    this.#shipper.notify()
+    // A pass without windows moves only the progress: the shipper sends it at its own pace.
+    if (blobs.length > 0) this.#shipper.notify()
   }
 
   /** The id of a pipeline's current definition, stored in the outbox's meta before any item uses it. */
@@ -182,7 +183,8 @@ export class Forwarder {
       for (const [pipeline, p] of this.#progress) progress.set(pipeline, Math.max(progress.get(pipeline) ?? -Infinity, p))
     }
     const watermarks: Watermark[] = [
-      ...this.#node.watermarks(),
+      // An edge that has not reported a watermark here holds the fog's progress back, but has none to send.
+      ...this.#node.watermarks().filter(w => Number.isFinite(w.watermark)),
       ...[...progress].map(([pipeline, watermark]) => ({ pipeline, edge: this.#fog, watermark }))
     ]
     return {

@@ -225,6 +225,23 @@ export class ContributionStore {
     })
   }
 
+  /** Final windows (not changed since) finalized before `before`: what prune(before) removes first. */
+  finalBefore (before: number, limit: number): Array<{ pipeline: string, key: string, start: number, end: number }> {
+    return this.#db.prepare('SELECT pipeline, key, start, "end" FROM windows WHERE final_at < ? AND dirty = 0 LIMIT ?').all(before, limit) as unknown as Array<{ pipeline: string, key: string, start: number, end: number }>
+  }
+
+  /** Removes these windows and their contributions (a fog cluster's leader removed them from etcd). */
+  remove (windows: ReadonlyArray<{ pipeline: string, key: string, start: number, end: number }>): void {
+    const contributions = this.#db.prepare(`DELETE FROM contributions WHERE ${WINDOW_KEY}`)
+    const rows = this.#db.prepare(`DELETE FROM windows WHERE ${WINDOW_KEY}`)
+    this.#transaction(() => {
+      for (const w of windows) {
+        contributions.run(w.pipeline, w.key, w.start, w.end)
+        rows.run(w.pipeline, w.key, w.start, w.end)
+      }
+    })
+  }
+
   /**
    * Removes final windows (and their contributions) finalized before `before`, and beyond
    * `maxPerPipeline` final windows per pipeline (the oldest go first, as in the ResultStore). Windows

@@ -160,7 +160,7 @@ export class MergeNode implements ServiceApi {
   /**
    * Calls `listener` with the windows each finalization pass finalizes (revision 0) or finalizes again
    * (revision + 1), each with all its contributions and `final` set to that revision: what a fog
-   * forwards to the cloud. All of a pass at once, so that one outbox append (one fsync) takes them. It
+   * forwards to the cloud (and none after a pass that finalized nothing). All of a pass at once, so that one outbox append (one fsync) takes them. It
    * runs synchronously after the results are durable and before the windows are recorded as final, so a
    * durable outbox appended to here misses none: after a crash in between, the windows are finalized
    * again with the same revisions and contributions, which receivers ignore as replays. If a listener
@@ -177,7 +177,10 @@ export class MergeNode implements ServiceApi {
     return this.#defs.get(pipeline)
   }
 
-  /** Every edge's watermark per pipeline as known here (for forwarding upstream with the partials). */
+  /**
+   * Every edge's watermark per pipeline as known here (for forwarding upstream with the partials);
+   * -Infinity for an edge known to feed the pipeline that has not reported one here yet.
+   */
   watermarks (): Watermark[] {
     return [...this.#finalizer.watermarks()].map(w => w.idle
       ? { pipeline: w.pipeline, edge: w.edge, watermark: w.watermark, idle: true }
@@ -342,18 +345,22 @@ export class MergeNode implements ServiceApi {
   }
 
   async #finalizeDue (now: number): Promise<void> {
-    if (this.#stopped) return
+    if (this.#stopped || this.#replication?.finalizing() === false) return
     const due: Array<{ id: string, window: MergeWindow, revision: number }> = []
     for (const [id, w] of this.#pending) {
       // In a cluster only the owner of a window's shard finalizes it.
-      if (this.#replication !== undefined && !this.#replication.finalizes(w.pipeline, w.key)) continue
+      if (this.#replication !== undefined && !this.#replication.owns(w.pipeline, w.key)) continue
       if (w.finalRevision !== null) {
         if (w.dirty) due.push({ id, window: w, revision: w.finalRevision + 1 })
       } else if (w.upstreamFinal || this.#finalizer.isDue(w.pipeline, w.end, w.firstSeen, now)) {
         due.push({ id, window: w, revision: 0 })
       }
     }
-    if (due.length === 0) return
+    // An empty pass is news too: every window left pending waits for an edge (a fog's progress).
+    if (due.length === 0) {
+      this.#notify(due)
+      return
+    }
     await this.#replication?.commitFinal(due, now)
     if (this.#stopped) return
     for (const d of due) this.#results.put(this.#result(d.window, true, d.revision))
@@ -407,7 +414,8 @@ export class MergeNode implements ServiceApi {
     try {
       const now = Date.now()
       this.#results.prune(now)
-      this.#store.prune(now - this.#options.retention, this.#options.maxResults)
+      // In a cluster, windows leave when the leader removes them from etcd (see removeReplicated).
+      if (this.#replication === undefined) this.#store.prune(now - this.#options.retention, this.#options.maxResults)
     } catch (err) {
       console.error(`${this.role}: pruning failed:`, err)
     }
@@ -462,8 +470,12 @@ export class MergeNode implements ServiceApi {
     for (const w of change.windows) for (const contribution of w.contributions.values()) write.contributions.push({ window: w, contribution })
     this.#store.write(write)
     const finals: Array<{ window: MergeWindow, revision: number }> = []
+    const now = Date.now()
     for (const w of change.windows) {
       const id = windowId(w)
+      // Edges whose partials another coordinator took feed this pipeline: a coordinator that takes over
+      // the shard (or restarts) must wait for them too, not only for the edges it has heard from.
+      for (const edge of w.contributions.keys()) this.#finalizer.know(w.pipeline, edge, now)
       if (w.finalRevision !== null && !w.dirty) {
         if (this.#defs.has(w.pipeline)) this.#results.put(this.#result(w, true, w.finalRevision))
         finals.push({ window: w, revision: w.finalRevision })
@@ -476,6 +488,18 @@ export class MergeNode implements ServiceApi {
       this.#results.flush()
       for (const f of finals) this.#store.markFinal([f], f.window.finalAt ?? Date.now())
     }
+  }
+
+  /** Cluster mode: windows removed from the replicated state (past retention). */
+  removeReplicated (windows: ReadonlyArray<{ pipeline: string, key: string, start: number, end: number }>): void {
+    if (this.#stopped) return
+    for (const w of windows) this.#pending.delete(windowId(w))
+    this.#store.remove(windows)
+  }
+
+  /** Windows final since before `before` (as the retention prune sees them), at most `limit`. */
+  finalBefore (before: number, limit: number): Array<{ pipeline: string, key: string, start: number, end: number }> {
+    return this.#store.finalBefore(before, limit)
   }
 
   /** A window as stored here (pending or final), with its contributions. */
@@ -493,6 +517,7 @@ export class MergeNode implements ServiceApi {
   mesh (): unknown {
     const edges = new Map<string, { id: string, lastSeen: number, watermarks: Record<string, string> }>()
     for (const w of this.#finalizer.watermarks()) {
+      if (!Number.isFinite(w.watermark)) continue
       let e = edges.get(w.edge)
       if (e === undefined) edges.set(w.edge, e = { id: w.edge, lastSeen: w.lastSeen, watermarks: {} })
       e.lastSeen = Math.max(e.lastSeen, w.lastSeen)
@@ -529,7 +554,7 @@ export class MergeNode implements ServiceApi {
       return [...n].map(([pipeline, v]) => [{ pipeline }, v])
     })
     m.gauge('fogmesh_edge_watermark_seconds', 'Each edge\'s event-time watermark per pipeline, as last reported', ['pipeline', 'edge'], () =>
-      [...this.#finalizer.watermarks()].map(w => [{ pipeline: w.pipeline, edge: w.edge }, w.watermark / 1000]))
+      [...this.#finalizer.watermarks()].filter(w => Number.isFinite(w.watermark)).map(w => [{ pipeline: w.pipeline, edge: w.edge }, w.watermark / 1000]))
   }
 }
 

@@ -26,8 +26,10 @@ export interface Replication {
   commitBatch: (write: BatchWrite, windows: readonly MergeWindow[]) => Promise<void>
   /** Commits windows as final (each with its new revision) before they are recorded here. */
   commitFinal: (due: ReadonlyArray<{ window: MergeWindow, revision: number }>, at: number) => Promise<void>
-  /** Whether this node finalizes windows of (pipeline, key) now (it owns their shard). */
-  finalizes: (pipeline: string, key: string) => boolean
+  /** Whether this node may finalize now (false while it is joining and cannot know every edge yet). */
+  finalizing: () => boolean
+  /** Whether this node owns the shard of (pipeline, key), and so finalizes its windows. */
+  owns: (pipeline: string, key: string) => boolean
   /** The shard map and status, for GET /v1/shards and /v1/mesh. */
   view: () => ShardMapView
 }

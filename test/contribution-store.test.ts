@@ -53,3 +53,17 @@ t.test('final windows leave the pending set; pruning removes old and excess fina
   t.equal(store.prune(10_000, 0), 1, 'the per-pipeline bound: final, clean windows go')
   t.same([0, 10, 20, 30].map(s => store.window('p', 'k', s, s + 10) !== undefined), [true, false, false, true])
 })
+
+t.test('finalBefore lists what the retention removes (by finalization time); remove drops windows whole', async t => {
+  const store = new ContributionStore({})
+  t.teardown(() => store.close())
+  const ws = [0, 10, 20].map(start => window('k', start, [{ edge: 'e1', revision: 0, states: [['x']] }]))
+  for (const w of ws) store.write(write(w))
+  store.markFinal([{ window: ws[0], revision: 0 }], 1_000)
+  store.markFinal([{ window: ws[1], revision: 0 }], 5_000)
+  t.same(store.finalBefore(2_000, 10), [{ pipeline: 'p', key: 'k', start: 0, end: 10 }], 'final before the horizon; not the later one, not the open one')
+  t.same(store.finalBefore(9_000, 1).length, 1, 'at most limit')
+  store.remove([ws[0], ws[2]])
+  t.same([0, 10, 20].map(s => store.window('p', 'k', s, s + 10) !== undefined), [false, true, false])
+  t.same(store.pendingWindows(), [], 'the open window went too')
+})

@@ -83,6 +83,15 @@ export class Finalizer {
     }
   }
 
+  /**
+   * Makes an edge known to feed a pipeline before it has reported a watermark here (its partials came
+   * through another node, e.g. a fog cluster's replicated state): it is waited for from now, like an
+   * edge whose watermark is behind, until it reports one or is silent for `finalizeAfter`.
+   */
+  know (pipeline: string, edge: string, now: number): void {
+    if (this.#edges.get(pipeline)?.has(edge) !== true) this.observe(pipeline, edge, -Infinity, now)
+  }
+
   /** Marks an edge as heard from (any batch), without a watermark. */
   seen (edge: string, now: number): void {
     for (const edges of this.#edges.values()) {
@@ -102,7 +111,7 @@ export class Finalizer {
     return true
   }
 
-  /** Watermarks as known here, for forwarding upstream and for /v1/mesh. */
+  /** Watermarks as known here, for forwarding upstream and for /v1/mesh (-Infinity: none reported yet). */
   * watermarks (): Generator<{ pipeline: string, edge: string, watermark: number, lastSeen: number, idle: boolean }> {
     for (const [pipeline, edges] of this.#edges) {
       for (const [edge, p] of edges) yield { pipeline, edge, ...p }

@@ -1,0 +1,77 @@
+/**
+ * Compares results a tier serves over HTTP with the simulator's ground truth, with the tolerance each
+ * aggregate documents: exact for count/min/max/first/last, 1e-9 relative for sums and moments
+ * (floating-point summation order), 1% for percentile, exact up to 1000 and 2% beyond for distinct.
+ * Used by the tests and by the chaos runner (`fogmesh chaos`).
+ */
+import type { PipelineSpec } from '../core/pipeline/spec.ts'
+import type { ResultJson } from '../server/results.ts'
+import type { WindowResult as TruthResult } from './truth.ts'
+
+export type ServedResult = ResultJson
+
+/** Longest one request of fetchResults/fetchMetric may take, ms. */
+const REQUEST_TIMEOUT = 10_000
+
+function close (a: number, b: number, rel: number): boolean {
+  return Math.abs(a - b) <= rel * Math.max(Math.abs(a), Math.abs(b)) + 1e-12
+}
+
+/** Why a served value differs from the truth, or undefined when it is within tolerance. */
+export function valueMismatch (fn: string, got: unknown, want: unknown): string | undefined {
+  if (want === null || typeof want === 'string' || fn === 'count' || fn === 'min' || fn === 'max' || fn === 'first' || fn === 'last') {
+    return got === want ? undefined : `expected ${String(want)}, got ${String(got)}`
+  }
+  if (typeof got !== 'number' || typeof want !== 'number') return `expected ${String(want)}, got ${String(got)}`
+  const rel = fn === 'percentile' ? 0.01 : fn === 'distinct' ? (want > 1000 ? 0.02 : 0) : 1e-9
+  return close(got, want, rel) ? undefined : `expected ${want}, got ${got} (tolerance ${rel})`
+}
+
+/** Every difference between served final results and the truth; empty when they agree. */
+export function compareResults (spec: PipelineSpec, served: ServedResult[], truth: TruthResult[], opts: { sources?: number } = {}): string[] {
+  const fns = new Map(spec.select.map(s => [s.name, s.fn]))
+  const id = (r: { key: string, start: string, end: string }) => `${r.key}@${r.start}..${r.end}`
+  const byId = new Map(served.filter(r => r.final).map(r => [id(r), r]))
+  const problems: string[] = []
+  for (const want of truth) {
+    const got = byId.get(id(want))
+    if (got === undefined) {
+      problems.push(`${spec.name} ${id(want)}: missing`)
+      continue
+    }
+    byId.delete(id(want))
+    if (got.revision !== want.revision) problems.push(`${spec.name} ${id(want)}: revision ${got.revision}, expected ${want.revision}`)
+    const sources = want.sources ?? opts.sources
+    if (sources !== undefined && got.sources !== sources) problems.push(`${spec.name} ${id(want)}: sources ${got.sources}, expected ${sources}`)
+    for (const [name, value] of Object.entries(want.values)) {
+      const bad = valueMismatch(fns.get(name) ?? '', got.values[name], value)
+      if (bad !== undefined) problems.push(`${spec.name} ${id(want)} ${name}: ${bad}`)
+    }
+  }
+  for (const extra of byId.keys()) problems.push(`${spec.name} ${extra}: not in the ground truth`)
+  return problems
+}
+
+/** All results of a pipeline from a tier (up to 10,000). */
+export async function fetchResults (base: string, pipeline: string): Promise<ServedResult[]> {
+  const res = await fetch(`${base}/v1/aggregates/${pipeline}?limit=10000`, { signal: AbortSignal.timeout(REQUEST_TIMEOUT) })
+  const text = await res.text()
+  let body: unknown = text
+  try { body = JSON.parse(text) } catch {}
+  if (res.status !== 200) throw new Error(`GET aggregates/${pipeline}: ${res.status} ${JSON.stringify(body)}`)
+  return (body as { results: ServedResult[] }).results
+}
+
+/** Prometheus samples of one metric: label string (`{a="b"}`, or '' without labels) -> value. */
+export async function fetchMetric (base: string, name: string): Promise<Map<string, number>> {
+  const res = await fetch(`${base}/metrics`, { signal: AbortSignal.timeout(REQUEST_TIMEOUT) })
+  const text = await res.text()
+  const out = new Map<string, number>()
+  for (const line of text.split('\n')) {
+    if (!line.startsWith(name)) continue
+    const m = /^(\w+)(\{[^}]*\})? (\S+)$/.exec(line)
+    if (m === null || m[1] !== name) continue
+    out.set(m[2] ?? '', Number(m[3]))
+  }
+  return out
+}
