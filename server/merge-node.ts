@@ -39,6 +39,16 @@ const MAX_TIME = 8.64e15
 export type BatchRejectReason = 'bad_batch' | 'batch_too_large' | 'pipeline_conflict' | 'unsupported_media_type'
 const REJECT_REASONS: BatchRejectReason[] = ['bad_batch', 'batch_too_large', 'pipeline_conflict', 'unsupported_media_type']
 
+/** Most batches committed together. */
+const GROUP_MAX = 64
+
+interface Queued {
+  batch: Batch
+  now: number
+  resolve: (ack: Ack) => void
+  reject: (err: unknown) => void
+}
+
 /** The answer to an accepted batch. */
 export interface Ack {
   /** The batch's `seq`. */
@@ -94,6 +104,9 @@ export class MergeNode implements ServiceApi {
   readonly #replication: Replication | undefined
   /** Commits and finalization passes run one at a time: with replication they wait for etcd. */
   #exclusive: Promise<unknown> = Promise.resolve()
+  /** Batches waiting for the commit under way to finish (see #enqueue). */
+  readonly #queue: Queued[] = []
+  #groupQueued = false
 
   /**
    * With `replication`, the replicated state is the durable one: the local stores are kept in memory as
@@ -215,7 +228,7 @@ export class MergeNode implements ServiceApi {
         throw err
       }
       this.#replication?.admit(batch)
-      const ack = await this.#serially(async () => await this.#apply(batch, Date.now()))
+      const ack = await this.#enqueue(batch, Date.now())
       this.#queueFinalize()
       return { body: ack }
     } catch (err) {
@@ -225,25 +238,96 @@ export class MergeNode implements ServiceApi {
   }
 
   /**
-   * Applies a batch: checks every definition first (a conflict refuses the batch whole), works out the
-   * changes on copies, commits them in one transaction, and only then updates the state in memory, so
-   * a failed commit leaves everything as it was. With replication the commit goes to the replicated
-   * state first (fenced), then to the local mirror.
+   * Batches are applied in groups: those that arrive while a commit is under way wait for it, then
+   * go together in one commit (one fsync, or one etcd round trip), each answered after it.
    */
-  async #apply (batch: Batch, now: number): Promise<Ack> {
-    const defs: PipelineDef[] = []
+  async #enqueue (batch: Batch, now: number): Promise<Ack> {
+    const ack = new Promise<Ack>((resolve, reject) => { this.#queue.push({ batch, now, resolve, reject }) })
+    this.#scheduleGroup()
+    return await ack
+  }
+
+  #scheduleGroup (): void {
+    if (this.#groupQueued) return
+    this.#groupQueued = true
+    void this.#serially(async () => {
+      this.#groupQueued = false
+      await this.#applyQueued()
+    })
+  }
+
+  /**
+   * Applies the queued batches: checks each one's definitions first (a conflict refuses that batch
+   * whole), works out the changes on copies, commits them in one transaction, and only then updates
+   * the state in memory, so a failed commit leaves everything as it was (and refuses every batch of
+   * the group). With replication the commit goes to the replicated state first (fenced), then to the
+   * local store.
+   */
+  async #applyQueued (): Promise<void> {
+    const group = this.#queue.splice(0, GROUP_MAX)
+    if (this.#queue.length > 0) this.#scheduleGroup()
+    const staged = new Map<string, MergeWindow>()
+    const defs = new Map<string, PipelineDef>()
+    const write: BatchWrite = { pipelines: [], windows: [], contributions: [], watermarks: [], seen: [] }
+    const toWrite = new Set<MergeWindow>()
+    const taken: Array<{ q: Queued, ack: Ack, counts: Map<string, Pick<PipelineStats, 'received' | 'ignored' | 'afterFinal'>> }> = []
+    for (const q of group) {
+      try {
+        taken.push({ q, ...this.#stage(q.batch, q.now, staged, defs, write, toWrite) })
+      } catch (err) {
+        q.reject(err)
+      }
+    }
+    if (taken.length === 0) return
+    write.pipelines = [...defs.values()]
+    write.windows = [...toWrite]
+    try {
+      if (this.#replication !== undefined && (write.windows.length > 0 || write.contributions.length > 0 || write.pipelines.length > 0)) {
+        const changed = new Set(write.windows)
+        for (const c of write.contributions) changed.add(c.window)
+        await this.#replication.commitBatch(write, [...changed])
+      }
+      this.#store.write(write)
+    } catch (err) {
+      for (const { q } of taken) q.reject(err)
+      return
+    }
+
+    for (const d of defs.values()) {
+      this.#learned.set(d.name, d)
+      if (!this.#specs.has(d.name)) this.#defs.set(d.name, d)
+    }
+    for (const [id, w] of staged) {
+      if (w.finalRevision === null || w.dirty) this.#pending.set(id, w)
+    }
+    for (const { q: { batch, now }, counts } of taken) {
+      for (const wm of batch.watermarks) this.#finalizer.observe(wm.pipeline, wm.edge, wm.watermark, now, wm.idle === true)
+      if (batch.role === 'edge') this.#finalizer.seen(batch.sender, now)
+      for (const [pipeline, c] of counts) {
+        const s = this.#statsOf(pipeline)
+        s.received += c.received
+        s.ignored += c.ignored
+        s.afterFinal += c.afterFinal
+      }
+      this.#batches[batch.role]++
+    }
+    for (const { q, ack } of taken) q.resolve(ack)
+  }
+
+  /** One batch's changes, on top of what the batches before it in the group staged. */
+  #stage (batch: Batch, now: number, staged: Map<string, MergeWindow>, defs: Map<string, PipelineDef>, write: BatchWrite, toWrite: Set<MergeWindow>):
+  { ack: Ack, counts: Map<string, Pick<PipelineStats, 'received' | 'ignored' | 'afterFinal'>> } {
+    const newDefs: PipelineDef[] = []
     for (const d of batch.pipelines) {
-      const known = this.#defs.get(d.name)
+      const known = defs.get(d.name) ?? this.#defs.get(d.name)
       if (known !== undefined && !sameSelects(known, d)) {
         throw new HttpError(409, 'pipeline_conflict', `pipeline "${d.name}" version ${d.version} from ${batch.sender} merges differently ` +
           `(window or select) from the "${d.name}" this ${this.role} merges (version ${known.version}); nothing was stored`)
       }
-      const learned = this.#learned.get(d.name)
-      if (learned === undefined || d.version > learned.version) defs.push(d)
+      const learned = defs.get(d.name) ?? this.#learned.get(d.name)
+      if (learned === undefined || d.version > learned.version) newDefs.push(d)
     }
-    const staged = new Map<string, MergeWindow>()
-    const write: BatchWrite = { pipelines: defs, windows: [], contributions: [], watermarks: [], seen: [] }
-    const toWrite = new Set<MergeWindow>()
+    for (const d of newDefs) defs.set(d.name, d)
     const counts = new Map<string, Pick<PipelineStats, 'received' | 'ignored' | 'afterFinal'>>()
     let applied = 0
     let ignored = 0
@@ -285,33 +369,9 @@ export class MergeNode implements ServiceApi {
         toWrite.add(w)
       }
     }
-    write.windows = [...toWrite]
-    write.watermarks = batch.watermarks.map(wm => ({ pipeline: wm.pipeline, edge: wm.edge, watermark: wm.watermark, lastSeen: now }))
+    for (const wm of batch.watermarks) write.watermarks.push({ pipeline: wm.pipeline, edge: wm.edge, watermark: wm.watermark, lastSeen: now })
     if (batch.role === 'edge') write.seen.push({ edge: batch.sender, at: now })
-    if (this.#replication !== undefined && (write.windows.length > 0 || write.contributions.length > 0 || write.pipelines.length > 0)) {
-      const changed = new Set(write.windows)
-      for (const c of write.contributions) changed.add(c.window)
-      await this.#replication.commitBatch(write, [...changed])
-    }
-    this.#store.write(write)
-
-    for (const d of defs) {
-      this.#learned.set(d.name, d)
-      if (!this.#specs.has(d.name)) this.#defs.set(d.name, d)
-    }
-    for (const [id, w] of staged) {
-      if (w.finalRevision === null || w.dirty) this.#pending.set(id, w)
-    }
-    for (const wm of batch.watermarks) this.#finalizer.observe(wm.pipeline, wm.edge, wm.watermark, now, wm.idle === true)
-    if (batch.role === 'edge') this.#finalizer.seen(batch.sender, now)
-    for (const [pipeline, c] of counts) {
-      const s = this.#statsOf(pipeline)
-      s.received += c.received
-      s.ignored += c.ignored
-      s.afterFinal += c.afterFinal
-    }
-    this.#batches[batch.role]++
-    return { acked: batch.seq, applied, ignored }
+    return { ack: { acked: batch.seq, applied, ignored }, counts }
   }
 
   // Finalization
