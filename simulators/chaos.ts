@@ -21,8 +21,6 @@
 import { createWriteStream } from 'node:fs'
 import type { WriteStream } from 'node:fs'
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
-import { createServer } from 'node:net'
-import type { Server } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -45,6 +43,7 @@ import type { WindowResult as TruthResult } from './truth.ts'
 import type { ChaosReport, FailoverTiming, QuorumLossReport } from './chaos-report.ts'
 import { compareResults, fetchMetric, fetchResults } from './verify.ts'
 import type { ServedResult } from './verify.ts'
+import { freePorts } from './ports.ts'
 
 export { formatReport } from './chaos-report.ts'
 export type { ChaosReport, FailoverTiming, QuorumLossReport, StepReport } from './chaos-report.ts'
@@ -175,29 +174,6 @@ async function within<T> (promise: Promise<T>, ms: number, what: string, signal?
 
 function aborted (): ChaosError {
   return new ChaosError('chaos_aborted', 'the chaos run was aborted')
-}
-
-/** `n` distinct ports that were free on 127.0.0.1 a moment ago. */
-async function freePorts (n: number): Promise<number[]> {
-  const servers: Server[] = []
-  try {
-    const ports: number[] = []
-    for (let i = 0; i < n; i++) {
-      const server = createServer()
-      servers.push(server)
-      ports.push(await new Promise<number>((resolve, reject) => {
-        server.once('error', reject)
-        server.listen(0, HOST, () => {
-          const a = server.address()
-          if (a === null || typeof a === 'string') reject(new Error('could not determine a free port'))
-          else resolve(a.port)
-        })
-      }))
-    }
-    return ports
-  } finally {
-    await Promise.all(servers.map(s => new Promise<void>(resolve => s.close(() => resolve()))))
-  }
 }
 
 async function getJson (url: string, timeoutMs = POLL_REQUEST_TIMEOUT): Promise<{ status: number, body: unknown }> {

@@ -9,13 +9,12 @@ import type { ChildProcess } from 'node:child_process'
 import { randomUUID } from 'node:crypto'
 import { accessSync, createWriteStream, constants as fsConstants } from 'node:fs'
 import { mkdir, mkdtemp, rm } from 'node:fs/promises'
-import { createServer } from 'node:net'
-import type { Server } from 'node:net'
 import { tmpdir } from 'node:os'
 import { delimiter, join } from 'node:path'
 import { createInterface } from 'node:readline'
 import { Etcd3 } from 'etcd3'
 import { FogmeshError } from '../core/errors.ts'
+import { freePorts } from './ports.ts'
 
 export interface EtcdClusterOptions {
   /** Number of members (default 3). */
@@ -112,30 +111,6 @@ export function findEtcd (): string {
   }
   throw new EtcdClusterError('etcd_not_installed', 'etcd is not installed (looked on PATH and in /usr/bin, /usr/local/bin): ' +
     'a real etcd cluster is needed here. On Debian/Ubuntu: apt-get install -y etcd-server')
-}
-
-/** `n` distinct ports that were free on 127.0.0.1 a moment ago (held together so they cannot repeat). */
-async function freePorts (n: number): Promise<number[]> {
-  const servers: Server[] = []
-  try {
-    const ports: number[] = []
-    for (let i = 0; i < n; i++) {
-      const server = createServer()
-      server.unref()
-      servers.push(server)
-      ports.push(await new Promise<number>((resolve, reject) => {
-        server.once('error', reject)
-        server.listen(0, '127.0.0.1', () => {
-          const address = server.address()
-          if (address == null || typeof address === 'string') reject(new Error('could not determine a free port'))
-          else resolve(address.port)
-        })
-      }))
-    }
-    return ports
-  } finally {
-    await Promise.all(servers.map(s => new Promise<void>(resolve => s.close(() => resolve()))))
-  }
 }
 
 function sleep (ms: number): Promise<void> {
