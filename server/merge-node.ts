@@ -173,9 +173,10 @@ export class MergeNode implements ServiceApi {
   /**
    * Calls `listener` with the windows each finalization pass finalizes (revision 0) or finalizes again
    * (revision + 1), each with all its contributions and `final` set to that revision: what a fog
-   * forwards to the cloud (and none after a pass that finalized nothing). All of a pass at once, so that one outbox append (one fsync) takes them. It
-   * runs synchronously after the results are durable and before the windows are recorded as final, so a
-   * durable outbox appended to here misses none: after a crash in between, the windows are finalized
+   * forwards to the cloud (and with none after a pass that finalized nothing). All of a pass at once,
+   * so that one outbox append (one fsync) takes them. It runs synchronously after the results are
+   * durable and before the windows are recorded as final, so a durable outbox appended to here misses
+   * none: after a crash in between, the windows are finalized
    * again with the same revisions and contributions, which receivers ignore as replays. If a listener
    * throws, the pass's windows stay pending and are offered again on the next tick (listeners that took
    * them already see them twice). Returns a remover.
