@@ -1,11 +1,13 @@
 /**
  * The mesh heartbeat: what every node gossips about itself at an interval. CBOR, version 1:
  *   { v: 1, id, role, peerId, http, sw, at, uptime, rate, outbox,
- *     pipelines: [{ name, version, watermark }, …],
+ *     pipelines: [{ name, version, watermark }, …], addrs?: [multiaddr, …],
  *     fog?: { leader, shardMapVersion, endpoints: [url, …] } }
  * `at` is the sender's wall clock (ms since the epoch), used only to order heartbeats of one sender;
  * `uptime` is in ms, `rate` in readings per second, `outbox` in batches waiting to go upstream,
  * `watermark` in ms since the epoch or null before the first reading. `fog` is present on fogs only.
+ * `addrs` are the sender's libp2p addresses, so nodes that joined through one bootstrap peer can connect
+ * to each other rather than hang off that one peer.
  *
  * Keys this version does not know are ignored, so a field can be added without a version bump; a change
  * in the meaning or type of a field bumps `v`, and receivers drop versions they do not know.
@@ -52,6 +54,7 @@ export interface Heartbeat {
   rate: number
   outbox: number
   pipelines: PipelineBeat[]
+  addrs?: string[]
   fog?: FogBeat
 }
 
@@ -72,6 +75,8 @@ const MAX_ID = 128
 const MAX_URL = 512
 const MAX_PIPELINES = 64
 const MAX_ENDPOINTS = 16
+const MAX_ADDRS = 8
+const MAX_ADDR = 256
 
 const encoder = new Encoder({ useRecords: false, mapsAsObjects: true })
 const decoder = new Decoder({ useRecords: false, mapsAsObjects: true })
@@ -92,6 +97,7 @@ export function encodeHeartbeat (hb: Heartbeat): Uint8Array {
     outbox: hb.outbox,
     pipelines: hb.pipelines.map(p => ({ name: p.name, version: p.version, watermark: p.watermark }))
   }
+  if (hb.addrs !== undefined) body.addrs = hb.addrs
   if (hb.fog !== undefined) body.fog = { leader: hb.fog.leader, shardMapVersion: hb.fog.shardMapVersion, endpoints: hb.fog.endpoints }
   const bytes = encoder.encode(body)
   if (bytes.byteLength > MAX_HEARTBEAT_BYTES) {
@@ -181,6 +187,7 @@ export function decodeHeartbeat (bytes: Uint8Array, from?: string): HeartbeatRes
       outbox: num(raw, 'outbox', true),
       pipelines: list(raw, 'pipelines', MAX_PIPELINES).map(pipeline)
     }
+    if (raw.addrs !== undefined) hb.addrs = list(raw, 'addrs', MAX_ADDRS).map((a, i) => str({ [`addrs[${i}]`]: a }, `addrs[${i}]`, MAX_ADDR))
     if (raw.fog !== undefined) hb.fog = fog(raw.fog)
     if ((role === 'fog') !== (hb.fog !== undefined)) throw new BadField('fog: present on fogs and only on fogs')
   } catch (err) {

@@ -55,6 +55,11 @@ export interface MeshNodeOptions {
   forgetAfter?: number
   /** Longest wait between two tries to reach an unconnected bootstrap peer, ms. Default 30000. */
   redialMax?: number
+  /**
+   * Connections this node keeps to peers it learnt of from heartbeats, beside its bootstrap peers, so
+   * the mesh does not hang off (and fall apart with) the bootstrap peer. Default 6 (gossipsub's D).
+   */
+  minPeers?: number
   /** Gossip topic; a different topic is a separate mesh on the same network. Default fogmesh/heartbeat/1. */
   topic?: string
   /** Software version put in heartbeats and libp2p's identify. */
@@ -72,6 +77,12 @@ export const MESH_DEFAULTS = {
   expirySlack: 4000,
   forgetAfterExpiries: 10,
   redialMax: 30_000,
+  minPeers: 6,
+  /**
+   * Inbound connections accepted per second from one IP address. libp2p's default of 5 throttles a
+   * mesh whose nodes share an address (edges behind one NAT, a test or demo on one host) for seconds.
+   */
+  inboundPerHostPerSecond: 100,
   topic: 'fogmesh/heartbeat/1',
   /** The mDNS service name, so fogmesh nodes do not answer (or dial) other libp2p software on the LAN. */
   mdnsServiceTag: '_fogmesh._udp.local'
@@ -91,6 +102,7 @@ export function resolveMeshOptions (o: MeshNodeOptions): ResolvedMeshOptions {
     expiry,
     forgetAfter: o.forgetAfter ?? MESH_DEFAULTS.forgetAfterExpiries * expiry,
     redialMax: o.redialMax ?? MESH_DEFAULTS.redialMax,
+    minPeers: o.minPeers ?? MESH_DEFAULTS.minPeers,
     topic: o.topic ?? MESH_DEFAULTS.topic,
     version: o.version ?? '0.0.0'
   }
@@ -200,6 +212,7 @@ export class MeshNode {
       privateKey,
       nodeInfo: { name: 'fogmesh', version: o.version },
       addresses: { listen: [listenAddr(o.host, o.port)] },
+      connectionManager: { inboundConnectionThreshold: MESH_DEFAULTS.inboundPerHostPerSecond },
       transports: [tcp()],
       connectionEncrypters: [noise()],
       streamMuxers: [yamux()],
@@ -298,6 +311,7 @@ export class MeshNode {
     this.#publish()
     this.#forget()
     this.#redial()
+    this.#connectMore()
     // Jittered so that nodes started together do not beat in lockstep.
     const interval = this.options.heartbeatInterval * (0.9 + 0.2 * Math.random())
     this.#timer = setTimeout(() => { this.#tick() }, interval)
@@ -320,7 +334,8 @@ export class MeshNode {
       id: this.options.id,
       role: this.options.role,
       peerId: node.peerId.toString(),
-      at: Date.now()
+      at: Date.now(),
+      addrs: node.getMultiaddrs().slice(0, 8).map(a => a.toString())
     }
     this.stats.heartbeatsSent++
     node.services.pubsub.publish(this.options.topic, encodeHeartbeat(hb)).catch(() => {
@@ -331,6 +346,33 @@ export class MeshNode {
   #forget (): void {
     const cutoff = Date.now() - this.options.forgetAfter
     for (const [peerId, p] of this.#peers) if (p.lastSeen < cutoff) this.#peers.delete(peerId)
+  }
+
+  /** Dials a few alive peers from the view while this node has fewer connections than `minPeers`. */
+  #connectMore (): void {
+    const node = this.#libp2p
+    if (node === undefined) return
+    const connected = new Set(node.getConnections().map(c => c.remotePeer.toString()))
+    let wanted = this.options.minPeers - connected.size
+    if (wanted <= 0) return
+    const now = Date.now()
+    const candidates = [...this.#peers.values()].filter(p => !connected.has(p.peerId) && now - p.lastSeen <= this.options.expiry && (p.heartbeat.addrs?.length ?? 0) > 0)
+    // Random picks spread the connections, rather than every node dialling the same few peers.
+    for (let i = candidates.length - 1; i > 0; i--) {
+      const j = Math.floor(Math.random() * (i + 1));
+      [candidates[i], candidates[j]] = [candidates[j], candidates[i]]
+    }
+    for (const p of candidates) {
+      if (wanted-- <= 0) break
+      let addrs: Multiaddr[]
+      try {
+        // Only addresses naming the peer that signed the heartbeat: a heartbeat cannot send us to a third party.
+        addrs = (p.heartbeat.addrs ?? []).map(a => multiaddr(a)).filter(a => a.getComponents().findLast(c => c.name === 'p2p')?.value === p.peerId)
+      } catch {
+        continue
+      }
+      if (addrs.length > 0) node.dial(addrs).catch(() => {}) // tried again at a later tick if still short of peers
+    }
   }
 
   /**
