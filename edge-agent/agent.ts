@@ -9,6 +9,8 @@ import type { WindowOperator } from '../core/windows/operator.ts'
 import { windowValues } from '../core/windows/window.ts'
 import type { WindowState } from '../core/windows/window.ts'
 import { HttpService } from '../server/http.ts'
+import type { HeartbeatInput } from '../server/mesh/mesh-node.ts'
+import { RoleMesh, SOFTWARE_VERSION } from '../server/mesh/role-mesh.ts'
 import type { PipelineInfo, ServiceApi } from '../server/http.ts'
 import { Metrics } from '../server/metrics.ts'
 import type { Sample } from '../server/metrics.ts'
@@ -44,6 +46,10 @@ export class EdgeAgent implements ServiceApi {
   readonly #uplink: Uplink | undefined
   /** Undefined with --checkpoint-every 0. */
   readonly #checkpoints: Checkpointer | undefined
+  /** Off unless --mesh-port or --bootstrap is given. */
+  readonly membership: RoleMesh
+  /** MQTT messages so far and when last sampled, for the heartbeat's rate. */
+  #rate = { at: Date.now(), messages: 0, perSecond: 0 }
   #ready = false
   #timers: NodeJS.Timeout[] = []
 
@@ -78,7 +84,9 @@ export class EdgeAgent implements ServiceApi {
     }
     this.#actions = new LocalActions(async (topic, payload, qos, retain) => await this.#source.publish(topic, payload, qos, retain))
     this.#http = new HttpService(this, [], { host: options.host, port: options.httpPort, maxBody: 1 << 20 })
+    this.membership = new RoleMesh(options, 'edge', () => this.#heartbeat())
     this.#registerMetrics()
+    this.membership.registerMetrics(this.metrics)
   }
 
   get httpUrl (): string {
@@ -95,6 +103,7 @@ export class EdgeAgent implements ServiceApi {
     await this.#http.listen()
     this.#uplink?.start()
     await this.#source.start((topic, payload, arrival) => this.#runner.onMessage(topic, payload, arrival))
+    await this.membership.start()
     this.#timers.push(setInterval(() => this.#tick(), this.#options.tick))
     this.#timers.push(setInterval(() => {
       this.#commit()
@@ -118,6 +127,7 @@ export class EdgeAgent implements ServiceApi {
   async stop (): Promise<void> {
     this.#ready = false
     for (const t of this.#timers) clearInterval(t)
+    await this.membership.stop()
     await this.#source.stop()
     this.#commit()
     this.#checkpoints?.take()
@@ -194,15 +204,37 @@ export class EdgeAgent implements ServiceApi {
   mesh (): unknown {
     const uplink: UplinkStatus | null = this.#uplink?.status() ?? null
     return {
-      self: { id: this.id, role: this.role, peerId: null },
-      peers: [],
+      ...this.membership.json(),
       fog: { leader: null, shardMapVersion: 0, shards: 0 },
       uplink
     }
   }
 
   readyLine (): string {
-    return `ready edge ${this.id} http=${this.httpUrl} mqtt=${this.mqttUrl}`
+    return `ready edge ${this.id} http=${this.httpUrl} mqtt=${this.mqttUrl}${this.membership.readySuffix()}`
+  }
+
+  #heartbeat (): HeartbeatInput {
+    const messages = this.#runner.stats.messages
+    const now = Date.now()
+    const r = this.#rate
+    // Sampled at each heartbeat rather than kept per second: heartbeats are the only reader.
+    if (now > r.at) this.#rate = { at: now, messages, perSecond: (messages - r.messages) * 1000 / (now - r.at) }
+    const uplink = this.#uplink
+    return {
+      http: this.httpUrl,
+      sw: SOFTWARE_VERSION,
+      uptime: this.membership.uptime,
+      rate: this.#rate.perSecond,
+      outbox: uplink?.outbox.items ?? 0,
+      // The watermark the fogs acknowledged, not the operator's: one that ran ahead of the windows
+      // delivered would tell the mesh of progress the merged results do not have yet.
+      pipelines: [...this.#runner.operators.values()].slice(0, 64).map(o => ({
+        name: o.pipeline.spec.name,
+        version: o.pipeline.spec.version,
+        watermark: uplink?.fogWatermark(o.pipeline.spec.name) ?? null
+      }))
+    }
   }
 
   #registerMetrics (): void {

@@ -112,6 +112,8 @@ export class Uplink {
   /** Contributions lost before reaching the outbox (it could not be written for too long) or unreadable in it. */
   #lost = 0
   #appendFailing = false
+  /** Per pipeline, the highest watermark the fog tier acknowledged from this edge. */
+  readonly #ackedByFog = new Map<string, number>()
 
   constructor (options: UplinkOptions, operators: Iterable<WindowOperator>) {
     this.#edge = options.edge
@@ -168,6 +170,22 @@ export class Uplink {
     const data = encoder.encode(item).slice()
     this.#buffer.push(data)
     this.#buffered += data.byteLength
+  }
+
+  /** Told by the shipper of each acknowledged batch: notes the watermarks the fog tier now has. */
+  delivered (batch: Omit<Batch, 'seq'>, target: string): void {
+    if (target !== 'fog') return
+    for (const w of batch.watermarks) {
+      if (w.watermark > (this.#ackedByFog.get(w.pipeline) ?? -Infinity)) this.#ackedByFog.set(w.pipeline, w.watermark)
+    }
+  }
+
+  /**
+   * The pipeline's watermark as the fog tier acknowledged it, or null before any: what this edge may
+   * tell the mesh. Its current watermark could run ahead of windows the fogs do not have yet.
+   */
+  fogWatermark (pipeline: string): number | null {
+    return this.#ackedByFog.get(pipeline) ?? null
   }
 
   /** Contributions emitted but not yet in the outbox (an append failed): not durable yet. */

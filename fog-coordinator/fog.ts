@@ -53,6 +53,8 @@ export class FogCoordinator implements Runnable {
         // The replicated marks of what the cloud has: a coordinator taking over a shard forwards the rest.
         onDelivered: cluster === undefined ? undefined : windows => { cluster.forwarded(windows).catch(() => {}) }
       })
+    const forwarder = this.forwarder
+    if (forwarder !== undefined) this.node.outboxDepth = () => forwarder.outbox.items
   }
 
   async start (): Promise<void> {

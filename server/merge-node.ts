@@ -22,6 +22,8 @@ import { ContributionStore, windowId } from './contribution-store.ts'
 import type { BatchWrite, MergeWindow } from './contribution-store.ts'
 import { HttpService } from './http.ts'
 import type { PipelineInfo, Request, Reply, ServiceApi } from './http.ts'
+import { RoleMesh, SOFTWARE_VERSION } from './mesh/role-mesh.ts'
+import type { HeartbeatInput } from './mesh/mesh-node.ts'
 import { Metrics } from './metrics.ts'
 import type { Sample } from './metrics.ts'
 import type { MergeOptions } from './merge-options.ts'
@@ -107,6 +109,12 @@ export class MergeNode implements ServiceApi {
   /** Batches waiting for the commit under way to finish (see #enqueue). */
   readonly #queue: Queued[] = []
   #groupQueued = false
+  /** Off unless --mesh-port or --bootstrap is given. */
+  readonly membership: RoleMesh
+  /** Contributions received so far and when last sampled, for the heartbeat's rate. */
+  #rate = { at: Date.now(), received: 0, perSecond: 0 }
+  /** Batches waiting to leave this node (a fog's outbox for the cloud), for heartbeats; set by the owner. */
+  outboxDepth: () => number = () => 0
 
   /**
    * With `replication`, the replicated state is the durable one: the local stores are kept in memory as
@@ -141,7 +149,9 @@ export class MergeNode implements ServiceApi {
       { method: 'GET', path: '/v1/shards', handle: () => ({ body: this.shards() }) }
     ],
       { host: options.host, port: options.httpPort, maxBody: options.maxBatch })
+    this.membership = new RoleMesh(options, role, () => this.#heartbeat())
     this.#registerMetrics()
+    this.membership.registerMetrics(this.metrics)
   }
 
   get httpUrl (): string {
@@ -152,6 +162,8 @@ export class MergeNode implements ServiceApi {
     await this.#http.listen()
     this.#timers.push(setInterval(() => this.#finalizeSafely(), this.#options.tick))
     this.#timers.push(setInterval(() => this.#prune(), PRUNE_EVERY))
+    // After the HTTP API, whose URL the heartbeats carry.
+    await this.membership.start()
     this.#ready = true
   }
 
@@ -159,6 +171,7 @@ export class MergeNode implements ServiceApi {
   async stop (): Promise<void> {
     this.#ready = false
     for (const t of this.#timers) clearInterval(t)
+    await this.membership.stop()
     await this.#http.close()
     this.#stopped = true
     await this.#exclusive
@@ -167,7 +180,28 @@ export class MergeNode implements ServiceApi {
   }
 
   readyLine (): string {
-    return `ready ${this.role} ${this.id} http=${this.httpUrl}`
+    return `ready ${this.role} ${this.id} http=${this.httpUrl}${this.membership.readySuffix()}`
+  }
+
+  #heartbeat (): HeartbeatInput {
+    const received = [...this.#stats.values()].reduce((n, s) => n + s.received, 0)
+    const now = Date.now()
+    const r = this.#rate
+    // Sampled at each heartbeat rather than kept per second: heartbeats are the only reader.
+    if (now > r.at) this.#rate = { at: now, received, perSecond: (received - r.received) * 1000 / (now - r.at) }
+    const hb: HeartbeatInput = {
+      http: this.httpUrl,
+      sw: SOFTWARE_VERSION,
+      uptime: this.membership.uptime,
+      rate: this.#rate.perSecond,
+      outbox: this.outboxDepth(),
+      pipelines: [...this.#specs.values()].slice(0, 64).map(s => ({ name: s.name, version: s.version, watermark: null }))
+    }
+    if (this.role === 'fog') {
+      const map = this.shards()
+      hb.fog = { leader: this.#fogView().leader, shardMapVersion: map.version, endpoints: map.members.slice(0, 16).map(m => m.http) }
+    }
+    return hb
   }
 
   /**
@@ -585,8 +619,7 @@ export class MergeNode implements ServiceApi {
       e.watermarks[w.pipeline] = new Date(w.watermark).toISOString()
     }
     return {
-      self: { id: this.id, role: this.role, peerId: null },
-      peers: [],
+      ...this.membership.json(),
       fog: this.#fogView(),
       edges: [...edges.values()].sort((a, b) => a.id < b.id ? -1 : a.id > b.id ? 1 : 0)
         .map(e => ({ id: e.id, lastSeen: new Date(e.lastSeen).toISOString(), watermarks: e.watermarks }))

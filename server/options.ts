@@ -150,9 +150,11 @@ export const COMMON_OPTIONS: OptionTable = {
   pipelines: { type: 'string', help: 'pipelines file (YAML)' },
   retention: { type: 'duration', default: '7d', help: 'how long results are kept' },
   'max-results': { type: 'int', default: 1_000_000, help: 'most results kept per pipeline; the oldest windows go first' },
-  'mesh-port': { type: 'port', help: 'libp2p mesh port (mesh support arrives with the mesh release)' },
-  bootstrap: { type: 'strings', help: 'multiaddr of a mesh peer to join through (repeatable)' },
-  'mesh-key': { type: 'string', help: 'private mesh swarm key file' }
+  'mesh-port': { type: 'port', help: 'join the mesh, listening on this libp2p port (0 picks any free port); the mesh is off without --mesh-port and --bootstrap' },
+  bootstrap: { type: 'strings', help: 'mesh peer to join through, <multiaddr>/p2p/<peer id> as its ready line prints it (repeatable; turns the mesh on)' },
+  'mesh-key': { type: 'string', help: 'mesh key file (fogmesh keygen): only nodes with the same key can join; without one the mesh is open to anyone who can connect' },
+  'mesh-heartbeat': { type: 'duration', help: 'time between mesh heartbeats (default: 2s)' },
+  'mesh-expiry': { type: 'duration', help: 'a mesh peer not heard from for this long is expired (default: 3 heartbeats + 4s)' }
 }
 
 export interface CommonOptions {
@@ -166,4 +168,6 @@ export interface CommonOptions {
   meshPort?: number
   bootstrap?: string[]
   meshKey?: string
+  meshHeartbeat?: number
+  meshExpiry?: number
 }

@@ -1,0 +1,122 @@
+/**
+ * A server role's part in the mesh: a MeshNode started and stopped with the role, the ` mesh=` part of
+ * the ready line, and the `self`/`peers` part of `GET /v1/mesh`. The mesh is on when `--mesh-port` or
+ * `--bootstrap` is given, else off, so a single machine without those flags runs as it did before the
+ * mesh (no libp2p, no peer key in the data dir).
+ */
+import { readFileSync } from 'node:fs'
+import type { MeshRole } from '../../core/mesh/heartbeat.ts'
+import type { Metrics, Sample } from '../metrics.ts'
+import type { CommonOptions } from '../options.ts'
+import { loadMeshKey } from './keys.ts'
+import { MeshNode } from './mesh-node.ts'
+import type { HeartbeatInput, MeshPeer } from './mesh-node.ts'
+
+/** The software version gossiped in heartbeats. */
+export const SOFTWARE_VERSION = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version
+
+export function meshEnabled (o: Pick<CommonOptions, 'meshPort' | 'bootstrap'>): boolean {
+  return o.meshPort !== undefined || (o.bootstrap?.length ?? 0) > 0
+}
+
+/** A peer as `GET /v1/mesh` lists it. */
+export interface MeshPeerJson {
+  id: string
+  role: MeshRole
+  state: string
+  lastSeen: string
+  http: string
+}
+
+export interface MeshSelfJson {
+  self: { id: string, role: MeshRole, peerId: string | null }
+  peers: MeshPeerJson[]
+}
+
+export class RoleMesh {
+  readonly #options: CommonOptions
+  readonly #role: MeshRole
+  readonly #heartbeat: () => HeartbeatInput
+  readonly #started = Date.now()
+  #node: MeshNode | undefined
+
+  constructor (options: CommonOptions, role: MeshRole, heartbeat: () => HeartbeatInput) {
+    this.#options = options
+    this.#role = role
+    this.#heartbeat = heartbeat
+  }
+
+  get enabled (): boolean {
+    return meshEnabled(this.#options)
+  }
+
+  /** The running mesh node; undefined with the mesh off, before start and after stop. */
+  get node (): MeshNode | undefined {
+    return this.#node
+  }
+
+  /** ms since this role started, for heartbeats. */
+  get uptime (): number {
+    return Date.now() - this.#started
+  }
+
+  async start (): Promise<void> {
+    if (!this.enabled || this.#node !== undefined) return
+    const o = this.#options
+    const node = new MeshNode({
+      id: o.id,
+      role: this.#role,
+      heartbeat: this.#heartbeat,
+      host: o.host,
+      port: o.meshPort ?? 0,
+      bootstrap: o.bootstrap ?? [],
+      meshKey: o.meshKey === undefined ? undefined : await loadMeshKey(o.meshKey),
+      dataDir: o.dataDir,
+      heartbeatInterval: o.meshHeartbeat,
+      expiry: o.meshExpiry,
+      version: SOFTWARE_VERSION
+    })
+    await node.start()
+    this.#node = node
+  }
+
+  async stop (): Promise<void> {
+    const node = this.#node
+    this.#node = undefined
+    await node?.stop()
+  }
+
+  /** ` mesh=<multiaddr>/p2p/<peer id>` for the ready line, or nothing with the mesh off. */
+  readySuffix (): string {
+    return this.#node === undefined ? '' : ` mesh=${this.#node.multiaddr()}`
+  }
+
+  /** Alive peers of a role, from the view; none with the mesh off. */
+  alive (role: MeshRole): MeshPeer[] {
+    return this.#node?.view().peers.filter(p => p.role === role && p.state === 'alive') ?? []
+  }
+
+  /** `self` and `peers` of `GET /v1/mesh`; with the mesh off, no peers and a null peer id. */
+  json (): MeshSelfJson {
+    const node = this.#node
+    if (node === undefined) return { self: { id: this.#options.id, role: this.#role, peerId: null }, peers: [] }
+    const view = node.view()
+    return {
+      self: view.self,
+      peers: view.peers.map(p => ({ id: p.id, role: p.role, state: p.state, lastSeen: new Date(p.lastSeen).toISOString(), http: p.http }))
+    }
+  }
+
+  /**
+   * The mesh node's metrics, registered up front (the node exists only once started): zero, and
+   * `fogmesh_gossip_rejected_total` without series, while the mesh is off.
+   */
+  registerMetrics (metrics: Metrics): void {
+    metrics.counter('fogmesh_gossip_rejected_total', 'Gossip messages dropped by validation, by reason', ['reason'],
+      () => Object.entries(this.#node?.stats.rejected ?? {}).map(([reason, n]): Sample => [{ reason }, n]))
+    metrics.counter('fogmesh_gossip_bytes_total', 'Gossipsub protocol bytes sent and received', ['direction'], () => {
+      const s = this.#node?.stats
+      return [[{ direction: 'sent' }, s?.bytesSent ?? 0], [{ direction: 'received' }, s?.bytesReceived ?? 0]]
+    })
+  }
+}
