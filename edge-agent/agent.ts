@@ -10,7 +10,7 @@ import { windowValues } from '../core/windows/window.ts'
 import type { WindowState } from '../core/windows/window.ts'
 import { HttpService } from '../server/http.ts'
 import type { HeartbeatInput } from '../server/mesh/mesh-node.ts'
-import { RoleMesh, SOFTWARE_VERSION } from '../server/mesh/role-mesh.ts'
+import { meshEnabled, RoleMesh, SOFTWARE_VERSION } from '../server/mesh/role-mesh.ts'
 import type { PipelineInfo, ServiceApi } from '../server/http.ts'
 import { Metrics } from '../server/metrics.ts'
 import type { Sample } from '../server/metrics.ts'
@@ -42,7 +42,7 @@ export class EdgeAgent implements ServiceApi {
   readonly #source: MessageSource
   readonly #actions: LocalActions
   readonly #http: HttpService
-  /** Undefined without --fog and --cloud: then nothing is queued for upstream (see README). */
+  /** Undefined without --fog, --cloud and the mesh: then nothing is queued for upstream (see README). */
   readonly #uplink: Uplink | undefined
   /** Undefined with --checkpoint-every 0. */
   readonly #checkpoints: Checkpointer | undefined
@@ -50,6 +50,8 @@ export class EdgeAgent implements ServiceApi {
   readonly membership: RoleMesh
   /** MQTT messages so far and when last sampled, for the heartbeat's rate. */
   #rate = { at: Date.now(), messages: 0, perSecond: 0 }
+  /** Without --fog, with the mesh on: the fog tier is the fogs alive in the mesh view. */
+  readonly #discoverFog: boolean
   #ready = false
   #timers: NodeJS.Timeout[] = []
 
@@ -60,12 +62,17 @@ export class EdgeAgent implements ServiceApi {
     // The change log tells a restart which windows were emitted after its checkpoint.
     this.#store = new ResultStore({ dataDir: options.dataDir, retention: options.retention, maxResultsPerPipeline: options.maxResults, changeLog: checkpoints })
     this.#runner = new PipelineRunner(specs, (op, w) => this.#onWindow(op, w), options.maxPayload)
-    this.#uplink = options.fog.length > 0 || options.cloud !== undefined
+    // Without --fog, an edge in the mesh finds its fogs there (#discoverFogs) and queues for them
+    // meanwhile, as it would for a --fog that is down.
+    const discoverFog = options.fog.length === 0 && meshEnabled(options)
+    this.#discoverFog = discoverFog
+    this.#uplink = options.fog.length > 0 || options.cloud !== undefined || discoverFog
       ? new Uplink({
         edge: options.id,
         dataDir: options.dataDir,
         fog: options.fog,
         cloud: options.cloud,
+        discoverFog,
         failoverAfter: options.failoverAfter,
         outboxMax: options.outboxMax,
         requestTimeout: options.uplinkTimeout,
@@ -138,9 +145,22 @@ export class EdgeAgent implements ServiceApi {
   }
 
   #tick (): void {
+    if (this.#discoverFog) this.#discoverFogs()
     this.#runner.tick(Date.now())
     this.#commit()
     this.#checkpoints?.saveAccepted()
+  }
+
+  /**
+   * Adds the HTTP URL of every fog alive in the mesh view to the fog tier. URLs are only ever added: a
+   * fog that expires may come back, and the shipper already moves on from one that does not answer
+   * (to the next URL, or to a cluster's other members through the shard map it learnt from them).
+   */
+  #discoverFogs (): void {
+    for (const p of this.membership.alive('fog')) {
+      // Heartbeats only check that `http` is a short string: anything else than an http(s) URL is skipped.
+      if (URL.canParse(p.http) && /^https?:$/.test(new URL(p.http).protocol)) this.#uplink?.addFog(p.http)
+    }
   }
 
   /**

@@ -41,6 +41,12 @@ export interface UplinkOptions {
   fog: string[]
   /** Cloud sink URL: the primary when there is no fog, else used on failover. */
   cloud?: string
+  /**
+   * With no `fog` URLs, have a fog tier anyway and wait for fogs to be found (`addFog`, from the mesh)
+   * rather than send to the cloud, or need one: the cloud, if any, takes over only on failover.
+   * Default false.
+   */
+  discoverFog?: boolean
   failoverAfter: number
   /** Outbox bound, bytes. */
   outboxMax: number
@@ -93,6 +99,7 @@ export class Uplink {
   readonly outbox: Outbox
   readonly #shipper: Shipper
   readonly #edge: string
+  /** Fog URLs: from --fog, and those found through the mesh since. */
   readonly #fog: string[]
   readonly #cloud: string | undefined
   readonly #log: (line: string) => void
@@ -117,17 +124,17 @@ export class Uplink {
 
   constructor (options: UplinkOptions, operators: Iterable<WindowOperator>) {
     this.#edge = options.edge
-    this.#fog = options.fog
+    this.#fog = [...options.fog]
     this.#cloud = options.cloud
     this.#log = options.log ?? SHIPPER_DEFAULTS.log
     this.#afterAppend = options.afterAppend ?? (() => {})
     this.#maxBuffered = options.outboxMax
     const tiers = [
       // The fogs may be a cluster that splits windows by shard: the router finds out and follows it.
-      ...(options.fog.length > 0 ? [{ name: 'fog', urls: options.fog, route: true }] : []),
+      ...(options.fog.length > 0 || options.discoverFog === true ? [{ name: 'fog', urls: options.fog, route: true, discovered: options.discoverFog }] : []),
       ...(options.cloud !== undefined ? [{ name: 'cloud', urls: [options.cloud] }] : [])
     ]
-    if (tiers.length === 0) throw new ConfigError('an uplink needs --fog or --cloud')
+    if (tiers.length === 0) throw new ConfigError('an uplink needs --fog or --cloud, or the mesh to find fogs in')
     this.outbox = new Outbox({ dataDir: options.dataDir, maxBytes: options.outboxMax, targets: tiers.map(t => t.name) })
     this.#defs = new OutboxDefinitions(this.outbox)
     for (const operator of operators) {
@@ -170,6 +177,14 @@ export class Uplink {
     const data = encoder.encode(item).slice()
     this.#buffer.push(data)
     this.#buffered += data.byteLength
+  }
+
+  /** A fog found while running: batches may go there from now on (see `discoverFog`). */
+  addFog (url: string): void {
+    if (this.#fog.includes(url)) return
+    this.#fog.push(url)
+    this.#log(`uplink: found fog ${url} in the mesh`)
+    this.#shipper.addUrl('fog', url)
   }
 
   /** Told by the shipper of each acknowledged batch: notes the watermarks the fog tier now has. */

@@ -112,6 +112,14 @@ export class ShardRouter {
     return map.members.filter(m => owning.has(m.id)).map(m => base(m.http))
   }
 
+  /** A coordinator found while running (a fog learnt from the mesh): asked from the next refresh on. */
+  addSeed (url: string): void {
+    const b = base(url)
+    if (this.#seeds.includes(b)) return
+    this.#seeds.push(b)
+    if (this.#timer !== undefined) void this.refresh()
+  }
+
   /** Refreshes now and every `refreshEvery` until stop(). */
   start (): void {
     if (this.#timer !== undefined) return

@@ -48,6 +48,12 @@ export interface Tier {
    * Default: no routing.
    */
   route?: boolean | ShardRouter
+  /**
+   * The URLs are found while running (fogs learnt from the mesh, see `addUrl`), so the tier may start
+   * with none. Until it has one it counts as failing, which lets a second tier take over after
+   * `failoverAfter`. Default false: a tier without URLs is a configuration error.
+   */
+  discovered?: boolean
 }
 
 export interface ShipperOptions {
@@ -235,12 +241,14 @@ export class Shipper {
     this.#options = options
     const retryMin = Math.min(options.retryMin, options.retryMax)
     this.#lanes = options.tiers.map((tier, i) => {
-      if (tier.urls.length === 0) throw new ConfigError(`tier ${tier.name} has no URL`)
+      if (tier.urls.length === 0 && tier.discovered !== true) throw new ConfigError(`tier ${tier.name} has no URL`)
       this.stats.sent[tier.name] = 0
       this.stats.failed[tier.name] = {}
       const router = tier.route instanceof ShardRouter
         ? tier.route
         : tier.route === true ? new ShardRouter(tier.urls, { name: tier.name, timeout: Math.min(2_000, options.requestTimeout), log: options.log }) : undefined
+      // A copy: addUrl grows it, and the caller's list is not the shipper's to change.
+      tier = { ...tier, urls: [...tier.urls] }
       return { tier, primary: i === 0, router, url: 0, delay: retryMin, limit: options.maxBatchItems, failingSince: undefined, lastAckAt: 0, acked: new Map(), lastProblem: undefined, lagging: new Map() }
     })
     this.#seq = Number(outbox.meta(SEQ_META) ?? 0)
@@ -255,6 +263,16 @@ export class Shipper {
   /** New items are in the outbox: idle tiers look at once. */
   notify (): void {
     for (const wake of [...this.#wakeable]) wake()
+  }
+
+  /** Adds a URL to a tier (one found while running); known ones are ignored. */
+  addUrl (tierName: string, url: string): void {
+    const lane = this.#lanes.find(l => l.tier.name === tierName)
+    if (lane === undefined || lane.tier.urls.includes(url)) return
+    lane.tier.urls.push(url)
+    lane.router?.addSeed(url)
+    // A lane waiting for its first URL looks at once.
+    this.notify()
   }
 
   /** Stops shipping (a request under way is abandoned: its items stay in the outbox). */
@@ -272,7 +290,7 @@ export class Shipper {
     const owners = lane.router?.ownerUrls() ?? []
     return {
       target: lane.tier.name,
-      url: owners.length > 0 ? owners.join(', ') : lane.tier.urls[lane.url],
+      url: owners.length > 0 ? owners.join(', ') : lane.tier.urls[lane.url] ?? '',
       failedOver: this.#failedOver,
       failingSince: since === undefined ? null : new Date(since).toISOString()
     }
@@ -283,6 +301,12 @@ export class Shipper {
       try {
         if (!lane.primary && !this.#failedOver) {
           await this.#sleep(Infinity, true)
+          continue
+        }
+        if (lane.tier.urls.length === 0) {
+          // Nobody to send to yet (see Tier.discovered): failing, so a second tier can take over.
+          this.#failing(lane)
+          await this.#sleep(this.#options.idleEvery, true)
           continue
         }
         const attempt = this.#prepare(lane)
