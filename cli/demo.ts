@@ -15,12 +15,14 @@
  * the demo stops the rest and exits 1; if the demo itself is killed outright, the nodes notice their
  * parent is gone and stop themselves (cli/node-process.ts).
  */
+import { mkdir, writeFile } from 'node:fs/promises'
 import { createServer } from 'node:net'
 import { constants } from 'node:os'
 import { relative, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 import { ConfigError } from '../core/errors.ts'
+import { generateSwarmKey } from '../core/mesh/swarm-key.ts'
 import { loadPipelinesFile } from '../core/pipeline/parse.ts'
 import { runSimulator } from '../simulators/sim.ts'
 import { NodeProcess, exitStatus } from './node-process.ts'
@@ -42,9 +44,10 @@ const USAGE = `usage: fogmesh demo [options]
 A local mesh: cloud sink, fog coordinator, two edge agents with embedded MQTT brokers, and the sensor
 simulator publishing to both brokers in real time. Ctrl-C stops everything.
 
-  --base-port N      ports N..N+3 for the HTTP APIs of edge-1, fog, cloud, edge-2 and N+4, N+5 for
-                     the MQTT brokers of edge-1, edge-2; 0 picks free ports
-                     (default: edge-1 8081, fog 8082, cloud 8083, edge-2 8084, MQTT 1883 and 1884)
+  --base-port N      ports N..N+3 for the HTTP APIs of edge-1, fog, cloud, edge-2, N+4, N+5 for
+                     the MQTT brokers of edge-1, edge-2 and N+6..N+9 for the mesh (libp2p) of
+                     edge-1, fog, cloud, edge-2; 0 picks free ports (default: edge-1 8081, fog 8082,
+                     cloud 8083, edge-2 8084, MQTT 1883 and 1884, mesh 4081-4084)
   --data-dir DIR     one directory per node below DIR (default data/demo)
   --pipelines FILE   pipelines of every node (default examples/pipelines.yaml)
   --devices N        simulated devices, split over the two brokers (default 20)
@@ -58,14 +61,25 @@ type NodeName = 'cloud' | 'fog' | 'edge-1' | 'edge-2'
 interface Ports {
   http: Record<NodeName, number>
   mqtt: { 'edge-1': number, 'edge-2': number }
+  mesh: Record<NodeName, number>
 }
 
-const DEFAULT_PORTS: Ports = { http: { 'edge-1': 8081, fog: 8082, cloud: 8083, 'edge-2': 8084 }, mqtt: { 'edge-1': 1883, 'edge-2': 1884 } }
+const DEFAULT_PORTS: Ports = {
+  http: { 'edge-1': 8081, fog: 8082, cloud: 8083, 'edge-2': 8084 },
+  mqtt: { 'edge-1': 1883, 'edge-2': 1884 },
+  mesh: { 'edge-1': 4081, fog: 4082, cloud: 4083, 'edge-2': 4084 }
+}
+/** The demo's mesh key, in its data dir: made at the first run, kept for the next ones. */
+const MESH_KEY = 'mesh.key'
 
 export function demoPorts (base: number | undefined): Ports {
   if (base === undefined) return DEFAULT_PORTS
   const at = (i: number) => base === 0 ? 0 : base + i
-  return { http: { 'edge-1': at(0), fog: at(1), cloud: at(2), 'edge-2': at(3) }, mqtt: { 'edge-1': at(4), 'edge-2': at(5) } }
+  return {
+    http: { 'edge-1': at(0), fog: at(1), cloud: at(2), 'edge-2': at(3) },
+    mqtt: { 'edge-1': at(4), 'edge-2': at(5) },
+    mesh: { 'edge-1': at(6), fog: at(7), cloud: at(8), 'edge-2': at(9) }
+  }
 }
 
 interface DemoOptions {
@@ -101,7 +115,7 @@ function readDemoOptions (argv: string[]): DemoOptions | undefined {
     if (!/^\d+$/.test(text.trim()) || n < min || n > max) throw new ConfigError(`--${name}: expected a whole number from ${min} to ${max}, got ${JSON.stringify(text)}`)
     return n
   }
-  const base = values['base-port'] === undefined ? undefined : int('base-port', values['base-port'], 0, 65530)
+  const base = values['base-port'] === undefined ? undefined : int('base-port', values['base-port'], 0, 65526)
   const rate = Number(values.rate)
   if (!(rate > 0 && rate <= 1000)) throw new ConfigError(`--rate: expected readings per second from above 0 to 1000, got ${JSON.stringify(values.rate)}`)
   return {
@@ -118,7 +132,8 @@ function readDemoOptions (argv: string[]): DemoOptions | undefined {
 async function takenPorts (ports: Ports): Promise<string[]> {
   const wanted: Array<[number, string]> = [
     ...Object.entries(ports.http).map(([node, port]): [number, string] => [port, `${node} HTTP`]),
-    ...Object.entries(ports.mqtt).map(([node, port]): [number, string] => [port, `${node} MQTT`])
+    ...Object.entries(ports.mqtt).map(([node, port]): [number, string] => [port, `${node} MQTT`]),
+    ...Object.entries(ports.mesh).map(([node, port]): [number, string] => [port, `${node} mesh`])
   ].filter(([port]) => port !== 0)
   const taken = await Promise.all(wanted.map(async ([port, what]) => await new Promise<string | undefined>(done => {
     const probe = createServer()
@@ -130,7 +145,7 @@ async function takenPorts (ports: Ports): Promise<string[]> {
 
 function portsHint (): string {
   return 'Stop what uses them (another demo, an MQTT broker such as Mosquitto on 1883?), or use other ports: ' +
-    'fogmesh demo --base-port 9000 (HTTP 9000-9003, MQTT 9004-9005), or --base-port 0 (any free ports).'
+    'fogmesh demo --base-port 9000 (HTTP 9000-9003, MQTT 9004-9005, mesh 9006-9009), or --base-port 0 (any free ports).'
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -163,6 +178,19 @@ interface Stop {
   message?: string
 }
 
+/** The path of the demo's mesh key, written on the first run. */
+async function demoMeshKey (dataDir: string): Promise<string> {
+  const file = resolve(dataDir, MESH_KEY)
+  await mkdir(dataDir, { recursive: true })
+  try {
+    await writeFile(file, generateSwarmKey(), { mode: 0o600, flag: 'wx' })
+  } catch (err) {
+    // Kept from an earlier run: the nodes' peer ids are kept in their data dirs too.
+    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw new ConfigError(`demo: cannot write the mesh key ${file}: ${(err as Error).message}`, { cause: err })
+  }
+  return file
+}
+
 export async function demoCommand (argv: string[]): Promise<number> {
   const o = readDemoOptions(argv)
   if (o === undefined) {
@@ -176,6 +204,8 @@ export async function demoCommand (argv: string[]): Promise<number> {
     process.stderr.write(`demo: port${taken.length > 1 ? 's' : ''} ${taken.join(', ')} ${taken.length > 1 ? 'are' : 'is'} taken on ${HOST}.\n${portsHint()}\n`)
     return 1
   }
+
+  const meshKey = await demoMeshKey(o.dataDir)
 
   let requestStop: (s: Stop) => void = () => {}
   const stopRequested = new Promise<Stop>(resolve => { requestStop = resolve })
@@ -220,10 +250,16 @@ export async function demoCommand (argv: string[]): Promise<number> {
   }
 
   try {
-    const cloud = await start('cloud', 'cloud', ['--http-port', String(o.ports.http.cloud)])
-    const fog = cloud && await start('fog', 'fog', ['--http-port', String(o.ports.http.fog), '--cloud', cloud.http])
+    // One mesh: the cloud is up first (the fog needs its URL), so the fog joins through it and the
+    // edges through the fog, as edges would in the field.
+    const mesh = (name: NodeName, bootstrap?: string) => [
+      '--mesh-port', String(o.ports.mesh[name]), '--mesh-key', meshKey, ...(bootstrap === undefined ? [] : ['--bootstrap', bootstrap])
+    ]
+    const cloud = await start('cloud', 'cloud', ['--http-port', String(o.ports.http.cloud), ...mesh('cloud')])
+    const fog = cloud && await start('fog', 'fog', ['--http-port', String(o.ports.http.fog), '--cloud', cloud.http, ...mesh('fog', cloud.mesh)])
     const edges = fog && await Promise.all((['edge-1', 'edge-2'] as const).map(async name => await start(name, 'edge', [
-      '--http-port', String(o.ports.http[name]), '--mqtt-port', String(o.ports.mqtt[name]), '--fog', fog.http, '--cloud', cloud.http
+      '--http-port', String(o.ports.http[name]), '--mqtt-port', String(o.ports.mqtt[name]), '--fog', fog.http, '--cloud', cloud.http,
+      ...mesh(name, fog.mesh)
     ])))
     if (cloud !== undefined && fog !== undefined && edges !== undefined && edges[0] !== undefined && edges[1] !== undefined) {
       const [edge1, edge2] = edges as Array<{ http: string, mqtt: string }>
@@ -313,7 +349,7 @@ function banner (o: DemoOptions, http: Record<NodeName, string>, mqtt: string[])
     `  npx fogmesh query ${http.fog} room-temp    # the fog: both edges merged (sources 2)`,
     `  npx fogmesh query ${http.cloud} room-temp    # the cloud: what the fog forwarded`,
     `  curl '${http.cloud}/v1/aggregates/building-humidity?limit=5'`,
-    `  curl ${http.fog}/v1/mesh    # the edges and their watermarks, as the fog sees them`,
+    `  curl ${http.fog}/v1/mesh    # every node of the mesh, and the edges' watermarks, as the fog sees them`,
     `  curl ${http['edge-1']}/metrics`,
     '',
     'Ctrl-C stops everything: the simulator, the edges, the fog, the cloud.',

@@ -23,7 +23,7 @@ const FOGMESH = fileURLToPath(new URL('../bin/fogmesh.js', import.meta.url))
 const WATCH_PARENT = 'const parent = process.ppid; const timer = setInterval(() => { if (process.ppid === parent) return; ' +
   'clearInterval(timer); process.kill(process.pid, "SIGTERM") }, 1000); timer.unref()'
 
-const READY_LINE = /^ready \S+ \S+ http=(\S+)(?: mqtt=(\S+))?/
+const READY_LINE = /^ready \S+ \S+ http=(\S+)(?: mqtt=(\S+))?(?: mesh=(\S+))?/
 /** Stderr lines kept to tell why a node did not start. */
 const STDERR_TAIL = 20
 
@@ -36,6 +36,8 @@ export interface ExitInfo {
 export interface NodeAddress {
   http: string
   mqtt?: string
+  /** Its mesh address, `<multiaddr>/p2p/<peer id>`, when it is in a mesh. */
+  mesh?: string
 }
 
 export interface NodeProcessOptions {
@@ -131,7 +133,10 @@ export class NodeProcess {
         if (m === null) return
         clearTimeout(timer)
         onLine = () => {}
-        resolve(m[2] === undefined ? { http: m[1] } : { http: m[1], mqtt: m[2] })
+        const address: NodeAddress = { http: m[1] }
+        if (m[2] !== undefined) address.mqtt = m[2]
+        if (m[3] !== undefined) address.mesh = m[3]
+        resolve(address)
       }
       void this.exited.then(e => {
         clearTimeout(timer)

@@ -107,6 +107,12 @@ t.test('the demo runs the mesh until a window is final at the cloud, and SIGINT 
   t.ok(final, 'the cloud has a final window merged from both edges')
   const atFog = await fetchJson(`${fog}/v1/aggregates/room-temp`)
   t.ok((atFog.body.results as Array<{ final: boolean }>).some(r => r.final), 'the fog has it final too')
+  const others = await waitFor(async () => {
+    const peers = (await fetchJson(`${cloud}/v1/mesh`)).body.peers as Array<{ id: string, state: string }>
+    const alive = peers.filter(p => p.state === 'alive').map(p => p.id).sort()
+    return alive.length === 3 ? alive : undefined
+  }, { timeoutMs: 15_000, message: 'every other node alive in the cloud\'s mesh view' })
+  t.same(others, ['demo-edge-1', 'demo-edge-2', 'demo-fog'], 'the nodes run as one mesh')
 
   const pids = Object.values(nodes).flat()
   demo.signal('SIGINT')
