@@ -9,7 +9,7 @@ import type { MeshRole } from '../../core/mesh/heartbeat.ts'
 import type { Metrics, Sample } from '../metrics.ts'
 import type { CommonOptions } from '../options.ts'
 import { loadMeshKey } from './keys.ts'
-import { MeshNode } from './mesh-node.ts'
+import { MeshNode, parseBootstrap } from './mesh-node.ts'
 import type { HeartbeatInput, MeshPeer } from './mesh-node.ts'
 
 /** The software version gossiped in heartbeats. */
@@ -44,6 +44,8 @@ export class RoleMesh {
     this.#options = options
     this.#role = role
     this.#heartbeat = heartbeat
+    // At construction, so that a bad address fails before the role opens any port.
+    parseBootstrap(options.bootstrap ?? [])
   }
 
   get enabled (): boolean {
