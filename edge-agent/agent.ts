@@ -146,9 +146,17 @@ export class EdgeAgent implements ServiceApi {
 
   #tick (): void {
     if (this.#discoverFog) this.#discoverFogs()
+    if (this.membership.enabled) this.#followShardMap()
     this.#runner.tick(Date.now())
     this.#commit()
     this.#checkpoints?.saveAccepted()
+  }
+
+  /** Switches to a newer shard map as soon as a fog gossips its version, not at the next refusal. */
+  #followShardMap (): void {
+    let newest = 0
+    for (const p of this.membership.alive('fog')) newest = Math.max(newest, p.heartbeat.fog?.shardMapVersion ?? 0)
+    if (newest > 0) this.#uplink?.shardMapSeen(newest)
   }
 
   /**

@@ -121,6 +121,8 @@ export class Uplink {
   #appendFailing = false
   /** Per pipeline, the highest watermark the fog tier acknowledged from this edge. */
   readonly #ackedByFog = new Map<string, number>()
+  /** The highest shard map version the mesh has announced (see shardMapSeen). */
+  #mapSeen = 0
 
   constructor (options: UplinkOptions, operators: Iterable<WindowOperator>) {
     this.#edge = options.edge
@@ -185,6 +187,15 @@ export class Uplink {
     this.#fog.push(url)
     this.#log(`uplink: found fog ${url} in the mesh`)
     this.#shipper.addUrl('fog', url)
+  }
+
+  /** A fog in the mesh holds this shard map version: the fog tier follows it at once if it is newer. */
+  shardMapSeen (version: number): void {
+    // Once per version: heartbeats repeat it every few seconds, and a refresh that did not get it yet
+    // is followed by the router's own refreshes and by the refusals of the old owners.
+    if (version <= this.#mapSeen) return
+    this.#mapSeen = version
+    this.#shipper.shardMapSeen('fog', version)
   }
 
   /** Told by the shipper of each acknowledged batch: notes the watermarks the fog tier now has. */

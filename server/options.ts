@@ -154,7 +154,8 @@ export const COMMON_OPTIONS: OptionTable = {
   bootstrap: { type: 'strings', help: 'mesh peer to join through, <multiaddr>/p2p/<peer id> as its ready line prints it (repeatable; turns the mesh on)' },
   'mesh-key': { type: 'string', help: 'mesh key file (fogmesh keygen): only nodes with the same key can join; without one the mesh is open to anyone who can connect' },
   'mesh-heartbeat': { type: 'duration', help: 'time between mesh heartbeats (default: 2s)' },
-  'mesh-expiry': { type: 'duration', help: 'a mesh peer not heard from for this long is expired (default: 3 heartbeats + 4s)' }
+  'mesh-expiry': { type: 'duration', help: 'a mesh peer not heard from for this long is expired (default: 3 heartbeats + 4s)' },
+  mdns: { type: 'bool', default: false, help: 'also find mesh peers on the LAN by mDNS (multicast on every interface; turns the mesh on)' }
 }
 
 export interface CommonOptions {
@@ -170,4 +171,5 @@ export interface CommonOptions {
   meshKey?: string
   meshHeartbeat?: number
   meshExpiry?: number
+  mdns?: boolean
 }

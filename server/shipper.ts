@@ -266,6 +266,15 @@ export class Shipper {
   }
 
   /** Adds a URL to a tier (one found while running); known ones are ignored. */
+  /**
+   * A fog cluster's shard map of this version exists (the mesh said so): a routing tier holding an
+   * older one asks for it now instead of waiting for a refusal or its next refresh.
+   */
+  shardMapSeen (tierName: string, version: number): void {
+    const router = this.#lanes.find(l => l.tier.name === tierName)?.router
+    if (router !== undefined && version > router.version) void router.refresh()
+  }
+
   addUrl (tierName: string, url: string): void {
     const lane = this.#lanes.find(l => l.tier.name === tierName)
     if (lane === undefined || lane.tier.urls.includes(url)) return

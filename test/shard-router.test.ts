@@ -250,3 +250,17 @@ t.test('a cluster without quorum: the cloud takes over, and the owners get every
   t.match(shipper.status(), { target: 'fog', failedOver: false, url: `${a.url}, ${b.url}` })
   t.equal(shipper.stats.failed.fog.misrouted, undefined)
 })
+
+t.test('a newer shard map announced (by the mesh) is fetched at once, an older or equal one is not', { timeout: 15_000 }, async t => {
+  const { fogs: [a, b, c], publish } = await cluster(t, ['a', 'b', 'c'])
+  // No periodic refresh within the test: only the announcement can bring version 2.
+  const { router, shipper } = rig(t, [a.url, b.url, c.url])
+  await waitFor(() => router.version === 1, { timeoutMs: 3_000, message: 'the map' })
+  publish(2, [a, b], assignShards(a.map.owners, ['a', 'b'], SHARDS))
+  const asked = router.stats.refreshes
+  shipper.shardMapSeen('fog', 1)
+  t.equal(router.stats.refreshes, asked, 'the version held: nothing asked')
+  shipper.shardMapSeen('fog', 2)
+  await waitFor(() => router.version === 2, { timeoutMs: 3_000, message: 'version 2 adopted' })
+  t.same(router.map?.members.map(m => m.id), ['a', 'b'])
+})

@@ -15,8 +15,8 @@ import type { HeartbeatInput, MeshPeer } from './mesh-node.ts'
 /** The software version gossiped in heartbeats. */
 export const SOFTWARE_VERSION = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version
 
-export function meshEnabled (o: Pick<CommonOptions, 'meshPort' | 'bootstrap'>): boolean {
-  return o.meshPort !== undefined || (o.bootstrap?.length ?? 0) > 0
+export function meshEnabled (o: Pick<CommonOptions, 'meshPort' | 'bootstrap' | 'mdns'>): boolean {
+  return o.meshPort !== undefined || (o.bootstrap?.length ?? 0) > 0 || o.mdns === true
 }
 
 /** A peer as `GET /v1/mesh` lists it. */
@@ -76,6 +76,7 @@ export class RoleMesh {
       dataDir: o.dataDir,
       heartbeatInterval: o.meshHeartbeat,
       expiry: o.meshExpiry,
+      mdns: o.mdns === true,
       version: SOFTWARE_VERSION
     })
     await node.start()
