@@ -102,6 +102,8 @@ export class MergeNode implements ServiceApi {
   #stopped = false
   #finalizeQueued = false
   #finalizing = false
+  /** Edges expired in the mesh view that are no longer waited for (see #applyGossip). */
+  readonly #silenced = new Set<string>()
   #timers: NodeJS.Timeout[] = []
   readonly #replication: Replication | undefined
   /** Commits and finalization passes run one at a time: with replication they wait for etcd. */
@@ -439,8 +441,32 @@ export class MergeNode implements ServiceApi {
     return run
   }
 
+  /**
+   * A fog in the mesh finalizes on the watermarks edges gossip too (those their fogs acknowledged: a
+   * cluster member that missed an edge's watermark batch catches up, and an edge is known before it
+   * sends), and stops waiting for an edge whose heartbeats stopped, as for an edge gone silent.
+   */
+  #applyGossip (now: number): void {
+    const node = this.membership.node
+    if (this.role !== 'fog' || node === undefined) return
+    for (const p of node.view().peers) {
+      if (p.role !== 'edge') continue
+      if (p.state === 'alive') {
+        this.#silenced.delete(p.id)
+        for (const pl of p.heartbeat.pipelines ?? []) {
+          if (typeof pl.watermark === 'number' && Number.isFinite(pl.watermark) && this.#defs.has(pl.name)) this.#finalizer.gossiped(pl.name, p.id, pl.watermark, now)
+        }
+      } else if (!this.#silenced.has(p.id)) {
+        // Once per expiry: a batch from it later makes it waited for again.
+        this.#silenced.add(p.id)
+        this.#finalizer.silence(p.id)
+      }
+    }
+  }
+
   async #finalizeDue (now: number): Promise<void> {
     if (this.#stopped || this.#replication?.finalizing() === false) return
+    this.#applyGossip(now)
     const due: Array<{ id: string, window: MergeWindow, revision: number }> = []
     for (const [id, w] of this.#pending) {
       // In a cluster only the owner of a window's shard finalizes it.

@@ -104,6 +104,16 @@ t.test('fog, cloud and two edges form one mesh; edges find the fog through it', 
   const uplink = ((await fetchJson(`${e1.http}/v1/mesh`)).body as { uplink: { fog: string[] } }).uplink
   t.same(uplink.fog, [fog.http], 'the edge took the fog from the mesh')
 
+  // e2 gets a reading for a window an hour on and dies with it open (not idle: the fog must wait for it).
+  const later = START + 3_610_000
+  await publish(e2.mqtt!, [{ room: 'r1', device: 'd2', ts: later }])
+  await waitFor(async () => ((await fetchJson(`${e2.http}/v1/aggregates/room-temp?from=${later}`)).body as { results: Result[] }).results.some(r => !r.final),
+    { timeoutMs: BOUND, message: 'e2 holding an open window' })
+  // …and the fog has heard so (a batch with the new watermark, so without the idle flag).
+  await waitFor(async () => {
+    const edges = ((await fetchJson(`${fog.http}/v1/mesh`)).body as { edges: Array<{ id: string, watermarks: Record<string, string> }> }).edges
+    return Date.parse(edges.find(e => e.id === 'e2')?.watermarks['room-temp'] ?? '') >= later - 2_000
+  }, { timeoutMs: BOUND, message: 'the fog knowing e2 is active again' })
   e2.kill('SIGKILL')
   await e2.exited
   running.delete(e2)
@@ -116,4 +126,14 @@ t.test('fog, cloud and two edges form one mesh; edges find the fog through it', 
     return true
   }, { timeoutMs: BOUND, message: 'the killed edge expires in every view' })
   t.ok(Date.now() - killedAt < EXPIRY + 5_000, 'within the expiry and a few heartbeats')
+
+  // The fog stops waiting for e2 once its heartbeats stopped: e1's window is final long before the
+  // fog's --finalize-after (30 s), though e2's watermark stays below its end.
+  await publish(e1.mqtt!, [{ room: 'r1', device: 'd1', ts: later }, { room: 'r1', device: 'd1', ts: later + 20_000 }])
+  const alone = await waitFor(async () => {
+    const body = (await fetchJson(`${fog.http}/v1/aggregates/room-temp?from=${later - 10_000}&to=${later + 10_000}`)).body as { results: Result[] }
+    return body.results.find(r => r.key === 'r1' && r.final)
+  }, { timeoutMs: BOUND, message: 'e1\'s window final at the fog without the expired e2' })
+  t.equal(alone.values.n, 1, 'e1\'s reading, without e2\'s (lost with it)')
+  t.ok(Date.now() - killedAt < 20_000, `final ${Date.now() - killedAt} ms after e2 died, not after --finalize-after`)
 })

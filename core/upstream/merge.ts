@@ -92,6 +92,28 @@ export class Finalizer {
     if (this.#edges.get(pipeline)?.has(edge) !== true) this.observe(pipeline, edge, -Infinity, now)
   }
 
+  /**
+   * An edge's watermark as gossiped in the mesh (the one its fogs acknowledged, so never ahead of
+   * delivered windows): raises the watermark and marks the edge heard from, but leaves its idle flag
+   * as its last batch said. An edge not known yet becomes known: it is waited for before it sends.
+   */
+  gossiped (pipeline: string, edge: string, watermark: number, now: number): void {
+    const p = this.#edges.get(pipeline)?.get(edge)
+    if (p === undefined) this.observe(pipeline, edge, watermark, now)
+    else {
+      p.watermark = Math.max(p.watermark, watermark)
+      p.lastSeen = now
+    }
+  }
+
+  /** The edge's heartbeats stopped (it expired in the mesh): it is not waited for until it is heard from again. */
+  silence (edge: string): void {
+    for (const edges of this.#edges.values()) {
+      const p = edges.get(edge)
+      if (p !== undefined) p.lastSeen = -Infinity
+    }
+  }
+
   /** Marks an edge as heard from (any batch), without a watermark. */
   seen (edge: string, now: number): void {
     for (const edges of this.#edges.values()) {
