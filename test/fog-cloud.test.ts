@@ -359,6 +359,8 @@ t.test('onFinal: each pass\'s windows with all contributions and their revision,
   const seen: WindowEntry[][] = []
   let fail = 1
   const remove = node.onFinal(entries => {
+    // Passes that finalized nothing are offered too (a fog's progress moves with them).
+    if (entries.length === 0) return
     if (fail-- > 0) throw new Error('outbox full')
     seen.push([...entries])
   })
