@@ -648,7 +648,7 @@ export class MergeNode implements ServiceApi {
       ...this.membership.json(),
       fog: this.#fogView(),
       edges: [...edges.values()].sort((a, b) => a.id < b.id ? -1 : a.id > b.id ? 1 : 0)
-        .map(e => ({ id: e.id, lastSeen: new Date(e.lastSeen).toISOString(), watermarks: e.watermarks }))
+        .map(e => ({ id: e.id, lastSeen: Number.isFinite(e.lastSeen) ? new Date(e.lastSeen).toISOString() : null, watermarks: e.watermarks }))
     }
   }
 

@@ -136,4 +136,6 @@ t.test('fog, cloud and two edges form one mesh; edges find the fog through it', 
   }, { timeoutMs: BOUND, message: 'e1\'s window final at the fog without the expired e2' })
   t.equal(alone.values.n, 1, 'e1\'s reading, without e2\'s (lost with it)')
   t.ok(Date.now() - killedAt < 20_000, `final ${Date.now() - killedAt} ms after e2 died, not after --finalize-after`)
+  const fogEdges = ((await fetchJson(`${fog.http}/v1/mesh`)).body as { edges: Array<{ id: string, lastSeen: string | null }> }).edges
+  t.same(fogEdges.find(e => e.id === 'e2')?.lastSeen, null, 'the fog still lists e2, not waited for any more')
 })

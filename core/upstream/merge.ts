@@ -106,7 +106,10 @@ export class Finalizer {
     }
   }
 
-  /** The edge's heartbeats stopped (it expired in the mesh): it is not waited for until it is heard from again. */
+  /**
+   * The edge's heartbeats stopped (it expired in the mesh): it is not waited for until it is heard
+   * from again. Its last-seen time becomes -Infinity: "never", as far as waiting goes.
+   */
   silence (edge: string): void {
     for (const edges of this.#edges.values()) {
       const p = edges.get(edge)
