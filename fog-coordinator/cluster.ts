@@ -116,7 +116,6 @@ export class FogCluster implements Replication {
   readonly #members = new Map<string, MemberRecord>()
   readonly #marks = new Map<string, Mark>()
   #leader: string | null = null
-  #leaderRev = 0
   #map: ShardMap | undefined
   #mapRev = 0
   /** The revision of the last event applied here: a new watch starts after it. */
@@ -132,9 +131,7 @@ export class FogCluster implements Replication {
   #registering: Promise<void> | undefined
   /** The revision to compact to at the next maintenance (the current one at the last). */
   #compactTo = 0
-  readonly stats = { commits: 0, fenced: 0, unavailable: 0, mapChanges: 0, compactions: 0, removed: 0, resyncs: 0, dbSize: 0, lastFailoverMs: 0 }
-  /** When this coordinator last saw a member leave, for the failover time it reports. */
-  #memberLeftAt = 0
+  readonly stats = { commits: 0, fenced: 0, unavailable: 0, compactions: 0, removed: 0, dbSize: 0 }
 
   constructor (options: ClusterOptions) {
     this.#o = options
@@ -534,7 +531,6 @@ export class FogCluster implements Replication {
       for (let attempt = 0; !this.#stopped && this.#watcher === undefined; attempt++) {
         try {
           if (reload) {
-            this.stats.resyncs++
             await this.#load()
           } else {
             await this.#watch(this.#seenRev + 1)
@@ -563,7 +559,6 @@ export class FogCluster implements Replication {
         this.#revs.delete(key)
         if (parsed.kind === 'member') {
           this.#members.delete(parsed.id)
-          this.#memberLeftAt = Date.now()
           membership = true
         } else if (parsed.kind === 'leader') {
           this.#leader = null
@@ -587,17 +582,12 @@ export class FogCluster implements Replication {
           }
           case 'leader':
             this.#leader = kv.value.toString()
-            this.#leaderRev = rev
             membership = true
             break
           case 'shardmap': {
             const map = JSON.parse(kv.value.toString()) as ShardMap
-            if (this.#map !== undefined && map.version !== this.#map.version && this.#memberLeftAt > 0) {
-              this.stats.lastFailoverMs = Date.now() - this.#memberLeftAt
-            }
             this.#map = map
             this.#mapRev = rev
-            this.stats.mapChanges++
             break
           }
           case 'pipeline':
@@ -653,11 +643,6 @@ export class FogCluster implements Replication {
     m.counter('fogmesh_cluster_windows_removed_total', 'Window records and marks removed past retention (by this coordinator as leader)', [], () => [[{}, this.stats.removed]])
     m.counter('fogmesh_cluster_compactions_total', 'etcd history compactions (by this coordinator as leader)', [], () => [[{}, this.stats.compactions]])
     m.gauge('fogmesh_etcd_db_bytes', 'Size of etcd\'s database as of the leader\'s last maintenance (0 elsewhere)', [], () => [[{}, this.stats.dbSize]])
-  }
-
-  /** Seen by /v1/mesh: the leader's key revision tells a new leadership from the same one. */
-  get leaderRevision (): number {
-    return this.#leaderRev
   }
 }
 
