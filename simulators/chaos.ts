@@ -35,6 +35,7 @@ import type { EtcdCluster } from './etcd-cluster.ts'
 import type { SimInput } from './options.ts'
 import { createRng } from './random.ts'
 import type { Rng } from './random.ts'
+import { holdActive } from './hold.ts'
 import { runSimulator } from './sim.ts'
 import type { SimSummary } from './sim.ts'
 import { startTcpProxy } from './tcp-proxy.ts'
@@ -113,6 +114,8 @@ const DIFF_LINES = 20
  */
 const WARM_UP: SimInput = { start: START - 3_600_000, rate: 2, duration: 6_000, seed: 99 }
 const TAIL: SimInput = { start: START + 3_600_000, rate: 2, duration: 2_000, seed: 98 }
+/** Keeps the edges active from the warm-up to the main run (see hold.ts). */
+const HOLD: SimInput = { start: START - 3_600_000 + 6_000, rate: 2, seed: 97 }
 /**
  * Longer than the whole scenario: every window must be final by watermarks, so that a window finalized
  * before all its partials arrived shows up as a wrong revision instead of hiding behind a timeout.
@@ -481,6 +484,7 @@ export async function runChaos (options: ChaosOptions = {}): Promise<ChaosReport
       return { detail: 'every coordinator knows every edge, the cloud every coordinator', value: undefined }
     })
 
+    const hold = holdActive({ ...HOLD, ...population, signal: simSignal })
     const input: SimInput = {
       ...population,
       start: START,
@@ -497,6 +501,7 @@ export async function runChaos (options: ChaosOptions = {}): Promise<ChaosReport
       signal: simSignal
     }
     log(`main run: ${devices} devices in ${rooms} rooms, ${MAIN_DURATION / 1000} s of event time published over ${publishFor / 1000} s`)
+    await hold.release()
     mainStarted = true
     main = runSimulator(input)
     main.catch(() => {})
