@@ -3,11 +3,14 @@
  * results into a local store and local actions, and the HTTP API over all of it.
  */
 import type { RejectReason } from '../core/errors.ts'
+import { deployedSpec, incompatibility, sameSpec } from '../core/pipeline/deployment.ts'
+import type { DeployedSet } from '../core/pipeline/deployment.ts'
 import { pipelineToPlain } from '../core/pipeline/format.ts'
 import type { PipelineSpec } from '../core/pipeline/spec.ts'
 import type { WindowOperator } from '../core/windows/operator.ts'
 import { windowValues } from '../core/windows/window.ts'
 import type { WindowState } from '../core/windows/window.ts'
+import { FileDeploymentStore } from '../server/deployment-store.ts'
 import { HttpService } from '../server/http.ts'
 import type { HeartbeatInput } from '../server/mesh/mesh-node.ts'
 import { meshEnabled, RoleMesh, SOFTWARE_VERSION } from '../server/mesh/role-mesh.ts'
@@ -21,6 +24,7 @@ import { LocalActions } from './actions.ts'
 import { EmbeddedBroker } from './broker.ts'
 import { Checkpointer } from './checkpoint.ts'
 import { removeCheckpoint } from './checkpoint-db.ts'
+import { DeploymentFollower } from './deployment-follower.ts'
 import type { EdgeOptions } from './config.ts'
 import { PipelineRunner } from './pipelines.ts'
 import type { MessageSource } from './source.ts'
@@ -52,12 +56,27 @@ export class EdgeAgent implements ServiceApi {
   #rate = { at: Date.now(), messages: 0, perSecond: 0 }
   /** Without --fog, with the mesh on: the fog tier is the fogs alive in the mesh view. */
   readonly #discoverFog: boolean
+  /** Names of the pipelines from the local file: a deployed pipeline of the same name does not replace them. */
+  readonly #local: Set<string>
+  /** The deployed set this edge runs (kept in its data dir), and the names of its pipelines running here. */
+  readonly #deployments: FileDeploymentStore
+  #deployed: Set<string>
+  readonly #follower: DeploymentFollower
+  /** Deployed pipelines left out, logged once per name and version. */
+  readonly #skipped = new Set<string>()
   #ready = false
   #timers: NodeJS.Timeout[] = []
 
   constructor (options: EdgeOptions, specs: PipelineSpec[]) {
     this.#options = options
     this.id = options.id
+    this.#local = new Set(specs.map(s => s.name))
+    // The deployed pipelines this edge ran last run from its start, before any fog is heard from:
+    // their checkpoints are restored with the others'.
+    this.#deployments = new FileDeploymentStore(options.dataDir, line => this.#log(line))
+    const deployed = this.#deployedSpecs(this.#deployments.current())
+    this.#deployed = new Set(deployed.map(s => s.name))
+    specs = [...specs, ...deployed]
     const checkpoints = options.checkpointEvery > 0
     // The change log tells a restart which windows were emitted after its checkpoint.
     this.#store = new ResultStore({ dataDir: options.dataDir, retention: options.retention, maxResultsPerPipeline: options.maxResults, changeLog: checkpoints })
@@ -92,6 +111,12 @@ export class EdgeAgent implements ServiceApi {
     this.#actions = new LocalActions(async (topic, payload, qos, retain) => await this.#source.publish(topic, payload, qos, retain))
     this.#http = new HttpService(this, [], { host: options.host, port: options.httpPort, maxBody: 1 << 20 })
     this.membership = new RoleMesh(options, 'edge', () => this.#heartbeat())
+    this.#follower = new DeploymentFollower({
+      store: this.#deployments,
+      apply: set => { this.#applyDeployed(set) },
+      timeout: options.uplinkTimeout,
+      log: line => this.#log(line)
+    })
     this.#registerMetrics()
     this.membership.registerMetrics(this.metrics)
   }
@@ -146,10 +171,75 @@ export class EdgeAgent implements ServiceApi {
 
   #tick (): void {
     if (this.#discoverFog) this.#discoverFogs()
-    if (this.membership.enabled) this.#followShardMap()
+    if (this.membership.enabled) {
+      this.#followShardMap()
+      this.#follower.check(this.membership.alive('fog'))
+    }
     this.#runner.tick(Date.now())
     this.#commit()
     this.#checkpoints?.saveAccepted()
+  }
+
+  #log (line: string): void {
+    process.stderr.write(line + '\n')
+  }
+
+  /** The specs of a deployed set this edge can run: not shadowed by a local pipeline, and readable. */
+  #deployedSpecs (set: DeployedSet): PipelineSpec[] {
+    const specs: PipelineSpec[] = []
+    for (const p of set.pipelines) {
+      const once = `${p.name} v${p.version}`
+      if (this.#local.has(p.name)) {
+        if (!this.#skipped.has(once)) this.#log(`deployments: ${once} not run here: the local pipelines file has a pipeline of that name`)
+        this.#skipped.add(once)
+        continue
+      }
+      try {
+        specs.push(deployedSpec(p))
+      } catch (err) {
+        // Checked by the fog that took it; a newer fog may deploy what this edge's version cannot read.
+        if (!this.#skipped.has(once)) this.#log(`deployments: ${once} cannot run here (${(err as Error).message})`)
+        this.#skipped.add(once)
+      }
+    }
+    return specs
+  }
+
+  /**
+   * Runs a new deployed set: pipelines new to this edge start, new versions replace the running ones
+   * (keeping their window state when they merge the same way, see core/pipeline/deployment.ts), and
+   * those no longer deployed stop after emitting their open windows. Other pipelines are not touched.
+   */
+  #applyDeployed (set: DeployedSet): void {
+    const now = Date.now()
+    const wanted = new Map(this.#deployedSpecs(set).map(s => [s.name, s]))
+    for (const [name, spec] of wanted) {
+      const running = this.#runner.operators.get(name)?.pipeline.spec
+      if (running !== undefined && running.version === spec.version && sameSpec(running, spec)) continue
+      try {
+        const operator = running === undefined
+          ? this.#runner.add(spec)
+          : this.#runner.replace(spec, incompatibility(running, spec) === undefined, now)
+        this.#uplink?.addPipeline(operator)
+        this.#log(`deployments: running ${name} v${spec.version}${running === undefined ? '' : ` (was v${running.version})`}`)
+      } catch (err) {
+        this.#log(`deployments: cannot run ${name} v${spec.version} (${(err as Error).message}); ${running === undefined ? 'not started' : `v${running.version} keeps running`}`)
+        if (running === undefined) wanted.delete(name)
+      }
+    }
+    for (const name of this.#deployed) {
+      if (wanted.has(name)) continue
+      this.#runner.remove(name)
+      this.#log(`deployments: stopped ${name}: no longer deployed`)
+    }
+    this.#deployed = new Set(wanted.keys())
+    // The windows the changes emitted go out now, and a crash from here on restores the new versions.
+    this.#commit()
+    this.#checkpoints?.take()
+    if (this.#source instanceof BrokerSubscriber) {
+      this.#source.resubscribe().catch((err: unknown) => { this.#log(`deployments: cannot subscribe to the new pipelines' topics (${(err as Error).message})`) })
+    }
+    this.membership.announce()
   }
 
   /** Switches to a newer shard map as soon as a fog gossips its version, not at the next refusal. */
@@ -286,6 +376,10 @@ export class EdgeAgent implements ServiceApi {
     m.counter('fogmesh_mqtt_messages_unmatched_total', 'MQTT messages no pipeline subscribes to', [], () => [[{}, this.#runner.stats.unmatched]])
     m.counter('fogmesh_actions_published_total', 'Local actions (emit: mqtt) published', [], () => [[{}, this.#actions.stats.published]])
     m.counter('fogmesh_actions_failed_total', 'Local actions that failed to publish', [], () => [[{}, this.#actions.stats.failed]])
+    m.gauge('fogmesh_deployment_revision', 'Revision of the deployed pipeline set this edge runs', [], () => [[{}, this.#deployments.current().revision]])
+    m.counter('fogmesh_deployment_fetches_total', 'Fetches of a newer deployed set from a fog, by outcome', ['outcome'], () => [
+      [{ outcome: 'applied' }, this.#follower.stats.applied], [{ outcome: 'failed' }, this.#follower.stats.failed]
+    ])
     this.#uplink?.registerMetrics(m)
     this.#checkpoints?.registerMetrics(m)
     if (this.#source instanceof EmbeddedBroker) {

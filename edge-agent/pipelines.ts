@@ -34,10 +34,40 @@ export class PipelineRunner {
     for (const spec of specs) this.add(spec)
   }
 
-  add (spec: PipelineSpec): void {
+  /** Runs a pipeline (or a new version of one: see replace). Throws if its expressions do not compile. */
+  add (spec: PipelineSpec): WindowOperator {
     const operator: WindowOperator = new WindowOperator(compilePipeline(spec), (w) => this.#onWindow(operator, w))
     this.#operators.set(spec.name, operator)
     this.#routes.clear()
+    return operator
+  }
+
+  /**
+   * Runs a new version of a pipeline. With `carry`, the new version starts from the old one's state
+   * (its windows stay open, its closed ones take late updates: the caller checked that both merge the
+   * same way); without, the old version's open windows are emitted first and the new one starts empty.
+   */
+  replace (spec: PipelineSpec, carry: boolean, now: number): WindowOperator {
+    const old = this.#operators.get(spec.name)
+    const compiled = compilePipeline(spec)
+    const operator: WindowOperator = new WindowOperator(compiled, (w) => this.#onWindow(operator, w))
+    if (old !== undefined) {
+      if (carry) operator.restore(old.snapshot(), now)
+      else old.closeAll()
+    }
+    this.#operators.set(spec.name, operator)
+    this.#routes.clear()
+    return operator
+  }
+
+  /** Stops running a pipeline: its open windows are emitted first. Returns its operator, if it ran. */
+  remove (name: string): WindowOperator | undefined {
+    const old = this.#operators.get(name)
+    if (old === undefined) return undefined
+    old.closeAll()
+    this.#operators.delete(name)
+    this.#routes.clear()
+    return old
   }
 
   get operators (): ReadonlyMap<string, WindowOperator> {

@@ -139,12 +139,7 @@ export class Uplink {
     if (tiers.length === 0) throw new ConfigError('an uplink needs --fog or --cloud, or the mesh to find fogs in')
     this.outbox = new Outbox({ dataDir: options.dataDir, maxBytes: options.outboxMax, targets: tiers.map(t => t.name) })
     this.#defs = new OutboxDefinitions(this.outbox)
-    for (const operator of operators) {
-      if (!goesUpstream(operator)) continue
-      const def = pipelineDef(operator.pipeline.spec)
-      const defId = this.#defs.idOf(def)
-      this.#upstream.set(def.name, { operator, defId, def })
-    }
+    for (const operator of operators) this.addPipeline(operator)
     this.#shipper = new Shipper(this.outbox, this, {
       ...SHIPPER_DEFAULTS,
       tiers,
@@ -165,6 +160,17 @@ export class Uplink {
     this.flush()
     this.#closed = true
     this.outbox.close()
+  }
+
+  /**
+   * A pipeline to send upstream, or a new version of one (its windows from now on go with the new
+   * definition). A pipeline that stops running keeps its entry: its last windows and its watermark
+   * (idle once its `idle` has passed) still go out, so the merge tiers do not wait for it.
+   */
+  addPipeline (operator: WindowOperator): void {
+    if (!goesUpstream(operator)) return
+    const def = pipelineDef(operator.pipeline.spec)
+    this.#upstream.set(def.name, { operator, defId: this.#defs.idOf(def), def })
   }
 
   /** A window closed (or was re-emitted by a late reading): queue its contribution. */

@@ -6,6 +6,7 @@
  *   leader                    id of the leader (text), attached to the leader's lease
  *   shardmap                  the ShardMap (JSON) without status; only the leader writes it
  *   p/<pipeline>              PipelineDef (JSON) learned from batches
+ *   deployed                  the deployed pipeline set (JSON, see core/pipeline/deployment.ts)
  *   w/<pipeline>/<start>/<end>/<key>   a merged window: every edge's contribution, when first seen,
  *                             its final revision (CBOR, see WindowRecord); written only by the owner
  *                             of its shard
@@ -58,6 +59,7 @@ export class ClusterLayout {
 
   get leader (): string { return this.prefix + 'leader' }
   get shardMap (): string { return this.prefix + 'shardmap' }
+  get deployed (): string { return this.prefix + 'deployed' }
   get members (): string { return this.prefix + 'm/' }
   get windows (): string { return this.prefix + 'w/' }
   get marks (): string { return this.prefix + 'f/' }
@@ -84,6 +86,7 @@ export class ClusterLayout {
     const rest = key.slice(this.prefix.length)
     if (rest === 'leader') return { kind: 'leader' }
     if (rest === 'shardmap') return { kind: 'shardmap' }
+    if (rest === 'deployed') return { kind: 'deployed' }
     const slash = rest.indexOf('/')
     const head = rest.slice(0, slash)
     const parts = rest.slice(slash + 1).split('/')
@@ -100,7 +103,7 @@ export class ClusterLayout {
 }
 
 export type ParsedKey =
-  | { kind: 'leader' | 'shardmap' | 'other' }
+  | { kind: 'leader' | 'shardmap' | 'deployed' | 'other' }
   | { kind: 'member', id: string }
   | { kind: 'pipeline', name: string }
   | { kind: 'window' | 'mark', ref: WindowRef }

@@ -26,10 +26,13 @@ import { Etcd3, isRecoverableError } from 'etcd3'
 import type { IKeyValue, Lease, Watcher } from 'etcd3'
 import { ConsecutiveBreaker, ExponentialBackoff, circuitBreaker, handleWhen, retry } from 'cockatiel'
 import { HttpError } from '../core/errors.ts'
+import { EMPTY_DEPLOYMENT, readDeployedSet } from '../core/pipeline/deployment.ts'
+import type { DeployedSet } from '../core/pipeline/deployment.ts'
 import type { Batch, PipelineDef } from '../core/upstream/batch.ts'
 import { assignShards, shardOf } from '../core/upstream/shards.ts'
 import type { ShardMap, ShardMapView } from '../core/upstream/shards.ts'
 import type { BatchWrite, MergeWindow } from '../server/contribution-store.ts'
+import type { DeploymentStore } from '../server/deployment-store.ts'
 import { windowId } from '../server/contribution-store.ts'
 import type { Metrics } from '../server/metrics.ts'
 import type { ReplicatedChange, Replication } from '../server/replication.ts'
@@ -95,6 +98,8 @@ export interface ClusterSink {
   expired: (before: number, limit: number) => WindowRef[]
   /** Windows removed from etcd. */
   removed: (windows: WindowRef[]) => void
+  /** The deployed pipeline set changed (at start: the one in etcd, if any). */
+  deployed: (set: DeployedSet) => void
 }
 
 interface Mark {
@@ -102,7 +107,7 @@ interface Mark {
   revision: number
 }
 
-export class FogCluster implements Replication {
+export class FogCluster implements Replication, DeploymentStore {
   readonly #o: ClusterOptions
   readonly #layout: ClusterLayout
   readonly #client: Etcd3
@@ -116,6 +121,7 @@ export class FogCluster implements Replication {
   readonly #members = new Map<string, MemberRecord>()
   readonly #marks = new Map<string, Mark>()
   #leader: string | null = null
+  #deployed: DeployedSet = EMPTY_DEPLOYMENT
   #map: ShardMap | undefined
   #mapRev = 0
   /** The revision of the last event applied here: a new watch starts after it. */
@@ -247,6 +253,32 @@ export class FogCluster implements Replication {
         .then(...chunk.map(w => this.#client.delete().key(this.#layout.mark(w.ref))))
         .commit()
     }
+  }
+
+  /** The deployed set as this coordinator's mirror of etcd has it. */
+  current (): DeployedSet {
+    return this.#deployed
+  }
+
+  /**
+   * Stores a new deployed set if etcd's is still the one this coordinator knows (another coordinator
+   * may have deployed meanwhile: 409, and the client sends its request again).
+   */
+  async replace (next: DeployedSet, expected: number): Promise<void> {
+    const key = this.#layout.deployed
+    if (this.#deployed.revision !== expected) {
+      throw new HttpError(409, 'deployment_conflict', `the deployed set changed meanwhile (revision ${this.#deployed.revision}, expected ${expected}); send the request again`)
+    }
+    let res
+    try {
+      res = await this.#client.if(key, 'Mod', '==', this.#revs.get(key) ?? 0).then(this.#client.put(key).value(JSON.stringify(next))).commit()
+    } catch (err) {
+      this.#noQuorum(err)
+      throw new HttpError(503, 'no_quorum', `the fog cluster cannot store the deployment (etcd: ${(err as Error).message}); nothing changed`)
+    }
+    if (!res.succeeded) throw new HttpError(409, 'deployment_conflict', 'another coordinator deployed at the same time; send the request again')
+    this.#revs.set(key, Number(res.header.revision))
+    this.#deployed = next
   }
 
   // Committing
@@ -592,6 +624,10 @@ export class FogCluster implements Replication {
           }
           case 'pipeline':
             change.pipelines.push(JSON.parse(kv.value.toString()) as PipelineDef)
+            break
+          case 'deployed':
+            this.#deployed = readDeployedSet(JSON.parse(kv.value.toString()))
+            this.#sink?.deployed(this.#deployed)
             break
           case 'window':
             change.windows.push(decodeWindow(kv.value))

@@ -1,4 +1,5 @@
 /** Options of the fog coordinator (`fogmesh fog`), with their defaults. */
+import { ConfigError } from '../core/errors.ts'
 import { MERGE_OPTIONS, readMergeOptions } from '../server/merge-options.ts'
 import type { MergeOptions } from '../server/merge-options.ts'
 import { COMMON_OPTIONS } from '../server/options.ts'
@@ -19,7 +20,7 @@ export const FOG_OPTIONS: OptionTable = {
   'lease-ttl': { type: 'duration', default: `${CLUSTER_DEFAULTS.leaseTtl / 1000}s`, help: 'cluster only: a coordinator that stops renewing its etcd lease for this long loses its shards (whole seconds)' },
   'etcd-maintain-every': { type: 'duration', default: `${CLUSTER_DEFAULTS.maintainEvery / 1000}s`, help: 'cluster only: how often the leader removes windows past --etcd-retention and compacts etcd\'s history' },
   shards: { type: 'int', default: CLUSTER_DEFAULTS.shards, help: 'cluster only: virtual shards of a new cluster (an existing cluster keeps its count)' },
-  'admin-token': { type: 'string', help: 'token that pipeline deployment requires (accepted; deployment comes later)' }
+  'admin-token': { type: 'string', help: 'bearer token that PUT and DELETE /v1/pipelines/{name} require (default: the environment variable FOGMESH_ADMIN_TOKEN, which ps does not show; neither: deployment is off)' }
 }
 
 export interface FogOptions extends MergeOptions {
@@ -51,6 +52,19 @@ export function fogOptions (argv: string[]): FogOptions & { help: boolean } {
     etcdRetention: o.etcdRetention as number,
     leaseTtl: o.leaseTtl as number,
     etcdMaintainEvery: o.etcdMaintainEvery as number,
-    shards: o.shards as number
+    shards: o.shards as number,
+    adminToken: adminToken((o.adminToken as string | undefined) ?? nonEmpty(process.env.FOGMESH_ADMIN_TOKEN))
   }
+}
+
+/** Shortest admin token taken: anything shorter can be guessed by trying. */
+const MIN_TOKEN = 16
+
+function adminToken (token: string | undefined): string | undefined {
+  if (token !== undefined && token.length < MIN_TOKEN) throw new ConfigError(`--admin-token: use at least ${MIN_TOKEN} characters (e.g. openssl rand -hex 16)`)
+  return token
+}
+
+function nonEmpty (s: string | undefined): string | undefined {
+  return s === undefined || s === '' ? undefined : s
 }

@@ -6,16 +6,20 @@
 import type { PipelineSpec } from '../core/pipeline/spec.ts'
 import type { WindowEntry } from '../core/upstream/batch.ts'
 import type { Runnable } from '../server/lifecycle.ts'
+import { FileDeploymentStore } from '../server/deployment-store.ts'
 import { MergeNode } from '../server/merge-node.ts'
 import { FogCluster } from './cluster.ts'
 import type { WindowRef } from './cluster-layout.ts'
 import type { FogOptions } from './config.ts'
+import { Deployments } from './deployments.ts'
 import { Forwarder } from './forwarder.ts'
 
 export class FogCoordinator implements Runnable {
   readonly node: MergeNode
   /** Undefined without --etcd: a single fog with its own store. */
   readonly cluster: FogCluster | undefined
+  /** Pipelines deployed through this fog (PUT /v1/pipelines/{name}). */
+  readonly deployments: Deployments
   /** Undefined without --cloud: final windows stay here. */
   readonly forwarder: Forwarder | undefined
 
@@ -37,7 +41,18 @@ export class FogCoordinator implements Runnable {
       })
     // In a cluster, results live as long as etcd keeps them.
     const nodeOptions = this.cluster === undefined ? options : { ...options, retention: options.etcdRetention }
-    this.node = new MergeNode('fog', nodeOptions, specs, this.cluster)
+    this.deployments = new Deployments({
+      adminToken: options.adminToken,
+      store: this.cluster ?? new FileDeploymentStore(options.dataDir, log),
+      local: new Map(specs.map(s => [s.name, s])),
+      definition: name => this.node.definition(name),
+      onChange: deployed => { this.node.setDeployed(deployed) },
+      log
+    })
+    this.node = new MergeNode('fog', nodeOptions, specs, this.cluster, this.deployments.routes())
+    this.node.setDeployed(this.deployments.specs())
+    this.node.deployedRevision = () => Math.max(0, this.deployments.revision)
+    this.deployments.registerMetrics(this.node.metrics)
     this.cluster?.registerMetrics(this.node.metrics)
     const cluster = this.cluster
     this.forwarder = options.cloud === undefined
@@ -63,7 +78,8 @@ export class FogCoordinator implements Runnable {
       apply: change => { this.node.applyReplicated(change) },
       toForward: windows => { this.#forwardAgain(windows) },
       expired: (before, limit) => this.node.finalBefore(before, limit),
-      removed: windows => { this.node.removeReplicated(windows) }
+      removed: windows => { this.node.removeReplicated(windows) },
+      deployed: set => { this.deployments.adopt(set) }
     })
     this.forwarder?.start()
   }

@@ -47,6 +47,7 @@ export interface Reply {
   body?: unknown
   /** Sent as is, with this content type, instead of JSON. */
   raw?: { contentType: string, data: string | Buffer }
+  headers?: Record<string, string>
 }
 
 export interface Route {
@@ -176,7 +177,7 @@ export class HttpService {
       return
     }
     const body = JSON.stringify(reply.body ?? {})
-    res.writeHead(reply.status ?? 200, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(body) })
+    res.writeHead(reply.status ?? 200, { ...reply.headers, 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(body) })
     res.end(body)
   }
 
@@ -216,7 +217,11 @@ export class HttpService {
 }
 
 function errorReply (err: unknown): Reply {
-  if (err instanceof HttpError) return { status: err.status, body: { error: { ...err.details, code: err.code, message: err.message } } }
+  if (err instanceof HttpError) {
+    // RFC 6750: a 401 names the scheme it wants.
+    const headers = err.status === 401 ? { 'www-authenticate': 'Bearer realm="fogmesh"' } : undefined
+    return { status: err.status, body: { error: { ...err.details, code: err.code, message: err.message } }, headers }
+  }
   if (err instanceof FogmeshError) return { status: 400, body: { error: { code: err.code, message: err.message } } }
   console.error('internal error serving a request:', err)
   return { status: 500, body: { error: { code: 'internal', message: 'internal error' } } }

@@ -21,7 +21,7 @@ import type { ShardMapView } from '../core/upstream/shards.ts'
 import { ContributionStore, windowId } from './contribution-store.ts'
 import type { BatchWrite, MergeWindow } from './contribution-store.ts'
 import { HttpService } from './http.ts'
-import type { PipelineInfo, Request, Reply, ServiceApi } from './http.ts'
+import type { PipelineInfo, Request, Reply, Route, ServiceApi } from './http.ts'
 import { RoleMesh, SOFTWARE_VERSION } from './mesh/role-mesh.ts'
 import type { HeartbeatInput } from './mesh/mesh-node.ts'
 import { Metrics } from './metrics.ts'
@@ -81,8 +81,10 @@ export class MergeNode implements ServiceApi {
   readonly #results: ResultStore
   readonly #finalizer: Finalizer
   readonly #http: HttpService
-  /** Pipelines from --pipelines, by name (shown as specs by /v1/pipelines). */
-  readonly #specs: Map<string, PipelineSpec>
+  /** Pipelines from --pipelines, by name. */
+  readonly #fileSpecs: Map<string, PipelineSpec>
+  /** Pipelines from --pipelines and deployed ones, by name (shown as specs by /v1/pipelines). */
+  #specs: Map<string, PipelineSpec>
   /** Every pipeline merged here: from --pipelines and learned from batches. */
   readonly #defs = new Map<string, PipelineDef>()
   /**
@@ -117,17 +119,20 @@ export class MergeNode implements ServiceApi {
   #rate = { at: Date.now(), received: 0, perSecond: 0 }
   /** Batches waiting to leave this node (a fog's outbox for the cloud), for heartbeats; set by the owner. */
   outboxDepth: () => number = () => 0
+  /** Revision of the deployed pipeline set this fog serves, for heartbeats; set by the owner. */
+  deployedRevision: () => number = () => 0
 
   /**
    * With `replication`, the replicated state is the durable one: the local stores are kept in memory as
    * a mirror of it (filled through applyReplicated), and the data dir holds only what is this node's own.
    */
-  constructor (role: 'fog' | 'cloud', options: MergeOptions, specs: PipelineSpec[], replication?: Replication) {
+  constructor (role: 'fog' | 'cloud', options: MergeOptions, specs: PipelineSpec[], replication?: Replication, routes: Route[] = []) {
     this.role = role
     this.id = options.id
     this.#options = options
     this.#replication = replication
-    this.#specs = new Map(specs.map(s => [s.name, s]))
+    this.#fileSpecs = new Map(specs.map(s => [s.name, s]))
+    this.#specs = new Map(this.#fileSpecs)
     for (const s of specs) this.#defs.set(s.name, pipelineDef(s))
     const dataDir = replication === undefined ? options.dataDir : undefined
     this.#store = new ContributionStore({ dataDir })
@@ -148,7 +153,8 @@ export class MergeNode implements ServiceApi {
     for (const w of this.#store.pendingWindows()) this.#pending.set(windowId(w), w)
     this.#http = new HttpService(this, [
       { method: 'POST', path: '/v1/partials', handle: async req => await this.#receive(req) },
-      { method: 'GET', path: '/v1/shards', handle: () => ({ body: this.shards() }) }
+      { method: 'GET', path: '/v1/shards', handle: () => ({ body: this.shards() }) },
+      ...routes
     ],
       { host: options.host, port: options.httpPort, maxBody: options.maxBatch })
     this.membership = new RoleMesh(options, role, () => this.#heartbeat())
@@ -201,7 +207,7 @@ export class MergeNode implements ServiceApi {
     }
     if (this.role === 'fog') {
       const map = this.shards()
-      hb.fog = { leader: this.#fogView().leader, shardMapVersion: map.version, endpoints: map.members.slice(0, 16).map(m => m.http) }
+      hb.fog = { leader: this.#fogView().leader, shardMapVersion: map.version, endpoints: map.members.slice(0, 16).map(m => m.http), deployed: this.deployedRevision() }
     }
     return hb
   }
@@ -220,6 +226,24 @@ export class MergeNode implements ServiceApi {
   onFinal (listener: FinalListener): () => void {
     this.#listeners.add(listener)
     return () => { this.#listeners.delete(listener) }
+  }
+
+  /**
+   * The deployed pipelines, as of the latest change: merged here from now on and listed with their
+   * specs. A pipeline deleted from the set keeps its definition (it may have windows still to
+   * finalize, and its results stay queryable); new windows of it come only from edges that have not
+   * heard of the deletion yet.
+   */
+  setDeployed (specs: readonly PipelineSpec[]): void {
+    const next = new Map(this.#fileSpecs)
+    for (const s of specs) {
+      if (next.has(s.name)) continue
+      next.set(s.name, s)
+      // The deployment checked it merges as the definition known here; the version is the news.
+      this.#defs.set(s.name, pipelineDef(s))
+    }
+    this.#specs = next
+    this.membership.announce()
   }
 
   /** How a pipeline merged here merges (from --pipelines, or learned from batches), for forwarding. */

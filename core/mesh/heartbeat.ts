@@ -2,10 +2,11 @@
  * The mesh heartbeat: what every node gossips about itself at an interval. CBOR, version 1:
  *   { v: 1, id, role, peerId, http, sw, at, uptime, rate, outbox,
  *     pipelines: [{ name, version, watermark }, …], addrs?: [multiaddr, …],
- *     fog?: { leader, shardMapVersion, endpoints: [url, …] } }
+ *     fog?: { leader, shardMapVersion, endpoints: [url, …], deployed? } }
  * `at` is the sender's wall clock (ms since the epoch), used only to order heartbeats of one sender;
  * `uptime` is in ms, `rate` in readings per second, `outbox` in batches waiting to go upstream,
- * `watermark` in ms since the epoch or null before the first reading. `fog` is present on fogs only.
+ * `watermark` in ms since the epoch or null before the first reading. `fog` is present on fogs only;
+ * its `deployed` is the revision of the deployed pipeline set the fog serves (edges fetch a newer one).
  * `addrs` are the sender's libp2p addresses, so nodes that joined through one bootstrap peer can connect
  * to each other rather than hang off that one peer.
  *
@@ -39,6 +40,8 @@ export interface FogBeat {
   shardMapVersion: number
   /** HTTP URLs edges may send partials to. */
   endpoints: string[]
+  /** Revision of the deployed pipeline set (GET /v1/deployments); 0 when nothing was ever deployed. */
+  deployed?: number
 }
 
 export interface Heartbeat {
@@ -98,7 +101,11 @@ export function encodeHeartbeat (hb: Heartbeat): Uint8Array {
     pipelines: hb.pipelines.map(p => ({ name: p.name, version: p.version, watermark: p.watermark }))
   }
   if (hb.addrs !== undefined) body.addrs = hb.addrs
-  if (hb.fog !== undefined) body.fog = { leader: hb.fog.leader, shardMapVersion: hb.fog.shardMapVersion, endpoints: hb.fog.endpoints }
+  if (hb.fog !== undefined) {
+    const f: Record<string, unknown> = { leader: hb.fog.leader, shardMapVersion: hb.fog.shardMapVersion, endpoints: hb.fog.endpoints }
+    if (hb.fog.deployed !== undefined) f.deployed = hb.fog.deployed
+    body.fog = f
+  }
   const bytes = encoder.encode(body)
   if (bytes.byteLength > MAX_HEARTBEAT_BYTES) {
     throw new FogmeshError('heartbeat_too_large', `heartbeat of ${bytes.byteLength} bytes is over the ${MAX_HEARTBEAT_BYTES}-byte bound`)
@@ -151,7 +158,9 @@ function fog (v: unknown): FogBeat {
   if (!isMap(v)) throw new BadField('fog: expected a map')
   const leader = v.leader === null ? null : str(v, 'leader', MAX_ID)
   const endpoints = list(v, 'endpoints', MAX_ENDPOINTS).map((e, i) => httpUrl(v, `endpoints[${i}]`, e))
-  return { leader, shardMapVersion: num(v, 'shardMapVersion', true), endpoints }
+  const beat: FogBeat = { leader, shardMapVersion: num(v, 'shardMapVersion', true), endpoints }
+  if (v.deployed !== undefined) beat.deployed = num(v, 'deployed', true)
+  return beat
 }
 
 /**

@@ -308,13 +308,19 @@ export class WindowOperator {
   tick (now: number): void {
     const spec = this.pipeline.spec
     if (spec.timestamp === undefined) this.#advance(now - spec.lateness)
-    if (this.#nextClose !== Infinity && now - this.#lastReadingAt >= spec.idle) {
-      // The watermark jumps to the last end closed, so stragglers for those windows count as late.
-      let last = -Infinity
-      for (const byKey of this.#open.values()) for (const w of byKey.values()) last = Math.max(last, w.end)
-      for (const sessions of this.#sessions.values()) for (const s of sessions) last = Math.max(last, s.end)
-      this.#advance(last)
-    }
+    if (this.#nextClose !== Infinity && now - this.#lastReadingAt >= spec.idle) this.closeAll()
+  }
+
+  /**
+   * Closes (emits) every open time window and session now, as an idle pipeline does; incomplete count
+   * windows stay (they are local and close by count). Used when a pipeline is retired.
+   */
+  closeAll (): void {
+    // The watermark jumps to the last end closed, so stragglers for those windows count as late.
+    let last = -Infinity
+    for (const byKey of this.#open.values()) for (const w of byKey.values()) last = Math.max(last, w.end)
+    for (const sessions of this.#sessions.values()) for (const s of sessions) last = Math.max(last, s.end)
+    if (last > -Infinity) this.#advance(last)
   }
 
   /**

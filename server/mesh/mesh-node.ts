@@ -317,6 +317,11 @@ export class MeshNode {
     this.#timer = setTimeout(() => { this.#tick() }, interval)
   }
 
+  /** Something a heartbeat carries changed (the deployed set, say): tell the mesh now, not an interval later. */
+  announce (): void {
+    this.#publishSoon()
+  }
+
   #publishSoon (): void {
     if (this.#soon !== undefined || this.#libp2p === undefined) return
     this.#soon = setTimeout(() => {

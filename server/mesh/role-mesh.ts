@@ -26,6 +26,8 @@ export interface MeshPeerJson {
   state: string
   lastSeen: string
   http: string
+  /** The pipelines the peer runs (edges) or serves (fogs), with the versions, as it last gossiped. */
+  pipelines: Array<{ name: string, version: number }>
 }
 
 export interface MeshSelfJson {
@@ -89,6 +91,11 @@ export class RoleMesh {
     await node?.stop()
   }
 
+  /** A heartbeat field changed: publish now (nothing with the mesh off). */
+  announce (): void {
+    this.#node?.announce()
+  }
+
   /** ` mesh=<multiaddr>/p2p/<peer id>` for the ready line, or nothing with the mesh off. */
   readySuffix (): string {
     return this.#node === undefined ? '' : ` mesh=${this.#node.multiaddr()}`
@@ -106,7 +113,14 @@ export class RoleMesh {
     const view = node.view()
     return {
       self: view.self,
-      peers: view.peers.map(p => ({ id: p.id, role: p.role, state: p.state, lastSeen: new Date(p.lastSeen).toISOString(), http: p.http }))
+      peers: view.peers.map(p => ({
+        id: p.id,
+        role: p.role,
+        state: p.state,
+        lastSeen: new Date(p.lastSeen).toISOString(),
+        http: p.http,
+        pipelines: p.heartbeat.pipelines.map(({ name, version }) => ({ name, version }))
+      }))
     }
   }
 

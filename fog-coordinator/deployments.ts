@@ -1,0 +1,191 @@
+/**
+ * Pipeline deployment at a fog coordinator: `PUT /v1/pipelines/{name}` (YAML body) and `DELETE`,
+ * guarded by the admin token, and `GET /v1/deployments`, the deployed set edges fetch when a fog
+ * gossips a newer revision of it. The set is kept by a DeploymentStore: a file for a single fog, etcd
+ * for a cluster (every coordinator then sees every change through its watch, and serves the same set).
+ */
+import { createHash, timingSafeEqual } from 'node:crypto'
+import { HttpError, PipelineError } from '../core/errors.ts'
+import { changeSet, DEPLOYMENT_LIMITS, deployedSpec, incompatibility, sameSpec } from '../core/pipeline/deployment.ts'
+import type { DeployedSet } from '../core/pipeline/deployment.ts'
+import { pipelineToPlain } from '../core/pipeline/format.ts'
+import { parseSinglePipeline } from '../core/pipeline/parse.ts'
+import type { PipelineSpec } from '../core/pipeline/spec.ts'
+import type { PipelineDef } from '../core/upstream/batch.ts'
+import { sameSelects } from '../core/upstream/merge.ts'
+import { pipelineDef } from '../core/upstream/pipeline-def.ts'
+import type { DeploymentStore } from '../server/deployment-store.ts'
+import type { Reply, Request, Route } from '../server/http.ts'
+import type { Metrics } from '../server/metrics.ts'
+
+export interface DeploymentsOptions {
+  /** --admin-token; without one, PUT and DELETE answer 403 deployment_disabled. */
+  adminToken: string | undefined
+  store: DeploymentStore
+  /** The fog's own --pipelines: a deployment may not replace them. */
+  local: ReadonlyMap<string, PipelineSpec>
+  /** How the fog merges a pipeline of that name now (it may have learned one from batches). */
+  definition: (name: string) => PipelineDef | undefined
+  /** Called with the deployed pipelines whenever the set changes. */
+  onChange: (specs: PipelineSpec[]) => void
+  log: (line: string) => void
+}
+
+const NAME = /^[a-z0-9-]{1,64}$/
+
+function digest (s: string): Buffer {
+  return createHash('sha256').update(s).digest()
+}
+
+export class Deployments {
+  readonly #o: DeploymentsOptions
+  readonly #token: Buffer | undefined
+  #set: DeployedSet
+  #specs = new Map<string, PipelineSpec>()
+  /** Changes run one at a time: each is computed from the set the one before it left. */
+  #chain: Promise<unknown> = Promise.resolve()
+  readonly stats = { deployed: 0, deleted: 0, refused: 0 }
+
+  constructor (options: DeploymentsOptions) {
+    this.#o = options
+    this.#token = options.adminToken === undefined ? undefined : digest(options.adminToken)
+    this.#set = { revision: -1, pipelines: [] }
+    this.#take(options.store.current())
+  }
+
+  get revision (): number {
+    return this.#set.revision
+  }
+
+  get set (): DeployedSet {
+    return this.#set
+  }
+
+  specs (): PipelineSpec[] {
+    return [...this.#specs.values()]
+  }
+
+  /** The store holds `set` now (changed here, or by another coordinator of the cluster). */
+  adopt (set: DeployedSet): void {
+    if (this.#take(set)) this.#o.onChange(this.specs())
+  }
+
+  #take (set: DeployedSet): boolean {
+    if (set.revision <= this.#set.revision) return false
+    const specs = new Map<string, PipelineSpec>()
+    for (const p of set.pipelines) {
+      try {
+        specs.set(p.name, deployedSpec(p))
+      } catch (err) {
+        // Validated when it was deployed; a newer coordinator may have deployed what this one cannot read.
+        this.#o.log(`deployments: cannot run deployed pipeline ${p.name} v${p.version} here (${(err as Error).message})`)
+      }
+    }
+    this.#set = set
+    this.#specs = specs
+    return true
+  }
+
+  routes (): Route[] {
+    return [
+      { method: 'PUT', path: '/v1/pipelines/{name}', handle: async req => await this.#serially(async () => await this.#put(req)) },
+      { method: 'DELETE', path: '/v1/pipelines/{name}', handle: async req => await this.#serially(async () => await this.#delete(req)) },
+      { method: 'GET', path: '/v1/deployments', handle: () => ({ body: this.#set }) }
+    ]
+  }
+
+  registerMetrics (m: Metrics): void {
+    m.gauge('fogmesh_deployment_revision', 'Revision of the deployed pipeline set this fog serves', [], () => [[{}, Math.max(0, this.#set.revision)]])
+    m.counter('fogmesh_deployments_total', 'Pipeline deployments through this fog, by outcome', ['outcome'], () => [
+      [{ outcome: 'deployed' }, this.stats.deployed], [{ outcome: 'deleted' }, this.stats.deleted], [{ outcome: 'refused' }, this.stats.refused]
+    ])
+  }
+
+  async #serially (fn: () => Promise<Reply>): Promise<Reply> {
+    const run = this.#chain.then(fn, fn)
+    this.#chain = run.catch(() => {})
+    try {
+      return await run
+    } catch (err) {
+      this.stats.refused++
+      throw err
+    }
+  }
+
+  #authorize (req: Request): void {
+    if (this.#token === undefined) {
+      throw new HttpError(403, 'deployment_disabled', 'pipeline deployment is off on this fog: start it with --admin-token')
+    }
+    const header = req.headers.authorization
+    const m = typeof header === 'string' ? /^Bearer\s+(\S+)\s*$/i.exec(header) : null
+    // Compared as digests: equal lengths, and no early exit that would tell how much of a guess was right.
+    if (m == null || !timingSafeEqual(digest(m[1]), this.#token)) {
+      throw new HttpError(401, 'unauthorized', 'pipeline deployment needs the header "Authorization: Bearer <admin token>"')
+    }
+  }
+
+  #name (req: Request): string {
+    const name = req.params.name
+    if (!NAME.test(name)) throw new HttpError(400, 'bad_parameter', `"${name.slice(0, 80)}" is not a pipeline name ([a-z0-9-]+, at most 64 characters)`)
+    if (this.#o.local.has(name)) {
+      throw new HttpError(409, 'pipeline_conflict', `pipeline "${name}" is defined in this fog's pipelines file; deployed pipelines cannot replace it`)
+    }
+    return name
+  }
+
+  async #put (req: Request): Promise<Reply> {
+    this.#authorize(req)
+    const name = this.#name(req)
+    const body = await req.body()
+    if (body.byteLength > DEPLOYMENT_LIMITS.yamlBytes) {
+      throw new HttpError(413, 'body_too_large', `a pipeline's YAML is at most ${DEPLOYMENT_LIMITS.yamlBytes} bytes, not ${body.byteLength}`)
+    }
+    const yaml = body.toString('utf8')
+    let spec: PipelineSpec
+    try {
+      spec = parseSinglePipeline(yaml, `PUT /v1/pipelines/${name}`)
+    } catch (err) {
+      if (err instanceof PipelineError) throw new HttpError(400, err.code, err.message, { details: { problems: err.problems } })
+      throw err
+    }
+    if (spec.name !== name) throw new HttpError(400, 'name_mismatch', `the YAML names pipeline "${spec.name}", the path "${name}"`)
+    const current = this.#specs.get(name)
+    if (current !== undefined) {
+      const why = incompatibility(current, spec)
+      if (why !== undefined) throw new HttpError(409, 'incompatible_change', why)
+      if (sameSpec(current, spec)) return { body: { pipeline: this.#info(current), revision: this.#set.revision, changed: false } }
+    } else {
+      const known = this.#o.definition(name)
+      if (known !== undefined && !sameSelects(known, pipelineDef(spec))) {
+        throw new HttpError(409, 'pipeline_conflict', `this fog holds results of an earlier pipeline "${name}" that merges differently (window or select); use another name`)
+      }
+    }
+    if (current === undefined && this.#set.pipelines.length >= DEPLOYMENT_LIMITS.pipelines) {
+      throw new HttpError(409, 'too_many_pipelines', `at most ${DEPLOYMENT_LIMITS.pipelines} pipelines can be deployed; delete one first`)
+    }
+    // A version given in the YAML is kept when it is ahead; otherwise each deployment counts up.
+    const version = Math.max(spec.version, (current?.version ?? 0) + 1)
+    const next = changeSet(this.#set, { put: { name, version, yaml } })
+    await this.#o.store.replace(next, this.#set.revision)
+    this.adopt(next)
+    this.stats.deployed++
+    this.#o.log(`deployments: ${name} v${version} deployed (set revision ${next.revision})`)
+    return { status: current === undefined ? 201 : 200, body: { pipeline: this.#info({ ...spec, version }), revision: next.revision, changed: true } }
+  }
+
+  async #delete (req: Request): Promise<Reply> {
+    this.#authorize(req)
+    const name = this.#name(req)
+    if (!this.#set.pipelines.some(p => p.name === name)) throw new HttpError(404, 'unknown_pipeline', `no deployed pipeline named "${name}"`)
+    const next = changeSet(this.#set, { remove: name })
+    await this.#o.store.replace(next, this.#set.revision)
+    this.adopt(next)
+    this.stats.deleted++
+    this.#o.log(`deployments: ${name} deleted (set revision ${next.revision})`)
+    return { body: { deleted: name, revision: next.revision } }
+  }
+
+  #info (spec: PipelineSpec): { name: string, version: number, spec: Record<string, unknown> } {
+    return { name: spec.name, version: spec.version, spec: pipelineToPlain(spec) }
+  }
+}
