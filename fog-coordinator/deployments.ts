@@ -32,6 +32,7 @@ export interface DeploymentsOptions {
 }
 
 const NAME = /^[a-z0-9-]{1,64}$/
+const utf8 = new TextDecoder('utf-8', { fatal: true })
 
 function digest (s: string): Buffer {
   return createHash('sha256').update(s).digest()
@@ -140,7 +141,14 @@ export class Deployments {
     if (body.byteLength > DEPLOYMENT_LIMITS.yamlBytes) {
       throw new HttpError(413, 'body_too_large', `a pipeline's YAML is at most ${DEPLOYMENT_LIMITS.yamlBytes} bytes, not ${body.byteLength}`)
     }
-    const yaml = body.toString('utf8')
+    let yaml: string
+    try {
+      // Strictly: a lenient decode would turn each bad byte into a three-byte replacement character and
+      // store a pipeline larger than any node reads back.
+      yaml = utf8.decode(body)
+    } catch {
+      throw new HttpError(400, 'bad_encoding', 'a pipeline\'s YAML must be UTF-8')
+    }
     let spec: PipelineSpec
     try {
       spec = parseSinglePipeline(yaml, `PUT /v1/pipelines/${name}`)

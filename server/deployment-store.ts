@@ -9,7 +9,7 @@ import { closeSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, wr
 import { join } from 'node:path'
 import { EMPTY_DEPLOYMENT, readDeployedSet } from '../core/pipeline/deployment.ts'
 import type { DeployedSet } from '../core/pipeline/deployment.ts'
-import { HttpError } from '../core/errors.ts'
+import { ConfigError, HttpError } from '../core/errors.ts'
 
 /** The deployed set of a node, and how it changes. */
 export interface DeploymentStore {
@@ -36,7 +36,7 @@ export class FileDeploymentStore implements DeploymentStore {
     try {
       text = readFileSync(this.#path, 'utf8')
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw new ConfigError(`cannot read ${this.#path}: ${(err as Error).message}`, { cause: err })
     }
     if (text === undefined) return
     try {

@@ -6,54 +6,22 @@
  * Then the same with a tier failing in the middle: the fog killed and restarted, the fog away long
  * enough for the edges to fail over to the cloud, the cloud away, an edge restarted.
  */
-import { join } from 'node:path'
 import t from 'tap'
-import type { Test } from 'tap'
 import { loadPipelinesFile } from '../core/pipeline/parse.ts'
 import type { PipelineSpec } from '../core/pipeline/spec.ts'
-import { holdActive } from '../simulators/hold.ts'
 import { runSimulator } from '../simulators/sim.ts'
 import type { SimInput } from '../simulators/options.ts'
 import type { SimSummary } from '../simulators/sim.ts'
-import type { TruthFile, WindowResult as TruthResult } from '../simulators/truth.ts'
-import { compareResults, fetchMetric, fetchResults } from './helpers/ground-truth.ts'
-import { fetchJson, freePort, startFogmesh, tmpDir, waitFor } from './helpers/process.ts'
-import type { RunningProcess } from './helpers/process.ts'
+import type { TruthFile } from '../simulators/truth.ts'
+import { fetchMetric, fetchResults } from './helpers/ground-truth.ts'
+import {
+  expectEdgesExact, expectMergedExact, expectMergedExactOf, MAIN_FROM, MAIN_TO, MESH, metric, RUN, simulate, START, startMesh
+} from './helpers/mesh-scenario.ts'
+import type { Mesh } from './helpers/mesh-scenario.ts'
+import { fetchJson, waitFor } from './helpers/process.ts'
 
-const MESH = new URL('fixtures/mesh.yaml', import.meta.url).pathname
-const START = Date.UTC(2026, 0, 1)
-
-/** About 1,150 readings over 36 s of event time; as fast as the brokers take them unless `speed` is set. */
-const RUN: SimInput = {
-  start: START,
-  devices: 8,
-  rooms: 3,
-  rate: 4,
-  duration: 36_000,
-  seed: 3,
-  jitter: 1_500, // within the pipelines' 2 s lateness: out of order, never late
-  lateShare: 0.02,
-  lateBy: 20_000,
-  duplicateShare: 0.01,
-  malformedShare: 0.01
-}
 /** Event time per wall-clock time where a tier fails while readings flow: publishing takes about 4.5 s. */
 const SLOW = 8
-/**
- * Short runs an hour of event time before and after the main one. A merge tier waits only for edges
- * it has heard from, so in a mesh that starts from nothing the first edge to report could get windows
- * finalized without the other (then revised): the warm-up makes every tier know every edge first. And
- * an edge's watermark stops at its own last reading, so without time moving on the other edge's last
- * windows would be final only after --finalize-after: the tail moves both edges' watermarks past the
- * main run. Their windows are left out of the comparisons.
- */
-const WARM_UP: SimInput = { start: START - 3_600_000, devices: 8, rooms: 3, rate: 4, duration: 6_000, seed: 99 }
-/**
- * Readings at real-time pace after the warm-up, until the main run starts: the pipelines' idle is 1 s,
- * and edges idle when the main run is published all at once would race (see simulators/hold.ts).
- */
-const HOLD: SimInput = { start: START - 3_600_000 + 6_000, devices: 8, rooms: 3, rate: 4, seed: 97 }
-const TAIL: SimInput = { start: START + 3_600_000, devices: 8, rooms: 3, rate: 4, duration: 2_000, seed: 98 }
 /**
  * Readings on e2 alone after the main run, while e1 gets none (and goes idle). No late readings: the
  * truth of a run starts from nothing, and e2 does not.
@@ -64,146 +32,6 @@ const E2_ALONE: SimInput = { start: START + 60_000, devices: 8, rooms: 3, rate: 
  * timeout (120 s) in practice: a subtest that times out still stops its processes, the file being killed does not.
  */
 const SUBTEST_TIMEOUT = 22_000
-/** Longest wait for a tier to equal the truth. */
-const EXACT_WITHIN = 10_000
-/** Results of the main run start in [MAIN_FROM, MAIN_TO) (its late readings go back 20 s at most). */
-const MAIN_FROM = START - 600_000
-const MAIN_TO = START + 600_000
-
-interface MeshOptions {
-  /** Extra flags, after (and overriding) the defaults below. */
-  cloud?: string[]
-  fog?: string[]
-  edge?: string[]
-  /** After the warm-up, stop the fog (SIGTERM): the test brings it back with `startFog`. */
-  fogAway?: boolean
-}
-
-interface Mesh {
-  cloud: RunningProcess
-  fog: RunningProcess
-  edges: RunningProcess[]
-  /** The edges' broker URLs when the simulator ran: the truth names the edges by them. */
-  brokers: string[]
-  startCloud: () => Promise<RunningProcess>
-  startFog: () => Promise<RunningProcess>
-  startEdge: (i: number) => Promise<RunningProcess>
-  /** Ends the readings that keep the edges active after the warm-up: right before the main run. */
-  release: () => Promise<void>
-}
-
-function alive (p: RunningProcess | undefined): p is RunningProcess {
-  return p !== undefined && p.proc.exitCode === null && p.proc.signalCode === null
-}
-
-/**
- * Starts the mesh in a temp dir. The cloud and the fog get fixed ports, so that after a restart on the
- * same data dir the tiers below find them again. Everything is stopped (or killed) at teardown.
- */
-async function startMesh (t: Test, opts: MeshOptions = {}): Promise<Mesh> {
-  const dir = await tmpDir('fogmesh-mesh-')
-  const running = new Set<RunningProcess>()
-  t.teardown(async () => {
-    await Promise.all([...running].filter(alive).map(p => p.stop(5_000).catch(() => p.kill('SIGKILL'))))
-    await dir.cleanup()
-  })
-  const launch = async (args: string[]): Promise<RunningProcess> => {
-    const p = await startFogmesh(args)
-    running.add(p)
-    return p
-  }
-  const [cloudPort, fogPort] = await Promise.all([freePort(), freePort()])
-  const cloudUrl = `http://127.0.0.1:${cloudPort}`
-  const fogUrl = `http://127.0.0.1:${fogPort}`
-  // The cloud learns the pipelines from the fog's batches; the fog and the edges read the file. The
-  // merge tiers' --finalize-after is longer than any tier stays away here: windows are final by
-  // watermarks (the cloud, on failover, by the fog's), never by giving up on a tier.
-  const cloudArgs = ['cloud', '--id', 'c1', '--http-port', String(cloudPort), '--data-dir', join(dir.path, 'cloud'),
-    '--tick', '100ms', '--finalize-after', '30s', ...opts.cloud ?? []]
-  const fogArgs = ['fog', '--id', 'f1', '--http-port', String(fogPort), '--data-dir', join(dir.path, 'fog'), '--pipelines', MESH,
-    '--cloud', cloudUrl, '--tick', '100ms', '--finalize-after', '30s', '--uplink-retry-max', '500ms', ...opts.fog ?? []]
-  const edgeArgs = (i: number) => ['edge', '--id', `e${i + 1}`, '--pipelines', MESH, '--mqtt-port', '0', '--http-port', '0',
-    '--data-dir', join(dir.path, `e${i + 1}`), '--fog', fogUrl, '--cloud', cloudUrl, '--failover-after', '2s', '--uplink-retry-max', '500ms',
-    ...opts.edge ?? []]
-  const mesh = {
-    edges: [] as RunningProcess[],
-    brokers: [] as string[],
-    startCloud: async () => (mesh.cloud = await launch(cloudArgs)),
-    startFog: async () => (mesh.fog = await launch(fogArgs)),
-    startEdge: async (i: number) => (mesh.edges[i] = await launch(edgeArgs(i)))
-  } as Mesh
-  await Promise.all([mesh.startCloud(), mesh.startFog(), mesh.startEdge(0), mesh.startEdge(1)])
-  mesh.brokers = mesh.edges.map(e => e.mqtt!)
-  await warmUp(mesh)
-  const hold = holdActive({ ...HOLD, mqtt: mesh.brokers })
-  mesh.release = hold.release
-  t.teardown(async () => await hold.release().catch(() => {}))
-  if (opts.fogAway === true) await mesh.fog.stop()
-  return mesh
-}
-
-/** Runs the warm-up and waits until the fog knows both edges, and the cloud the fog, in every pipeline. */
-async function warmUp (mesh: Mesh): Promise<void> {
-  await runSimulator({ ...WARM_UP, mqtt: mesh.brokers })
-  const knows = async (base: string, ids: string[]) => {
-    const edges = (await fetchJson(`${base}/v1/mesh`)).body.edges as Array<{ id: string, watermarks: Record<string, string> }>
-    return ids.every(id => Object.keys(edges.find(e => e.id === id)?.watermarks ?? {}).length === 3)
-  }
-  await waitFor(() => knows(mesh.fog.http, ['e1', 'e2']), { timeoutMs: 10_000, message: 'the fog hearing from both edges in every pipeline' })
-  await waitFor(() => knows(mesh.cloud.http, ['e1', 'e2', 'f1']), { timeoutMs: 10_000, message: 'the cloud hearing from the fog in every pipeline' })
-}
-
-/** The main run (its summary has the truth), then the tail. */
-async function simulate (mesh: Mesh, specs: PipelineSpec[], over: SimInput = {}): Promise<SimSummary> {
-  await mesh.release()
-  const sim = await runSimulator({ ...RUN, mqtt: mesh.brokers, pipelines: specs, ...over })
-  await runSimulator({ ...TAIL, mqtt: mesh.brokers })
-  return sim
-}
-
-async function metric (base: string, name: string, labels = ''): Promise<number> {
-  return (await fetchMetric(base, name)).get(labels) ?? 0
-}
-
-/** Every difference between a tier's final results and `want`, pipeline by pipeline. */
-async function differences (base: string, specs: PipelineSpec[], want: (pipeline: string) => TruthResult[], sources?: number): Promise<string[]> {
-  const out: string[] = []
-  for (const spec of specs) {
-    const served = (await fetchResults(base, spec.name)).filter(r => Date.parse(r.start) >= MAIN_FROM && Date.parse(r.start) < MAIN_TO)
-    out.push(...compareResults(spec, served, want(spec.name), sources === undefined ? {} : { sources }))
-  }
-  return out
-}
-
-/**
- * Polls until a tier's results equal the truth (every expected window final, nothing else final), then
- * asserts it; on a timeout the assertion shows what still differs.
- */
-async function expectExact (t: Test, what: string, check: () => Promise<string[]>, timeoutMs = EXACT_WITHIN): Promise<void> {
-  let last: string[] = ['never checked']
-  try {
-    await waitFor(async () => {
-      try {
-        last = await check()
-      } catch (err) {
-        last = [`cannot read the results: ${(err as Error).message}`]
-      }
-      return last.length === 0
-    }, { timeoutMs, intervalMs: 250, message: what })
-  } catch {}
-  const shown = last.length > 8 ? [...last.slice(0, 8), `… and ${last.length - 8} more`] : last
-  t.same(shown, [], `${what} equal the ground truth`)
-}
-
-async function expectEdgesExact (t: Test, mesh: Mesh, specs: PipelineSpec[], sim: SimSummary): Promise<void> {
-  for (const [i, edge] of mesh.edges.entries()) {
-    await expectExact(t, `edge e${i + 1}'s results`, () => differences(edge.http, specs, p => sim.truth!.pipelines[p].edges[mesh.brokers[i]].results, 1))
-  }
-}
-
-async function expectMergedExact (t: Test, tier: 'fog' | 'cloud', base: string, specs: PipelineSpec[], sim: SimSummary): Promise<void> {
-  await expectExact(t, `the ${tier}'s results`, () => differences(base, specs, p => sim.truth!.pipelines[p].merged!.results))
-}
 
 interface Background {
   /** The run's ground truth, known before it publishes (the simulator is seeded). */
@@ -405,7 +233,3 @@ t.test('an edge whose readings stop goes idle: the other edge\'s windows are fin
   const edges = (await fetchJson(`${mesh.fog.http}/v1/mesh`)).body.edges as Array<{ id: string }>
   t.same(edges.map(e => e.id), ['e1', 'e2'], 'the fog still knows e1')
 })
-
-async function expectMergedExactOf (t: Test, tier: 'fog' | 'cloud', base: string, specs: PipelineSpec[], want: (pipeline: string) => TruthResult[]): Promise<void> {
-  await expectExact(t, `the ${tier}'s results`, () => differences(base, specs, want))
-}
