@@ -10,6 +10,7 @@ import type { PipelineSpec } from '../core/pipeline/spec.ts'
 import type { WindowOperator } from '../core/windows/operator.ts'
 import { windowValues } from '../core/windows/window.ts'
 import type { WindowState } from '../core/windows/window.ts'
+import { advertisedUrl } from '../server/advertise.ts'
 import { FileDeploymentStore } from '../server/deployment-store.ts'
 import { HttpService } from '../server/http.ts'
 import type { HeartbeatInput } from '../server/mesh/mesh-node.ts'
@@ -340,7 +341,7 @@ export class EdgeAgent implements ServiceApi {
     if (now > r.at) this.#rate = { at: now, messages, perSecond: (messages - r.messages) * 1000 / (now - r.at) }
     const uplink = this.#uplink
     return {
-      http: this.httpUrl,
+      http: advertisedUrl(this.#options, this.httpUrl),
       sw: SOFTWARE_VERSION,
       uptime: this.membership.uptime,
       rate: this.#rate.perSecond,

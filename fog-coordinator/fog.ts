@@ -74,7 +74,7 @@ export class FogCoordinator implements Runnable {
 
   async start (): Promise<void> {
     await this.node.start()
-    await this.cluster?.start(this.node.httpUrl, {
+    await this.cluster?.start(this.node.advertisedUrl, {
       apply: change => { this.node.applyReplicated(change) },
       toForward: windows => { this.#forwardAgain(windows) },
       expired: (before, limit) => this.node.finalBefore(before, limit),

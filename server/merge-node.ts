@@ -18,6 +18,7 @@ import type { Batch, PipelineDef, Watermark, WindowEntry } from '../core/upstrea
 import { Finalizer, mergeContributions, sameSelects, supersedes } from '../core/upstream/merge.ts'
 import { pipelineDef } from '../core/upstream/pipeline-def.ts'
 import type { ShardMapView } from '../core/upstream/shards.ts'
+import { advertisedUrl } from './advertise.ts'
 import { ContributionStore, windowId } from './contribution-store.ts'
 import type { BatchWrite, MergeWindow } from './contribution-store.ts'
 import { HttpService } from './http.ts'
@@ -166,6 +167,11 @@ export class MergeNode implements ServiceApi {
     return this.#http.url
   }
 
+  /** The URL other nodes reach this one at (see advertise.ts). */
+  get advertisedUrl (): string {
+    return advertisedUrl(this.#options, this.#http.url)
+  }
+
   async start (): Promise<void> {
     await this.#http.listen()
     this.#timers.push(setInterval(() => this.#finalizeSafely(), this.#options.tick))
@@ -198,7 +204,7 @@ export class MergeNode implements ServiceApi {
     // Sampled at each heartbeat rather than kept per second: heartbeats are the only reader.
     if (now > r.at) this.#rate = { at: now, received, perSecond: (received - r.received) * 1000 / (now - r.at) }
     const hb: HeartbeatInput = {
-      http: this.httpUrl,
+      http: this.advertisedUrl,
       sw: SOFTWARE_VERSION,
       uptime: this.membership.uptime,
       rate: this.#rate.perSecond,
@@ -655,7 +661,7 @@ export class MergeNode implements ServiceApi {
   /** GET /v1/shards: the cluster's shard map, or (a single node) no shards: send it everything. */
   shards (): ShardMapView {
     return this.#replication?.view() ?? {
-      version: 0, shards: 0, owners: [], members: [{ id: this.id, http: this.httpUrl }], leader: null, status: 'embedded'
+      version: 0, shards: 0, owners: [], members: [{ id: this.id, http: this.advertisedUrl }], leader: null, status: 'embedded'
     }
   }
 

@@ -144,7 +144,8 @@ export function optionsHelp (usage: string, table: OptionTable): string {
 /** Options every server role takes. */
 export const COMMON_OPTIONS: OptionTable = {
   id: { type: 'string', help: 'name of this node in results, metrics and the mesh (default: <role>-<hostname>)' },
-  host: { type: 'string', default: '127.0.0.1', help: 'address the HTTP API listens on (0.0.0.0 for every interface)' },
+  host: { type: 'string', default: '127.0.0.1', help: 'address the HTTP API (and the mesh) listens on (0.0.0.0 for every interface)' },
+  'advertise-url': { type: 'url', help: 'HTTP URL other nodes reach this one at (default: the listen URL; with --host 0.0.0.0 or ::, this machine\'s first external address)' },
   'http-port': { type: 'port', default: 0, help: 'HTTP API port; 0 picks any free port' },
   'data-dir': { type: 'string', help: 'directory for durable state (default: ./data/<id>)' },
   pipelines: { type: 'string', help: 'pipelines file (YAML)' },
@@ -161,6 +162,7 @@ export const COMMON_OPTIONS: OptionTable = {
 export interface CommonOptions {
   id: string
   host: string
+  advertiseUrl?: string
   httpPort: number
   dataDir: string
   pipelines?: string
