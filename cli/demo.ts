@@ -15,6 +15,7 @@
  * the demo stops the rest and exits 1; if the demo itself is killed outright, the nodes notice their
  * parent is gone and stop themselves (cli/node-process.ts).
  */
+import { randomBytes } from 'node:crypto'
 import { mkdir, writeFile } from 'node:fs/promises'
 import { createServer } from 'node:net'
 import { constants } from 'node:os'
@@ -28,6 +29,7 @@ import { runSimulator } from '../simulators/sim.ts'
 import { NodeProcess, exitStatus } from './node-process.ts'
 
 const EXAMPLE = fileURLToPath(new URL('../examples/pipelines.yaml', import.meta.url))
+const DEPLOYABLE = fileURLToPath(new URL('../examples/device-temp.yaml', import.meta.url))
 const HOST = '127.0.0.1'
 /** Longest a node may take to print its ready line, and to stop after SIGTERM. */
 const READY_TIMEOUT = 30_000
@@ -71,6 +73,8 @@ const DEFAULT_PORTS: Ports = {
 }
 /** The demo's mesh key, in its data dir: made at the first run, kept for the next ones. */
 const MESH_KEY = 'mesh.key'
+/** The fog's admin token (pipeline deployment), in the demo's data dir. */
+const ADMIN_TOKEN = 'admin.token'
 
 export function demoPorts (base: number | undefined): Ports {
   if (base === undefined) return DEFAULT_PORTS
@@ -178,15 +182,15 @@ interface Stop {
   message?: string
 }
 
-/** The path of the demo's mesh key, written on the first run. */
-async function demoMeshKey (dataDir: string): Promise<string> {
-  const file = resolve(dataDir, MESH_KEY)
+/** The path of a secret of the demo's (the mesh key, the admin token), written on the first run. */
+async function demoSecret (dataDir: string, name: string, make: () => string): Promise<string> {
+  const file = resolve(dataDir, name)
   await mkdir(dataDir, { recursive: true })
   try {
-    await writeFile(file, generateSwarmKey(), { mode: 0o600, flag: 'wx' })
+    await writeFile(file, make(), { mode: 0o600, flag: 'wx' })
   } catch (err) {
     // Kept from an earlier run: the nodes' peer ids are kept in their data dirs too.
-    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw new ConfigError(`demo: cannot write the mesh key ${file}: ${(err as Error).message}`, { cause: err })
+    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw new ConfigError(`demo: cannot write ${file}: ${(err as Error).message}`, { cause: err })
   }
   return file
 }
@@ -205,7 +209,8 @@ export async function demoCommand (argv: string[]): Promise<number> {
     return 1
   }
 
-  const meshKey = await demoMeshKey(o.dataDir)
+  const meshKey = await demoSecret(o.dataDir, MESH_KEY, generateSwarmKey)
+  const adminToken = await demoSecret(o.dataDir, ADMIN_TOKEN, () => randomBytes(16).toString('hex') + '\n')
 
   let requestStop: (s: Stop) => void = () => {}
   const stopRequested = new Promise<Stop>(resolve => { requestStop = resolve })
@@ -256,7 +261,8 @@ export async function demoCommand (argv: string[]): Promise<number> {
       '--mesh-port', String(o.ports.mesh[name]), '--mesh-key', meshKey, ...(bootstrap === undefined ? [] : ['--bootstrap', bootstrap])
     ]
     const cloud = await start('cloud', 'cloud', ['--http-port', String(o.ports.http.cloud), ...mesh('cloud')])
-    const fog = cloud && await start('fog', 'fog', ['--http-port', String(o.ports.http.fog), '--cloud', cloud.http, ...mesh('fog', cloud.mesh)])
+    const fog = cloud && await start('fog', 'fog', ['--http-port', String(o.ports.http.fog), '--cloud', cloud.http, '--admin-token-file', adminToken,
+      ...mesh('fog', cloud.mesh)])
     const edges = fog && await Promise.all((['edge-1', 'edge-2'] as const).map(async name => await start(name, 'edge', [
       '--http-port', String(o.ports.http[name]), '--mqtt-port', String(o.ports.mqtt[name]), '--fog', fog.http, '--cloud', cloud.http,
       ...mesh(name, fog.mesh)
@@ -318,12 +324,14 @@ async function simulate (brokers: string[], o: DemoOptions, signal: AbortSignal)
   }
 }
 
+/** A path as the user would type it from here. */
+function display (path: string): string {
+  const rel = relative(process.cwd(), path)
+  return rel.startsWith('..') ? path : rel
+}
+
 function banner (o: DemoOptions, http: Record<NodeName, string>, mqtt: string[]): string {
-  const dir = (name: NodeName) => {
-    const path = resolve(o.dataDir, name)
-    const rel = relative(process.cwd(), path)
-    return rel.startsWith('..') ? path : rel
-  }
+  const dir = (name: NodeName) => display(resolve(o.dataDir, name))
   const rows: Array<[string, string, string, string]> = [
     ['node', 'HTTP API', 'MQTT', 'data dir'],
     ['edge-1', http['edge-1'], mqtt[0], dir('edge-1')],
@@ -351,6 +359,11 @@ function banner (o: DemoOptions, http: Record<NodeName, string>, mqtt: string[])
     `  curl '${http.cloud}/v1/aggregates/building-humidity?limit=5'`,
     `  curl ${http.fog}/v1/mesh    # every node of the mesh, and the edges' watermarks, as the fog sees them`,
     `  curl ${http['edge-1']}/metrics`,
+    '',
+    'Deploy a pipeline once, at the fog, and both edges run it within seconds (then query device-temp):',
+    '',
+    `  curl -X PUT -H "Authorization: Bearer $(cat ${display(resolve(o.dataDir, ADMIN_TOKEN))})" \\`,
+    `       --data-binary @${display(DEPLOYABLE)} ${http.fog}/v1/pipelines/device-temp`,
     '',
     'Ctrl-C stops everything: the simulator, the edges, the fog, the cloud.',
     ''

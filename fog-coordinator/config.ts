@@ -1,4 +1,5 @@
 /** Options of the fog coordinator (`fogmesh fog`), with their defaults. */
+import { readFileSync } from 'node:fs'
 import { ConfigError } from '../core/errors.ts'
 import { MERGE_OPTIONS, readMergeOptions } from '../server/merge-options.ts'
 import type { MergeOptions } from '../server/merge-options.ts'
@@ -20,7 +21,8 @@ export const FOG_OPTIONS: OptionTable = {
   'lease-ttl': { type: 'duration', default: `${CLUSTER_DEFAULTS.leaseTtl / 1000}s`, help: 'cluster only: a coordinator that stops renewing its etcd lease for this long loses its shards (whole seconds)' },
   'etcd-maintain-every': { type: 'duration', default: `${CLUSTER_DEFAULTS.maintainEvery / 1000}s`, help: 'cluster only: how often the leader removes windows past --etcd-retention and compacts etcd\'s history' },
   shards: { type: 'int', default: CLUSTER_DEFAULTS.shards, help: 'cluster only: virtual shards of a new cluster (an existing cluster keeps its count)' },
-  'admin-token': { type: 'string', help: 'bearer token that PUT and DELETE /v1/pipelines/{name} require (default: the environment variable FOGMESH_ADMIN_TOKEN, which ps does not show; neither: deployment is off)' }
+  'admin-token': { type: 'string', help: 'bearer token that PUT and DELETE /v1/pipelines/{name} require (default: the environment variable FOGMESH_ADMIN_TOKEN; none: deployment is off)' },
+  'admin-token-file': { type: 'string', help: 'read the admin token from this file instead (unlike a flag, ps does not show it)' }
 }
 
 export interface FogOptions extends MergeOptions {
@@ -53,7 +55,7 @@ export function fogOptions (argv: string[]): FogOptions & { help: boolean } {
     leaseTtl: o.leaseTtl as number,
     etcdMaintainEvery: o.etcdMaintainEvery as number,
     shards: o.shards as number,
-    adminToken: adminToken((o.adminToken as string | undefined) ?? nonEmpty(process.env.FOGMESH_ADMIN_TOKEN))
+    adminToken: adminToken((o.adminToken as string | undefined) ?? tokenFile(o.adminTokenFile as string | undefined) ?? nonEmpty(process.env.FOGMESH_ADMIN_TOKEN))
   }
 }
 
@@ -63,6 +65,15 @@ const MIN_TOKEN = 16
 function adminToken (token: string | undefined): string | undefined {
   if (token !== undefined && token.length < MIN_TOKEN) throw new ConfigError(`--admin-token: use at least ${MIN_TOKEN} characters (e.g. openssl rand -hex 16)`)
   return token
+}
+
+function tokenFile (path: string | undefined): string | undefined {
+  if (path === undefined) return undefined
+  try {
+    return readFileSync(path, 'utf8').trim()
+  } catch (err) {
+    throw new ConfigError(`--admin-token-file: cannot read ${path}: ${(err as Error).message}`, { cause: err })
+  }
 }
 
 function nonEmpty (s: string | undefined): string | undefined {

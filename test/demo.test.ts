@@ -8,6 +8,7 @@ import { spawn } from 'node:child_process'
 import { readdirSync, readFileSync } from 'node:fs'
 import { createServer } from 'node:net'
 import type { AddressInfo } from 'node:net'
+import { join } from 'node:path'
 import { createInterface } from 'node:readline'
 import t from 'tap'
 import { exitStatus, fetchJson, fogmeshBin, repoRoot, tmpDir, track, waitFor } from './helpers/process.ts'
@@ -113,6 +114,22 @@ t.test('the demo runs the mesh until a window is final at the cloud, and SIGINT 
     return alive.length === 3 ? alive : undefined
   }, { timeoutMs: 15_000, message: 'every other node alive in the cloud\'s mesh view' })
   t.same(others, ['demo-edge-1', 'demo-edge-2', 'demo-fog'], 'the nodes run as one mesh')
+
+  // The deployment the banner suggests: the token from the data dir, the example pipeline, both edges.
+  const token = readFileSync(join(dir.path, 'admin.token'), 'utf8').trim()
+  const yaml = readFileSync(join(repoRoot, 'examples', 'device-temp.yaml'), 'utf8')
+  t.ok(demo.output.some(l => l.includes(`${fog}/v1/pipelines/device-temp`)), 'it prints how to deploy a pipeline')
+  const deployed = await fetchJson(`${fog}/v1/pipelines/device-temp`, { method: 'PUT', headers: { authorization: `Bearer ${token}` }, body: yaml })
+  t.equal(deployed.status, 201, 'the example pipeline deploys with the demo\'s token')
+  const edges = (await fetchJson(`${fog}/v1/mesh`)).body.peers.filter((p: { role: string }) => p.role === 'edge') as Array<{ http: string }>
+  await waitFor(async () => {
+    for (const e of edges) {
+      const names = ((await fetchJson(`${e.http}/v1/pipelines`)).body.pipelines as Array<{ name: string }>).map(p => p.name)
+      if (!names.includes('device-temp')) return false
+    }
+    return edges.length === 2
+  }, { timeoutMs: 10_000, message: 'both edges running device-temp' })
+  t.pass('both edges run the deployed pipeline')
 
   const pids = Object.values(nodes).flat()
   demo.signal('SIGINT')
