@@ -3,7 +3,7 @@
  * same run on the same machine. Shared CI machines are too noisy for absolute figures to mean anything,
  * so the bench reports ratios, takes the median of alternating rounds, and asserts nothing.
  *
- *   node bench/run.ts [--quick] [--only edge|upstream|cluster|cluster-long] [--long DURATION] [--rounds N] [--readings N] [--poll-ms MS]
+ *   node bench/run.ts [--quick] [--only edge|upstream|cluster|cluster-long|mesh] [--long DURATION] [--rounds N] [--readings N] [--poll-ms MS]
  *                     [--profile | --no-profile] [--agent-node-args="--max-semi-space-size=2 ..."] [--out FILE]
  *
  * Throughput: bench/publisher.ts (its own process) writes M pre-encoded QoS 0 readings over one
@@ -16,7 +16,10 @@
  * latency at the fog and the cloud, on a mesh of real processes. Cluster (bench/cluster.ts, needs
  * etcd): committed partial batches per second and commit latency through a fog cluster of three
  * coordinators on a 3-member etcd, against raw etcd writes in alternating rounds, and failover times;
- * `--only cluster-long [--long 5m]` samples etcd's size under a steady load instead. Results go to
+ * `--only cluster-long [--long 5m]` samples etcd's size under a steady load instead. Mesh
+ * (bench/mesh.ts): 20 mesh nodes on loopback, their convergence and gossip bytes per node against the
+ * floor of every heartbeat received once, and the RSS of a process running one node against a bare
+ * one and one with the mesh code loaded, in alternating rounds. Results go to
  * stdout and bench/results.json; with --only, the parts not run keep their figures from the previous file.
  */
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
@@ -33,6 +36,7 @@ import {
 import type { Child, Rate } from './lib.ts'
 import { runUpstreamBench, upstreamRows } from './upstream.ts'
 import { clusterLongRows, clusterRows, runClusterBench, runClusterLongBench } from './cluster.ts'
+import { meshRows, runMeshBench } from './mesh.ts'
 import { parseDuration } from '../core/duration.ts'
 import { findEtcd } from '../simulators/etcd-cluster.ts'
 
@@ -65,7 +69,7 @@ function readArgs () {
 }
 
 function usage (message: string): never {
-  process.stderr.write(`bench: ${message}\nusage: node bench/run.ts [--quick] [--only edge|upstream|cluster|cluster-long] [--long DURATION] [--rounds N] [--readings N] [--poll-ms MS] ` +
+  process.stderr.write(`bench: ${message}\nusage: node bench/run.ts [--quick] [--only edge|upstream|cluster|cluster-long|mesh] [--long DURATION] [--rounds N] [--readings N] [--poll-ms MS] ` +
     '[--profile | --no-profile] [--agent-node-args="--max-semi-space-size=2 ..."] [--out FILE]\n')
   process.exit(2)
 }
@@ -73,7 +77,7 @@ function usage (message: string): never {
 const ARG_OPTIONS = {
   quick: { type: 'boolean', default: false },
   // One part alone: the edge agent's throughput and memory, the upstream bytes and latency, the fog
-  // cluster's commits and failover, or (only this way) etcd's size over a long run.
+  // cluster's commits and failover, the mesh's gossip and memory, or (only this way) etcd's size over a long run.
   only: { type: 'string' },
   // How long cluster-long runs (default 2m, 40s with --quick: one retention and a maintenance).
   long: { type: 'string' },
@@ -97,13 +101,14 @@ function positiveInt (name: string, raw: string | undefined, fallback: number): 
 }
 
 const quick = args.quick === true
-const PARTS = ['edge', 'upstream', 'cluster', 'cluster-long']
+const PARTS = ['edge', 'upstream', 'cluster', 'cluster-long', 'mesh']
 if (args.only !== undefined && !PARTS.includes(args.only)) usage(`--only: expected ${PARTS.join(', ')}, got ${args.only}`)
 const parts = {
   edge: args.only === undefined || args.only === 'edge',
   upstream: args.only === undefined || args.only === 'upstream',
   cluster: args.only === undefined || args.only === 'cluster',
-  clusterLong: args.only === 'cluster-long'
+  clusterLong: args.only === 'cluster-long',
+  mesh: args.only === undefined || args.only === 'mesh'
 }
 if (args.long !== undefined && args.only !== 'cluster-long') usage('--long goes with --only cluster-long')
 let longMs = quick ? 40_000 : 120_000
@@ -540,19 +545,21 @@ async function main (): Promise<void> {
   const upstream = parts.upstream ? await runUpstreamBench({ workDir, quick, log }) : undefined
   const cluster = parts.cluster && etcdAvailable(log) ? await runClusterBench({ workDir, quick, log, rounds: args.rounds === undefined ? undefined : opts.rounds }) : undefined
   const clusterLong = parts.clusterLong ? await runClusterLongBench({ workDir, durationMs: longMs, log }) : undefined
+  const mesh = parts.mesh ? await runMeshBench({ quick, log, rounds: args.rounds === undefined ? undefined : opts.rounds }) : undefined
   const loadAtEnd = loadavg().map(x => Math.round(x * 100) / 100)
 
   const out = args.out ?? join(BENCH_DIR, 'results.json')
   // A part not run keeps the figures of the previous file (the top-level date and machine are the edge part's).
   const previous = existsSync(out) ? JSON.parse(readFileSync(out, 'utf8')) as Record<string, unknown> : {}
-  const { upstream: previousUpstream, cluster: previousCluster, clusterLong: previousClusterLong, ...previousEdge } = previous
+  const { upstream: previousUpstream, cluster: previousCluster, clusterLong: previousClusterLong, mesh: previousMesh, ...previousEdge } = previous
   const results = {
     ...(edge === undefined
       ? previousEdge
       : { date: new Date().toISOString(), quick, machine, loadavgAtEnd: loadAtEnd, durationSeconds: edgeSeconds, ...edge.results }),
     upstream: upstream === undefined ? previousUpstream : { ...upstream, quick, machine: { ...machine, loadavgAtEnd: loadAtEnd } },
     cluster: cluster === undefined ? previousCluster : { ...cluster, quick, machine: { ...machine, loadavgAtEnd: loadAtEnd } },
-    clusterLong: clusterLong === undefined ? previousClusterLong : { ...clusterLong, machine: { ...machine, loadavgAtEnd: loadAtEnd } }
+    clusterLong: clusterLong === undefined ? previousClusterLong : { ...clusterLong, machine: { ...machine, loadavgAtEnd: loadAtEnd } },
+    mesh: mesh === undefined ? previousMesh : { ...mesh, quick, machine: { ...machine, loadavgAtEnd: loadAtEnd } }
   }
   writeFileSync(out, JSON.stringify(results, null, 2) + '\n')
 
@@ -564,9 +571,10 @@ async function main (): Promise<void> {
     ...(upstream !== undefined ? upstreamRows(upstream) : []),
     ...(cluster !== undefined ? clusterRows(cluster) : []),
     ...(clusterLong !== undefined ? clusterLongRows(clusterLong) : []),
+    ...(mesh !== undefined ? meshRows(mesh) : []),
     ['duration', `${Math.round((performance.now() - started) / 100) / 10} s; load ${machine.loadavgAtStart.join(' ')} -> ${loadAtEnd.join(' ')}`]
   ]))
-  for (const w of [...(edge?.results.warnings ?? []), ...(upstream?.warnings ?? []), ...(cluster?.warnings ?? []), ...(clusterLong?.warnings ?? [])]) log(`warning: ${w}`)
+  for (const w of [...(edge?.results.warnings ?? []), ...(upstream?.warnings ?? []), ...(cluster?.warnings ?? []), ...(clusterLong?.warnings ?? []), ...(mesh?.warnings ?? [])]) log(`warning: ${w}`)
   log(`wrote ${out.startsWith(REPO_DIR + '/') ? relative(process.cwd(), out) : out}`)
 }
 
