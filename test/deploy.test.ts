@@ -4,13 +4,16 @@
  * local file. A pipeline PUT at the fog reaches both edges through the mesh; a new version replaces it
  * while readings flow, keeping its window state; the local pipelines go on undisturbed: every tier
  * equals the ground truth for all of them, values and revisions. An edge that joins later gets the
- * current set, keeps it across a restart without the mesh, and a DELETE stops it everywhere.
+ * current set, keeps it across a restart without the mesh, and a DELETE stops it everywhere. In a fog
+ * cluster, any coordinator takes a deployment and all of them serve the one set kept in etcd.
  */
 import { join } from 'node:path'
+import { Etcd3 } from 'etcd3'
 import t from 'tap'
 import { loadPipelinesFile, parseSinglePipeline } from '../core/pipeline/parse.ts'
 import { expectEdgesExact, expectMergedExact, MESH, simulate, startMesh } from './helpers/mesh-scenario.ts'
 import type { Mesh } from './helpers/mesh-scenario.ts'
+import { startCluster } from './helpers/fog-cluster.ts'
 import { fetchJson, startFogmesh, waitFor } from './helpers/process.ts'
 import type { JsonResponse, RunningProcess } from './helpers/process.ts'
 
@@ -116,4 +119,34 @@ t.test('a pipeline deployed at the fog runs on every edge; a new version and a d
   await waitFor(() => everyEdgeRuns(mesh, mesh.edges, undefined), { timeoutMs: ROLLOUT_WITHIN, message: 'no edge running dep-temp' })
   for (const e of mesh.edges) t.same([...(await pipelinesOf(e)).keys()].sort(), local.map(s => s.name).sort(), `${e.id} runs its local pipelines only`)
   t.same((await fetchJson(`${mesh.fog.http}/v1/deployments`)).body, { revision: 3, pipelines: [] }, 'the fog serves the empty set')
+})
+
+t.test('pipelines deployed at any coordinator: one set in etcd, served by every coordinator, also after a restart', { timeout: 60_000 }, async t => {
+  const token = 'cluster-test-token-0123456789'
+  const c = await startCluster(t, { fog: ['--admin-token', token] })
+  const yaml = (where: string) => `name: deployed\nfrom: sensors/+room/temperature\n${where}window: { tumbling: 10s }\nselect:\n  n: count()\n`
+  const at = (id: string) => c.fogs.get(id)!.http
+  const change = async (id: string, method: 'PUT' | 'DELETE', body?: string) =>
+    await fetchJson(`${at(id)}/v1/pipelines/deployed`, { method, headers: { authorization: `Bearer ${token}`, 'content-type': 'application/yaml' }, body })
+  const version = async (id: string) => ((await fetchJson(`${at(id)}/v1/pipelines`)).body.pipelines as Array<{ name: string, version: number }>).find(p => p.name === 'deployed')?.version
+  const revision = async (id: string) => (await fetchJson(`${at(id)}/v1/deployments`)).body.revision as number
+
+  t.equal((await change('f1', 'PUT', yaml(''))).status, 201, 'deployed at f1')
+  for (const id of ['f2', 'f3']) await waitFor(async () => (await version(id)) === 1, { timeoutMs: 5_000, message: `${id} serving v1` })
+  const v2 = await change('f2', 'PUT', yaml('where: value > 0.0\n'))
+  t.same({ status: v2.status, version: v2.body.pipeline.version, revision: v2.body.revision }, { status: 200, version: 2, revision: 2 }, 'v2 deployed at f2, from the set f1 stored')
+  for (const id of ['f1', 'f3']) await waitFor(async () => (await version(id)) === 2, { timeoutMs: 5_000, message: `${id} serving v2` })
+
+  const client = new Etcd3({ hosts: c.etcd.members.map(m => m.clientUrl) })
+  t.teardown(() => client.close())
+  const stored = JSON.parse((await client.get('/fogmesh/deployed').string())!) as { revision: number, pipelines: Array<{ name: string, version: number }> }
+  t.same({ revision: stored.revision, pipelines: stored.pipelines.map(p => [p.name, p.version]) }, { revision: 2, pipelines: [['deployed', 2]] }, 'one set in etcd')
+
+  t.equal(await c.fogs.get('f3')!.stop(), 0)
+  await c.start('f3')
+  t.same({ version: await version('f3'), revision: await revision('f3') }, { version: 2, revision: 2 }, 'f3 restarted serves the set from its start')
+
+  t.equal((await change('f3', 'DELETE')).status, 200, 'deleted at f3')
+  for (const id of ['f1', 'f2']) await waitFor(async () => (await revision(id)) === 3, { timeoutMs: 5_000, message: `${id} at revision 3` })
+  t.same((await fetchJson(`${at('f1')}/v1/deployments`)).body, { revision: 3, pipelines: [] }, 'the set is empty everywhere')
 })

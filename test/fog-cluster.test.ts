@@ -4,26 +4,20 @@
  * 421 refusals, queries that answer the same everywhere, a coordinator SIGKILLed with open windows, a
  * coordinator cut off from etcd, quorum lost and back, and etcd's state kept bounded.
  */
-import { join } from 'node:path'
 import { Etcd3 } from 'etcd3'
 import t from 'tap'
-import type { Test } from 'tap'
 import { getAggregate } from '../core/aggregates/index.ts'
 import { encodeBatch } from '../core/upstream/batch.ts'
 import type { Batch, PipelineDef, Watermark, WindowEntry } from '../core/upstream/batch.ts'
 import { shardOf } from '../core/upstream/shards.ts'
 import type { ShardMapView } from '../core/upstream/shards.ts'
-import { startEtcdCluster } from '../simulators/etcd-cluster.ts'
-import type { EtcdCluster } from '../simulators/etcd-cluster.ts'
-import { startTcpProxy } from '../simulators/tcp-proxy.ts'
-import type { TcpProxy } from '../simulators/tcp-proxy.ts'
 import { fetchMetric, fetchResults } from './helpers/ground-truth.ts'
-import { fetchJson, freePort, startFogmesh, tmpDir, waitFor } from './helpers/process.ts'
-import type { JsonResponse, RunningProcess } from './helpers/process.ts'
+import { LEASE_TTL, startCluster } from './helpers/fog-cluster.ts'
+import { fetchJson, waitFor } from './helpers/process.ts'
+import type { JsonResponse } from './helpers/process.ts'
 
 const START = Date.UTC(2026, 0, 1)
 const SIZE = 10_000
-const LEASE_TTL = 2_000
 /** The failover bound the issue sets: shards move within this after the lease expires. */
 const FAILOVER_BOUND = 5_000
 const DEF: PipelineDef = {
@@ -61,62 +55,6 @@ async function post (base: string, sender: string, windows: WindowEntry[], water
 
 function past (w: number, ...edges: string[]): Watermark[] {
   return edges.map(edge => ({ pipeline: DEF.name, edge, watermark: START + (w + 1) * SIZE }))
-}
-
-interface Cluster {
-  etcd: EtcdCluster
-  fogs: Map<string, RunningProcess>
-  /** Each coordinator's proxies to the etcd members, when asked for. */
-  proxies: Map<string, TcpProxy[]>
-  start: (id: string) => Promise<RunningProcess>
-  map: (id?: string) => Promise<ShardMapView>
-  cloud?: RunningProcess
-}
-
-/** Three etcd members and three coordinators f1..f3; `proxied` coordinators reach etcd through proxies. */
-async function startCluster (t: Test, opts: { proxied?: string[], fog?: string[], cloud?: boolean } = {}): Promise<Cluster> {
-  const dir = await tmpDir('fogmesh-cluster-')
-  const etcd = await startEtcdCluster({ members: 3, dir: join(dir.path, 'etcd') })
-  const fogs = new Map<string, RunningProcess>()
-  const proxies = new Map<string, TcpProxy[]>()
-  const cloud = opts.cloud === true
-    ? await startFogmesh(['cloud', '--id', 'c1', '--http-port', '0', '--data-dir', join(dir.path, 'cloud'), '--tick', '100ms', '--finalize-after', '30s'])
-    : undefined
-  t.teardown(async () => {
-    await Promise.all([...fogs.values(), ...cloud === undefined ? [] : [cloud]].map(p => p.stop(5_000).catch(() => p.kill('SIGKILL'))))
-    for (const list of proxies.values()) for (const p of list) await p.close()
-    await etcd.stop()
-    await dir.cleanup()
-  })
-  const ports = new Map<string, number>()
-  for (const id of ['f1', 'f2', 'f3']) ports.set(id, await freePort())
-  for (const id of opts.proxied ?? []) {
-    proxies.set(id, await Promise.all(etcd.members.map(m => {
-      const [host, port] = m.endpoint.split(':')
-      return startTcpProxy({ host, port: Number(port) })
-    })))
-  }
-  const cluster: Cluster = {
-    cloud,
-    etcd,
-    fogs,
-    proxies,
-    start: async id => {
-      const endpoints = proxies.get(id)?.map(p => p.address) ?? etcd.endpoints
-      const p = await startFogmesh(['fog', '--id', id, '--http-port', String(ports.get(id)), '--data-dir', join(dir.path, id),
-        '--etcd', endpoints.join(','), '--lease-ttl', `${LEASE_TTL}ms`, '--etcd-timeout', '1s', '--tick', '100ms', '--finalize-after', '30s',
-        ...cloud === undefined ? [] : ['--cloud', cloud.http, '--uplink-retry-max', '500ms'], ...opts.fog ?? []])
-      fogs.set(id, p)
-      return p
-    },
-    map: async id => (await fetchJson(`${fogs.get(id ?? [...fogs.keys()][0])!.http}/v1/shards`)).body as ShardMapView
-  }
-  await Promise.all(['f1', 'f2', 'f3'].map(id => cluster.start(id)))
-  await waitFor(async () => {
-    const maps = await Promise.all([...fogs.keys()].map(id => cluster.map(id)))
-    return maps.every(m => m.members.length === 3 && m.version === maps[0].version && m.status === 'ok')
-  }, { timeoutMs: 15_000, message: 'every coordinator holding one map of three members' })
-  return cluster
 }
 
 /** A key whose shard `owner` owns in `map`. */
@@ -292,34 +230,4 @@ t.test('bounded state: windows past --etcd-retention leave etcd, and its history
   await waitFor(async () => ((await fetchMetric(leader, 'fogmesh_cluster_compactions_total')).get('') ?? 0) > 0, { timeoutMs: 10_000, message: 'a compaction' })
   t.ok(((await fetchMetric(leader, 'fogmesh_etcd_db_bytes')).get('') ?? 0) > 0, 'the leader reports etcd\'s size')
   t.equal(await client.getAll().prefix('/fogmesh/f/').count(), 0, 'no marks left')
-})
-
-t.test('pipelines deployed at any coordinator: one set in etcd, served by every coordinator, also after a restart', { timeout: 60_000 }, async t => {
-  const token = 'cluster-test-token-0123456789'
-  const c = await startCluster(t, { fog: ['--admin-token', token] })
-  const yaml = (where: string) => `name: deployed\nfrom: sensors/+room/temperature\n${where}window: { tumbling: 10s }\nselect:\n  n: count()\n`
-  const at = (id: string) => c.fogs.get(id)!.http
-  const change = async (id: string, method: 'PUT' | 'DELETE', body?: string) =>
-    await fetchJson(`${at(id)}/v1/pipelines/deployed`, { method, headers: { authorization: `Bearer ${token}`, 'content-type': 'application/yaml' }, body })
-  const version = async (id: string) => ((await fetchJson(`${at(id)}/v1/pipelines`)).body.pipelines as Array<{ name: string, version: number }>).find(p => p.name === 'deployed')?.version
-  const revision = async (id: string) => (await fetchJson(`${at(id)}/v1/deployments`)).body.revision as number
-
-  t.equal((await change('f1', 'PUT', yaml(''))).status, 201, 'deployed at f1')
-  for (const id of ['f2', 'f3']) await waitFor(async () => (await version(id)) === 1, { timeoutMs: 5_000, message: `${id} serving v1` })
-  const v2 = await change('f2', 'PUT', yaml('where: value > 0.0\n'))
-  t.same({ status: v2.status, version: v2.body.pipeline.version, revision: v2.body.revision }, { status: 200, version: 2, revision: 2 }, 'v2 deployed at f2, from the set f1 stored')
-  for (const id of ['f1', 'f3']) await waitFor(async () => (await version(id)) === 2, { timeoutMs: 5_000, message: `${id} serving v2` })
-
-  const client = new Etcd3({ hosts: c.etcd.members.map(m => m.clientUrl) })
-  t.teardown(() => client.close())
-  const stored = JSON.parse((await client.get('/fogmesh/deployed').string())!) as { revision: number, pipelines: Array<{ name: string, version: number }> }
-  t.same({ revision: stored.revision, pipelines: stored.pipelines.map(p => [p.name, p.version]) }, { revision: 2, pipelines: [['deployed', 2]] }, 'one set in etcd')
-
-  t.equal(await c.fogs.get('f3')!.stop(), 0)
-  await c.start('f3')
-  t.same({ version: await version('f3'), revision: await revision('f3') }, { version: 2, revision: 2 }, 'f3 restarted serves the set from its start')
-
-  t.equal((await change('f3', 'DELETE')).status, 200, 'deleted at f3')
-  for (const id of ['f1', 'f2']) await waitFor(async () => (await revision(id)) === 3, { timeoutMs: 5_000, message: `${id} at revision 3` })
-  t.same((await fetchJson(`${at('f1')}/v1/deployments`)).body, { revision: 3, pipelines: [] }, 'the set is empty everywhere')
 })
