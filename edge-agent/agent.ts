@@ -228,6 +228,9 @@ export class EdgeAgent implements ServiceApi {
         if (running === undefined) wanted.delete(name)
       }
     }
+    // A version this edge cannot read leaves the running one in place: stopping it would lose more.
+    const named = new Set(set.pipelines.map(p => p.name))
+    for (const name of this.#deployed) if (named.has(name) && !wanted.has(name) && this.#runner.operators.has(name)) wanted.set(name, this.#runner.operators.get(name)!.pipeline.spec)
     for (const name of this.#deployed) {
       if (wanted.has(name)) continue
       this.#runner.remove(name)
