@@ -36,6 +36,7 @@ import type { SimInput } from './options.ts'
 import { createRng } from './random.ts'
 import type { Rng } from './random.ts'
 import { holdActive } from './hold.ts'
+import type { Hold } from './hold.ts'
 import { runSimulator } from './sim.ts'
 import type { SimSummary } from './sim.ts'
 import { startTcpProxy } from './tcp-proxy.ts'
@@ -116,6 +117,8 @@ const WARM_UP: SimInput = { start: START - 3_600_000, rate: 2, duration: 6_000, 
 const TAIL: SimInput = { start: START + 3_600_000, rate: 2, duration: 2_000, seed: 98 }
 /** Keeps the edges active from the warm-up to the main run (see hold.ts). */
 const HOLD: SimInput = { start: START - 3_600_000 + 6_000, rate: 2, seed: 97 }
+/** Edges idle before the hold began (pipelines' idle: 1 s) are active again, and have said so, after this long. */
+const HOLD_AT_LEAST = 2_000
 /**
  * Longer than the whole scenario: every window must be final by watermarks, so that a window finalized
  * before all its partials arrived shows up as a wrong revision instead of hiding behind a timeout.
@@ -473,8 +476,11 @@ export async function runChaos (options: ChaosOptions = {}): Promise<ChaosReport
     const rooms = edgeCount + 1
     const population = { devices, rooms, mqtt: brokers }
 
+    let hold: Hold | undefined
     await step('warm-up', async () => {
       await within(runSimulator({ ...WARM_UP, ...population, signal: simSignal }), stepTimeout, 'the warm-up to be published', signal)
+      // From the warm-up's last reading on, so that no edge is idle when the main run starts.
+      hold = holdActive({ ...HOLD, ...population, signal: simSignal }, { minActive: HOLD_AT_LEAST })
       const knows = async (base: string, ids: string[]) => {
         const body = (await getJson(`${base}/v1/mesh`)).body as { edges: Array<{ id: string, watermarks: Record<string, string> }> }
         return ids.every(id => Object.keys(body.edges.find(e => e.id === id)?.watermarks ?? {}).length === specs.length)
@@ -484,7 +490,6 @@ export async function runChaos (options: ChaosOptions = {}): Promise<ChaosReport
       return { detail: 'every coordinator knows every edge, the cloud every coordinator', value: undefined }
     })
 
-    const hold = holdActive({ ...HOLD, ...population, signal: simSignal })
     const input: SimInput = {
       ...population,
       start: START,
@@ -501,7 +506,7 @@ export async function runChaos (options: ChaosOptions = {}): Promise<ChaosReport
       signal: simSignal
     }
     log(`main run: ${devices} devices in ${rooms} rooms, ${MAIN_DURATION / 1000} s of event time published over ${publishFor / 1000} s`)
-    await hold.release()
+    await hold?.release()
     mainStarted = true
     main = runSimulator(input)
     main.catch(() => {})

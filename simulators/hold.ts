@@ -8,8 +8,11 @@
  * first edge's partials and revised when another edge says it is active a tick later; readings at
  * real-time pace never race like that. Between a warm-up and the main run a scenario holds its edges
  * active, so that the main run starts from the state of steady operation rather than depending on how
- * long the waits in between took.
+ * long the waits in between took. The hold starts right after the warm-up's last reading, and is
+ * released only after it has run for `minActive`: a hold released before its first reading (the main
+ * run was ready first) would leave edges as idle as no hold at all.
  */
+import { setTimeout as sleep } from 'node:timers/promises'
 import { runSimulator } from './sim.ts'
 import type { SimInput } from './options.ts'
 
@@ -18,18 +21,38 @@ export interface Hold {
   release: () => Promise<void>
 }
 
-/** Longer than any scenario holds: the hold ends when released. */
-const HOLD_FOR = 3_600_000
+/**
+ * Event time published per run of the simulator. It generates a run whole before publishing it: an hour
+ * at once would take the test's event loop (and the edges' readings) away for seconds, long enough to
+ * make the edges idle, which is what the hold is there to prevent.
+ */
+const CHUNK = 10_000
 
-export function holdActive (input: SimInput): Hold {
+export interface HoldOptions {
+  /**
+   * Release waits until the hold has published for at least this long, ms: edges that went idle
+   * before it started must have had a reading and said they are active again. Default 0.
+   */
+  minActive?: number
+}
+
+export function holdActive (input: SimInput, options: HoldOptions = {}): Hold {
+  const startedAt = Date.now()
   const stop = new AbortController()
   const signal = input.signal === undefined ? stop.signal : AbortSignal.any([input.signal, stop.signal])
-  const running = runSimulator({ duration: HOLD_FOR, ...input, speed: 1, pipelines: undefined, signal })
-    .then(() => {}, (err: unknown) => { if (!stop.signal.aborted) throw err })
+  const running = (async () => {
+    let start = input.start ?? Date.now()
+    for (let i = 0; !signal.aborted; i++) {
+      await runSimulator({ ...input, start, duration: CHUNK, seed: (input.seed ?? 1) + i, speed: 1, pipelines: undefined, signal })
+      start += CHUNK
+    }
+  })().catch((err: unknown) => { if (!stop.signal.aborted) throw err })
   // Reported by release, if anyone releases; never an unhandled rejection.
   running.catch(() => {})
   return {
     release: async () => {
+      const wait = startedAt + (options.minActive ?? 0) - Date.now()
+      if (wait > 0) await sleep(wait, undefined, { signal: input.signal })
       stop.abort()
       await running
     }

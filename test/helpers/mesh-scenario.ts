@@ -8,6 +8,7 @@ import { join } from 'node:path'
 import type { Test } from 'tap'
 import type { PipelineSpec } from '../../core/pipeline/spec.ts'
 import { holdActive } from '../../simulators/hold.ts'
+import type { Hold } from '../../simulators/hold.ts'
 import { runSimulator } from '../../simulators/sim.ts'
 import type { SimInput } from '../../simulators/options.ts'
 import type { SimSummary } from '../../simulators/sim.ts'
@@ -47,6 +48,11 @@ export const WARM_UP: SimInput = { start: START - 3_600_000, devices: 8, rooms: 
  * and edges idle when the main run is published all at once would race (see simulators/hold.ts).
  */
 export const HOLD: SimInput = { start: START - 3_600_000 + 6_000, devices: 8, rooms: 3, rate: 4, seed: 97 }
+/**
+ * Edges idle before the hold began (the pipelines' idle, 1 s) have had a reading and told the fog they
+ * are active again (at their next tick, 250 ms) after this long.
+ */
+const HOLD_AT_LEAST = 2_000
 export const TAIL: SimInput = { start: START + 3_600_000, devices: 8, rooms: 3, rate: 4, duration: 2_000, seed: 98 }
 /** Longest wait for a tier to equal the truth. */
 export const EXACT_WITHIN = 10_000
@@ -135,17 +141,20 @@ export async function startMesh (t: Test, opts: MeshOptions = {}): Promise<Mesh>
   await Promise.all([mesh.startCloud(), ...opts.mesh === undefined ? [mesh.startFog()] : [], mesh.startEdge(0), mesh.startEdge(1)])
   mesh.brokers = mesh.edges.map(e => e.mqtt!)
   await opts.beforeWarmUp?.(mesh)
-  await warmUp(mesh)
-  const hold = holdActive({ ...HOLD, mqtt: mesh.brokers })
+  const hold = await warmUp(mesh)
   mesh.release = hold.release
   t.teardown(async () => await hold.release().catch(() => {}))
   if (opts.fogAway === true) await mesh.fog.stop()
   return mesh
 }
 
-/** Runs the warm-up and waits until the fog knows both edges, and the cloud the fog, in every pipeline the fog has. */
-async function warmUp (mesh: Mesh): Promise<void> {
+/**
+ * Runs the warm-up, holds the edges active from its last reading on (see HOLD), and waits until the
+ * fog knows both edges, and the cloud the fog, in every pipeline the fog has.
+ */
+async function warmUp (mesh: Mesh): Promise<Hold> {
   await runSimulator({ ...WARM_UP, mqtt: mesh.brokers })
+  const hold = holdActive({ ...HOLD, mqtt: mesh.brokers }, { minActive: HOLD_AT_LEAST })
   const pipelines = ((await fetchJson(`${mesh.fog.http}/v1/pipelines`)).body.pipelines as unknown[]).length
   const knows = async (base: string, ids: string[]) => {
     const edges = (await fetchJson(`${base}/v1/mesh`)).body.edges as Array<{ id: string, watermarks: Record<string, string> }>
@@ -153,6 +162,7 @@ async function warmUp (mesh: Mesh): Promise<void> {
   }
   await waitFor(() => knows(mesh.fog.http, ['e1', 'e2']), { timeoutMs: 10_000, message: 'the fog hearing from both edges in every pipeline' })
   await waitFor(() => knows(mesh.cloud.http, ['e1', 'e2', 'f1']), { timeoutMs: 10_000, message: 'the cloud hearing from the fog in every pipeline' })
+  return hold
 }
 
 /** The main run (its summary has the truth), then the tail. */
