@@ -59,9 +59,8 @@ export class EdgeAgent implements ServiceApi {
   readonly #discoverFog: boolean
   /** Names of the pipelines from the local file: a deployed pipeline of the same name does not replace them. */
   readonly #local: Set<string>
-  /** The deployed set this edge runs (kept in its data dir), and the names of its pipelines running here. */
+  /** The deployed set this edge runs (kept in its data dir). */
   readonly #deployments: FileDeploymentStore
-  #deployed: Set<string>
   readonly #follower: DeploymentFollower
   /** Deployed pipelines left out, logged once per name and version. */
   readonly #skipped = new Set<string>()
@@ -75,9 +74,7 @@ export class EdgeAgent implements ServiceApi {
     // The deployed pipelines this edge ran last run from its start, before any fog is heard from:
     // their checkpoints are restored with the others'.
     this.#deployments = new FileDeploymentStore(options.dataDir, line => this.#log(line))
-    const deployed = this.#deployedSpecs(this.#deployments.current())
-    this.#deployed = new Set(deployed.map(s => s.name))
-    specs = [...specs, ...deployed]
+    specs = [...specs, ...this.#deployedSpecs(this.#deployments.current())]
     const checkpoints = options.checkpointEvery > 0
     // The change log tells a restart which windows were emitted after its checkpoint.
     this.#store = new ResultStore({ dataDir: options.dataDir, retention: options.retention, maxResultsPerPipeline: options.maxResults, changeLog: checkpoints })
@@ -225,18 +222,16 @@ export class EdgeAgent implements ServiceApi {
         this.#log(`deployments: running ${name} v${spec.version}${running === undefined ? '' : ` (was v${running.version})`}`)
       } catch (err) {
         this.#log(`deployments: cannot run ${name} v${spec.version} (${(err as Error).message}); ${running === undefined ? 'not started' : `v${running.version} keeps running`}`)
-        if (running === undefined) wanted.delete(name)
       }
     }
-    // A version this edge cannot read leaves the running one in place: stopping it would lose more.
+    // Every running pipeline not from the local file was deployed. One still in the set that this edge
+    // cannot read keeps running: stopping it would lose more.
     const named = new Set(set.pipelines.map(p => p.name))
-    for (const name of this.#deployed) if (named.has(name) && !wanted.has(name) && this.#runner.operators.has(name)) wanted.set(name, this.#runner.operators.get(name)!.pipeline.spec)
-    for (const name of this.#deployed) {
-      if (wanted.has(name)) continue
+    for (const name of [...this.#runner.operators.keys()]) {
+      if (this.#local.has(name) || named.has(name)) continue
       this.#runner.remove(name)
       this.#log(`deployments: stopped ${name}: no longer deployed`)
     }
-    this.#deployed = new Set(wanted.keys())
     // The windows the changes emitted go out now, and a crash from here on restores the new versions.
     this.#commit()
     this.#checkpoints?.take()

@@ -6,7 +6,7 @@
  */
 import { createHash, timingSafeEqual } from 'node:crypto'
 import { HttpError, PipelineError } from '../core/errors.ts'
-import { changeSet, DEPLOYMENT_LIMITS, deployedSpec, incompatibility, sameSpec } from '../core/pipeline/deployment.ts'
+import { changeSet, DEPLOYMENT_LIMITS, deployableName, deployedSpec, incompatibility, sameSpec } from '../core/pipeline/deployment.ts'
 import type { DeployedSet } from '../core/pipeline/deployment.ts'
 import { pipelineToPlain } from '../core/pipeline/format.ts'
 import { parseSinglePipeline } from '../core/pipeline/parse.ts'
@@ -17,6 +17,7 @@ import { pipelineDef } from '../core/upstream/pipeline-def.ts'
 import type { DeploymentStore } from '../server/deployment-store.ts'
 import type { Reply, Request, Route } from '../server/http.ts'
 import type { Metrics } from '../server/metrics.ts'
+import { SerialQueue } from '../server/serial-queue.ts'
 
 export interface DeploymentsOptions {
   /** --admin-token; without one, PUT and DELETE answer 403 deployment_disabled. */
@@ -31,7 +32,6 @@ export interface DeploymentsOptions {
   log: (line: string) => void
 }
 
-const NAME = /^[a-z0-9-]{1,64}$/
 const utf8 = new TextDecoder('utf-8', { fatal: true })
 
 function digest (s: string): Buffer {
@@ -44,7 +44,7 @@ export class Deployments {
   #set: DeployedSet
   #specs = new Map<string, PipelineSpec>()
   /** Changes run one at a time: each is computed from the set the one before it left. */
-  #chain: Promise<unknown> = Promise.resolve()
+  readonly #changes = new SerialQueue()
   readonly stats = { deployed: 0, deleted: 0, refused: 0 }
 
   constructor (options: DeploymentsOptions) {
@@ -103,10 +103,8 @@ export class Deployments {
   }
 
   async #serially (fn: () => Promise<Reply>): Promise<Reply> {
-    const run = this.#chain.then(fn, fn)
-    this.#chain = run.catch(() => {})
     try {
-      return await run
+      return await this.#changes.run(fn)
     } catch (err) {
       this.stats.refused++
       throw err
@@ -127,7 +125,7 @@ export class Deployments {
 
   #name (req: Request): string {
     const name = req.params.name
-    if (!NAME.test(name)) throw new HttpError(400, 'bad_parameter', `"${name.slice(0, 80)}" is not a pipeline name ([a-z0-9-]+, at most 64 characters)`)
+    if (!deployableName(name)) throw new HttpError(400, 'bad_parameter', `"${name.slice(0, 80)}" is not a pipeline name ([a-z0-9-]+, at most ${DEPLOYMENT_LIMITS.name} characters)`)
     if (this.#o.local.has(name)) {
       throw new HttpError(409, 'pipeline_conflict', `pipeline "${name}" is defined in this fog's pipelines file; deployed pipelines cannot replace it`)
     }

@@ -1,15 +1,15 @@
 /**
  * Where a node keeps the deployed pipeline set it runs: `deployed.json` in its data dir, replaced
- * atomically (write, fsync, rename), so that a crash leaves the old set or the new one, never half of
- * one. A single fog keeps the set it serves here; an edge the set it last applied, so that it runs
+ * atomically, so that a crash leaves the old set or the new one, never half of one. A single fog keeps the set it serves here; an edge the set it last applied, so that it runs
  * the deployed pipelines from its start, before it has heard from any fog. (A fog cluster keeps its
  * set in etcd instead.)
  */
-import { closeSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, writeSync } from 'node:fs'
+import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { EMPTY_DEPLOYMENT, readDeployedSet } from '../core/pipeline/deployment.ts'
 import type { DeployedSet } from '../core/pipeline/deployment.ts'
 import { ConfigError, HttpError } from '../core/errors.ts'
+import { writeFileAtomic } from './atomic-file.ts'
 
 /** The deployed set of a node, and how it changes. */
 export interface DeploymentStore {
@@ -56,28 +56,7 @@ export class FileDeploymentStore implements DeploymentStore {
     if (this.#set.revision !== expected) {
       throw new HttpError(409, 'deployment_conflict', `the deployed set changed meanwhile (revision ${this.#set.revision}, expected ${expected}); send the request again`)
     }
-    if (this.#path !== undefined) writeAtomically(this.#path, JSON.stringify(next, null, 2) + '\n')
+    if (this.#path !== undefined) await writeFileAtomic(this.#path, JSON.stringify(next, null, 2) + '\n')
     this.#set = next
-  }
-}
-
-function writeAtomically (path: string, text: string): void {
-  const dir = join(path, '..')
-  mkdirSync(dir, { recursive: true })
-  const tmp = `${path}.tmp`
-  const fd = openSync(tmp, 'w', 0o644)
-  try {
-    writeSync(fd, text)
-    fsyncSync(fd)
-  } finally {
-    closeSync(fd)
-  }
-  renameSync(tmp, path)
-  // The rename itself must survive a power cut too.
-  const dirFd = openSync(dir, 'r')
-  try {
-    fsyncSync(dirFd)
-  } finally {
-    closeSync(dirFd)
   }
 }

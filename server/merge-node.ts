@@ -30,6 +30,7 @@ import type { Sample } from './metrics.ts'
 import type { MergeOptions } from './merge-options.ts'
 import type { ReplicatedChange, Replication } from './replication.ts'
 import { ResultStore } from './result-store.ts'
+import { SerialQueue } from './serial-queue.ts'
 import { withLive } from './results.ts'
 import type { ResultQuery, WindowResult } from './results.ts'
 
@@ -110,7 +111,7 @@ export class MergeNode implements ServiceApi {
   #timers: NodeJS.Timeout[] = []
   readonly #replication: Replication | undefined
   /** Commits and finalization passes run one at a time: with replication they wait for etcd. */
-  #exclusive: Promise<unknown> = Promise.resolve()
+  readonly #exclusive = new SerialQueue()
   /** Batches waiting for the commit under way to finish (see #enqueue). */
   readonly #queue: Queued[] = []
   #groupQueued = false
@@ -188,7 +189,7 @@ export class MergeNode implements ServiceApi {
     await this.membership.stop()
     await this.#http.close()
     this.#stopped = true
-    await this.#exclusive
+    await this.#exclusive.drained()
     this.#results.close()
     this.#store.close()
   }
@@ -317,7 +318,7 @@ export class MergeNode implements ServiceApi {
   #scheduleGroup (): void {
     if (this.#groupQueued) return
     this.#groupQueued = true
-    void this.#serially(async () => {
+    void this.#exclusive.run(async () => {
       this.#groupQueued = false
       await this.#applyQueued()
     })
@@ -457,18 +458,11 @@ export class MergeNode implements ServiceApi {
     // One pass at a time; a tick that finds one under way (waiting for etcd) skips.
     if (this.#stopped || this.#finalizing) return
     this.#finalizing = true
-    this.#serially(async () => await this.#finalizeDue(Date.now())).catch((err: unknown) => {
+    this.#exclusive.run(async () => await this.#finalizeDue(Date.now())).catch((err: unknown) => {
       // A failed write leaves the windows pending; the next tick tries again. A refusal of the
       // replicated state (no quorum, the map moved) is reported where it is seen, not at every tick.
       if (!this.#stopped && !(err instanceof HttpError)) console.error(`${this.role}: finalization failed:`, err)
     }).finally(() => { this.#finalizing = false })
-  }
-
-  /** Runs `fn` after every commit or pass queued before it has finished. */
-  #serially<T> (fn: () => Promise<T>): Promise<T> {
-    const run = this.#exclusive.then(fn, fn)
-    this.#exclusive = run.catch(() => {})
-    return run
   }
 
   /**

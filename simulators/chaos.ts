@@ -116,9 +116,7 @@ const DIFF_LINES = 20
 const WARM_UP: SimInput = { start: START - 3_600_000, rate: 2, duration: 6_000, seed: 99 }
 const TAIL: SimInput = { start: START + 3_600_000, rate: 2, duration: 2_000, seed: 98 }
 /** Keeps the edges active from the warm-up to the main run (see hold.ts). */
-const HOLD: SimInput = { start: START - 3_600_000 + 6_000, rate: 2, seed: 97 }
-/** Edges idle before the hold began (pipelines' idle: 1 s) are active again, and have said so, after this long. */
-const HOLD_AT_LEAST = 2_000
+const HOLD: SimInput = { start: WARM_UP.start! + WARM_UP.duration!, rate: 2, seed: 97 }
 /**
  * Longer than the whole scenario: every window must be final by watermarks, so that a window finalized
  * before all its partials arrived shows up as a wrong revision instead of hiding behind a timeout.
@@ -480,7 +478,7 @@ export async function runChaos (options: ChaosOptions = {}): Promise<ChaosReport
     await step('warm-up', async () => {
       await within(runSimulator({ ...WARM_UP, ...population, signal: simSignal }), stepTimeout, 'the warm-up to be published', signal)
       // From the warm-up's last reading on, so that no edge is idle when the main run starts.
-      hold = holdActive({ ...HOLD, ...population, signal: simSignal }, { minActive: HOLD_AT_LEAST })
+      hold = holdActive({ ...HOLD, ...population, signal: simSignal })
       const knows = async (base: string, ids: string[]) => {
         const body = (await getJson(`${base}/v1/mesh`)).body as { edges: Array<{ id: string, watermarks: Record<string, string> }> }
         return ids.every(id => Object.keys(body.edges.find(e => e.id === id)?.watermarks ?? {}).length === specs.length)

@@ -31,10 +31,13 @@ const CHUNK = 10_000
 export interface HoldOptions {
   /**
    * Release waits until the hold has published for at least this long, ms: edges that went idle
-   * before it started must have had a reading and said they are active again. Default 0.
+   * before it started must have had a reading and said they are active again. The default suits
+   * pipelines idle after 1 s at edges that tick every 250 ms, as in the test and chaos scenarios.
    */
   minActive?: number
 }
+
+const MIN_ACTIVE = 2_000
 
 export function holdActive (input: SimInput, options: HoldOptions = {}): Hold {
   const startedAt = Date.now()
@@ -51,7 +54,7 @@ export function holdActive (input: SimInput, options: HoldOptions = {}): Hold {
   running.catch(() => {})
   return {
     release: async () => {
-      const wait = startedAt + (options.minActive ?? 0) - Date.now()
+      const wait = startedAt + (options.minActive ?? MIN_ACTIVE) - Date.now()
       if (wait > 0) await sleep(wait, undefined, { signal: input.signal })
       stop.abort()
       await running

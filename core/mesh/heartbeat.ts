@@ -19,6 +19,7 @@
  */
 import { Decoder, Encoder } from 'cbor-x'
 import { FogmeshError } from '../errors.ts'
+import { isPlainMap } from '../plain-map.ts'
 
 export const HEARTBEAT_VERSION = 1
 /** Bound on an encoded heartbeat: a few hundred bytes in practice, room for ~64 pipelines. */
@@ -115,10 +116,6 @@ export function encodeHeartbeat (hb: Heartbeat): Uint8Array {
 
 class BadField extends Error {}
 
-function isMap (v: unknown): v is Record<string, unknown> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v) && !(v instanceof Uint8Array) && Object.getPrototypeOf(v) === Object.prototype
-}
-
 function str (o: Record<string, unknown>, key: string, max: number): string {
   const v = o[key]
   if (typeof v !== 'string' || v.length === 0 || v.length > max) throw new BadField(`${key}: expected a string of 1 to ${max} characters`)
@@ -149,13 +146,13 @@ function list (o: Record<string, unknown>, key: string, max: number): unknown[] 
 }
 
 function pipeline (v: unknown, i: number): PipelineBeat {
-  if (!isMap(v)) throw new BadField(`pipelines[${i}]: expected a map`)
+  if (!isPlainMap(v)) throw new BadField(`pipelines[${i}]: expected a map`)
   const watermark = v.watermark === null ? null : num(v, 'watermark', true)
   return { name: str(v, 'name', MAX_ID), version: num(v, 'version', true), watermark }
 }
 
 function fog (v: unknown): FogBeat {
-  if (!isMap(v)) throw new BadField('fog: expected a map')
+  if (!isPlainMap(v)) throw new BadField('fog: expected a map')
   const leader = v.leader === null ? null : str(v, 'leader', MAX_ID)
   const endpoints = list(v, 'endpoints', MAX_ENDPOINTS).map((e, i) => httpUrl(v, `endpoints[${i}]`, e))
   const beat: FogBeat = { leader, shardMapVersion: num(v, 'shardMapVersion', true), endpoints }
@@ -177,7 +174,7 @@ export function decodeHeartbeat (bytes: Uint8Array, from?: string): HeartbeatRes
   } catch (err) {
     return { ok: false, reason: 'malformed', message: `not CBOR: ${(err as Error).message}` }
   }
-  if (!isMap(raw)) return { ok: false, reason: 'malformed', message: 'expected a CBOR map' }
+  if (!isPlainMap(raw)) return { ok: false, reason: 'malformed', message: 'expected a CBOR map' }
   if (raw.v !== HEARTBEAT_VERSION) return { ok: false, reason: 'bad_version', message: `version ${JSON.stringify(raw.v)}, expected ${HEARTBEAT_VERSION}` }
   let hb: Heartbeat
   try {

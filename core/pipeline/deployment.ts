@@ -14,8 +14,10 @@
  * Anything else is a new pipeline: deploy it under a new name, and delete the old one.
  */
 import { FogmeshError } from '../errors.ts'
+import { isPlainMap } from '../plain-map.ts'
 import { pipelineToPlain } from './format.ts'
 import { parseSinglePipeline } from './parse.ts'
+import { PIPELINE_NAME } from './spec.ts'
 import type { PipelineSpec } from './spec.ts'
 
 export interface DeployedPipeline {
@@ -39,7 +41,14 @@ export const DEPLOYMENT_LIMITS = {
   /** Most pipelines deployed at once (a heartbeat reports at most 64 per node anyway). */
   pipelines: 64,
   /** Longest YAML body of one pipeline, bytes. */
-  yamlBytes: 16 * 1024
+  yamlBytes: 16 * 1024,
+  /** Longest name of a deployed pipeline (it is a path segment, a key in etcd and a heartbeat field). */
+  name: 64
+}
+
+/** Whether `name` can name a deployed pipeline. */
+export function deployableName (name: string): boolean {
+  return name.length <= DEPLOYMENT_LIMITS.name && PIPELINE_NAME.test(name)
 }
 
 /** A deployed set that cannot be read (from a peer, a file or etcd). */
@@ -74,17 +83,13 @@ export function sameSpec (a: PipelineSpec, b: PipelineSpec): boolean {
   return JSON.stringify({ ...pipelineToPlain(a), version: 0 }) === JSON.stringify({ ...pipelineToPlain(b), version: 0 })
 }
 
-function isRecord (v: unknown): v is Record<string, unknown> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v)
-}
-
 /**
  * Checks a deployed set read from elsewhere: shape, bounds, names unique and sorted. The pipelines'
  * YAML is not parsed here; a node parses each one when it applies it (and skips, loudly, one it
  * cannot: a newer fog may deploy what an older edge does not understand).
  */
 export function readDeployedSet (v: unknown): DeployedSet {
-  if (!isRecord(v)) throw new DeploymentError('a deployed set is an object')
+  if (!isPlainMap(v)) throw new DeploymentError('a deployed set is an object')
   const { revision, pipelines } = v
   if (typeof revision !== 'number' || !Number.isSafeInteger(revision) || revision < 0) throw new DeploymentError('revision: expected a non-negative integer')
   if (!Array.isArray(pipelines) || pipelines.length > DEPLOYMENT_LIMITS.pipelines) {
@@ -92,9 +97,9 @@ export function readDeployedSet (v: unknown): DeployedSet {
   }
   const out: DeployedPipeline[] = []
   for (const [i, p] of pipelines.entries()) {
-    if (!isRecord(p)) throw new DeploymentError(`pipelines[${i}]: expected an object`)
+    if (!isPlainMap(p)) throw new DeploymentError(`pipelines[${i}]: expected an object`)
     const { name, version, yaml } = p
-    if (typeof name !== 'string' || !/^[a-z0-9-]{1,64}$/.test(name)) throw new DeploymentError(`pipelines[${i}].name: expected a pipeline name`)
+    if (typeof name !== 'string' || !deployableName(name)) throw new DeploymentError(`pipelines[${i}].name: expected a pipeline name`)
     if (typeof version !== 'number' || !Number.isSafeInteger(version) || version < 1) throw new DeploymentError(`pipelines[${i}].version: expected a positive integer`)
     if (typeof yaml !== 'string' || Buffer.byteLength(yaml) > DEPLOYMENT_LIMITS.yamlBytes) {
       throw new DeploymentError(`pipelines[${i}].yaml: expected a string of at most ${DEPLOYMENT_LIMITS.yamlBytes} bytes`)

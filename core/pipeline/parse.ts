@@ -12,10 +12,9 @@ import { PipelineError } from '../errors.ts'
 import type { PipelineProblem } from '../errors.ts'
 import { checkExpression } from '../expr.ts'
 import { checkTopicFilter } from '../topic.ts'
-import { PIPELINE_DEFAULTS } from './spec.ts'
+import { PIPELINE_DEFAULTS, PIPELINE_NAME } from './spec.ts'
 import type { EmitSpec, LatePolicy, PayloadFormat, PipelineSpec, SelectSpec, WindowSpec } from './spec.ts'
 
-const NAME = /^[a-z0-9-]+$/
 const FIELD = /^[A-Za-z_][A-Za-z0-9_]*$/
 const FORMATS: readonly PayloadFormat[] = ['json', 'cbor', 'text', 'senml']
 const PIPELINE_FIELDS = new Set(['name', 'from', 'format', 'timestamp', 'where', 'key', 'window', 'lateness', 'idle', 'late', 'late-horizon', 'select', 'emit', 'version', 'description'])
@@ -287,7 +286,7 @@ function parsePipeline (map: Node | null, problems: Problems, at: Node): Pipelin
   const nameField = get('name')
   if (nameField !== undefined) {
     name = scalarString(nameField.value, 'name', problems, nameField.keyNode) ?? ''
-    if (name !== '' && !NAME.test(name)) problems.add(nameField.value, `pipeline name "${name}" must match [a-z0-9-]+`)
+    if (name !== '' && !PIPELINE_NAME.test(name)) problems.add(nameField.value, `pipeline name "${name}" must match [a-z0-9-]+`)
   }
   let from = ''
   const fromField = get('from')

@@ -72,5 +72,8 @@ export const PIPELINE_DEFAULTS = {
   version: 1
 }
 
+/** What a pipeline may be named. */
+export const PIPELINE_NAME = /^[a-z0-9-]+$/
+
 /** The key of a pipeline without `key:`. */
 export const SINGLE_KEY = '*'

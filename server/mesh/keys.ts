@@ -1,11 +1,11 @@
 /** Key files of the mesh: the shared mesh key (`--mesh-key FILE`) and a node's own peer identity. */
-import { randomBytes } from 'node:crypto'
-import { mkdir, readFile, rename, writeFile } from 'node:fs/promises'
+import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { generateKeyPair, privateKeyFromProtobuf, privateKeyToProtobuf } from '@libp2p/crypto/keys'
 import type { PrivateKey } from '@libp2p/interface'
 import { ConfigError } from '../../core/errors.ts'
 import { parseSwarmKey } from '../../core/mesh/swarm-key.ts'
+import { writeFileAtomic } from '../atomic-file.ts'
 
 /** Reads and checks a swarm key file; returns the bytes @libp2p/pnet takes as `psk`. */
 export async function loadMeshKey (file: string): Promise<Uint8Array> {
@@ -44,10 +44,7 @@ export async function loadOrCreatePeerKey (dataDir: string): Promise<PrivateKey>
     }
   }
   const key = await generateKeyPair('Ed25519')
-  await mkdir(dataDir, { recursive: true })
-  // Written aside and renamed so a crash never leaves a half-written key behind.
-  const tmp = `${file}.${randomBytes(4).toString('hex')}.tmp`
-  await writeFile(tmp, privateKeyToProtobuf(key), { mode: 0o600, flag: 'wx' })
-  await rename(tmp, file)
+  // A crash never leaves a half-written key behind.
+  await writeFileAtomic(file, privateKeyToProtobuf(key), 0o600)
   return key
 }

@@ -42,20 +42,15 @@ export const RUN: SimInput = {
  * windows would be final only after --finalize-after: the tail moves both edges' watermarks past the
  * main run. Their windows are left out of the comparisons.
  */
-export const WARM_UP: SimInput = { start: START - 3_600_000, devices: 8, rooms: 3, rate: 4, duration: 6_000, seed: 99 }
+const WARM_UP: SimInput = { start: START - 3_600_000, devices: 8, rooms: 3, rate: 4, duration: 6_000, seed: 99 }
 /**
  * Readings at real-time pace after the warm-up, until the main run starts: the pipelines' idle is 1 s,
  * and edges idle when the main run is published all at once would race (see simulators/hold.ts).
  */
-export const HOLD: SimInput = { start: START - 3_600_000 + 6_000, devices: 8, rooms: 3, rate: 4, seed: 97 }
-/**
- * Edges idle before the hold began (the pipelines' idle, 1 s) have had a reading and told the fog they
- * are active again (at their next tick, 250 ms) after this long.
- */
-const HOLD_AT_LEAST = 2_000
-export const TAIL: SimInput = { start: START + 3_600_000, devices: 8, rooms: 3, rate: 4, duration: 2_000, seed: 98 }
+const HOLD: SimInput = { start: WARM_UP.start! + WARM_UP.duration!, devices: 8, rooms: 3, rate: 4, seed: 97 }
+const TAIL: SimInput = { start: START + 3_600_000, devices: 8, rooms: 3, rate: 4, duration: 2_000, seed: 98 }
 /** Longest wait for a tier to equal the truth. */
-export const EXACT_WITHIN = 10_000
+const EXACT_WITHIN = 10_000
 /** Results of the main run start in [MAIN_FROM, MAIN_TO) (its late readings go back 20 s at most). */
 export const MAIN_FROM = START - 600_000
 export const MAIN_TO = START + 600_000
@@ -154,7 +149,7 @@ export async function startMesh (t: Test, opts: MeshOptions = {}): Promise<Mesh>
  */
 async function warmUp (mesh: Mesh): Promise<Hold> {
   await runSimulator({ ...WARM_UP, mqtt: mesh.brokers })
-  const hold = holdActive({ ...HOLD, mqtt: mesh.brokers }, { minActive: HOLD_AT_LEAST })
+  const hold = holdActive({ ...HOLD, mqtt: mesh.brokers })
   const pipelines = ((await fetchJson(`${mesh.fog.http}/v1/pipelines`)).body.pipelines as unknown[]).length
   const knows = async (base: string, ids: string[]) => {
     const edges = (await fetchJson(`${base}/v1/mesh`)).body.edges as Array<{ id: string, watermarks: Record<string, string> }>
@@ -191,7 +186,7 @@ export async function differences (base: string, specs: PipelineSpec[], want: (p
  * Polls until a tier's results equal the truth (every expected window final, nothing else final), then
  * asserts it; on a timeout the assertion shows what still differs.
  */
-export async function expectExact (t: Test, what: string, check: () => Promise<string[]>, timeoutMs = EXACT_WITHIN): Promise<void> {
+async function expectExact (t: Test, what: string, check: () => Promise<string[]>, timeoutMs = EXACT_WITHIN): Promise<void> {
   let last: string[] = ['never checked']
   try {
     await waitFor(async () => {
