@@ -48,6 +48,7 @@ export type RejectReason =
   | 'missing_field' // an expression needs a field the reading lacks
   | 'non_finite' // a number is NaN or infinite
   | 'bad_timestamp' // the event time is missing, unparseable or out of range
+  | 'future_timestamp' // the event time is further ahead of the node's clock than `max-future`
   | 'type' // a value has the wrong type (e.g. sum() of a string, a non-boolean where)
   | 'expression' // any other error while evaluating an expression
 

@@ -72,6 +72,7 @@ const pipeline: PipelineSpec = {
   window: { kind: 'tumbling', size: 5000 },
   lateness: 1000,
   idle: 5000,
+  maxFuture: 300_000,
   late: 'drop',
   lateHorizon: 300_000,
   select: [{ name: 'n', fn: 'count', params: [] }, { name: 'avg', fn: 'avg', arg: 'value', params: [] }],

@@ -1,5 +1,6 @@
 /** Renders a PipelineSpec back into the shape of the YAML language (durations as text). */
 import { formatDuration } from '../duration.ts'
+import { PIPELINE_DEFAULTS } from './spec.ts'
 import type { PipelineSpec } from './spec.ts'
 
 export function pipelineToPlain (spec: PipelineSpec): Record<string, unknown> {
@@ -16,6 +17,8 @@ export function pipelineToPlain (spec: PipelineSpec): Record<string, unknown> {
   plain.window = window
   plain.lateness = formatDuration(spec.lateness)
   plain.idle = formatDuration(spec.idle)
+  // Only when set: definitions from before the option existed keep the same rendering (and identity).
+  if (spec.maxFuture !== PIPELINE_DEFAULTS.maxFuture) plain['max-future'] = formatDuration(spec.maxFuture)
   plain.late = spec.late
   if (spec.late === 'update') plain['late-horizon'] = formatDuration(spec.lateHorizon)
   plain.select = Object.fromEntries(spec.select.map(s => [s.name, `${s.fn}(${[s.arg, ...s.params.map(String)].filter(a => a !== undefined).join(', ')})`]))

@@ -17,7 +17,7 @@ import type { EmitSpec, LatePolicy, PayloadFormat, PipelineSpec, SelectSpec, Win
 
 const FIELD = /^[A-Za-z_][A-Za-z0-9_]*$/
 const FORMATS: readonly PayloadFormat[] = ['json', 'cbor', 'text', 'senml']
-const PIPELINE_FIELDS = new Set(['name', 'from', 'format', 'timestamp', 'where', 'key', 'window', 'lateness', 'idle', 'late', 'late-horizon', 'select', 'emit', 'version', 'description'])
+const PIPELINE_FIELDS = new Set(['name', 'from', 'format', 'timestamp', 'where', 'key', 'window', 'lateness', 'idle', 'max-future', 'late', 'late-horizon', 'select', 'emit', 'version', 'description'])
 const CALL = /^\s*([A-Za-z_][A-Za-z0-9_]*)\s*\(([\s\S]*)\)\s*$/
 
 /** Collects problems with positions; `at` turns a YAML node into line:col. */
@@ -330,6 +330,7 @@ function parsePipeline (map: Node | null, problems: Problems, at: Node): Pipelin
   const lateness = durationField('lateness', PIPELINE_DEFAULTS.lateness)
   const idle = durationField('idle', PIPELINE_DEFAULTS.idle)
   if (idle < 1) problems.add(get('idle')?.value, 'idle must be at least 1ms')
+  const maxFuture = durationField('max-future', PIPELINE_DEFAULTS.maxFuture)
   const lateHorizon = durationField('late-horizon', PIPELINE_DEFAULTS.lateHorizon)
 
   let late: LatePolicy = PIPELINE_DEFAULTS.late
@@ -370,7 +371,7 @@ function parsePipeline (map: Node | null, problems: Problems, at: Node): Pipelin
   }
 
   if (problems.list.length > before || window === undefined) return undefined
-  return { name, from, format, timestamp, where, key, window, lateness, idle, late, lateHorizon, select, emit, version }
+  return { name, from, format, timestamp, where, key, window, lateness, idle, maxFuture, late, lateHorizon, select, emit, version }
 }
 
 function parseWith (text: string, file: string, body: (root: Node | null, problems: Problems) => PipelineSpec[]): PipelineSpec[] {

@@ -48,8 +48,16 @@ export interface PipelineSpec {
   window: WindowSpec
   /** Watermark delay, ms. */
   lateness: number
-  /** Close open windows after this long without a reading, ms (processing time). */
+  /**
+   * After this long without a reading (ms, processing time), the watermark advances with the wall
+   * clock: latest event time + time since that reading arrived − lateness.
+   */
   idle: number
+  /**
+   * Clock guard, ms: a reading whose event time is further ahead of the node's clock than this is
+   * rejected (`future_timestamp`) and never moves the watermark.
+   */
+  maxFuture: number
   late: LatePolicy
   /**
    * With `late: update`, how long after a window closed it can still be updated, ms; later readings are
@@ -67,6 +75,7 @@ export const PIPELINE_DEFAULTS = {
   format: 'json' as PayloadFormat,
   lateness: 0,
   idle: 5_000,
+  maxFuture: 300_000,
   late: 'drop' as LatePolicy,
   lateHorizon: 300_000,
   version: 1
