@@ -6,8 +6,8 @@ import { parseDuration } from '../core/duration.ts'
 import { ConfigError, FogmeshError } from '../core/errors.ts'
 import { loadPipelinesFile } from '../core/pipeline/parse.ts'
 import type { PayloadFormat } from '../core/pipeline/spec.ts'
-import { SIM_DEFAULTS, SIM_FORMATS } from './options.ts'
-import type { SimInput } from './options.ts'
+import { SIM_DEFAULTS, SIM_FORMATS, SIM_SCENARIOS } from './options.ts'
+import type { SimInput, SimScenario } from './options.ts'
 import { runSimulator } from './sim.ts'
 
 export const SIM_HELP = `usage: fogmesh sim [options]
@@ -18,7 +18,9 @@ must produce from them (the ground truth).
 Devices and readings:
   --devices N            number of devices; device i is d<i> (default ${SIM_DEFAULTS.devices})
   --rooms N              number of rooms; device i is in room r<i % rooms> (default ${SIM_DEFAULTS.rooms})
-  --rate N               readings per second of event time per device (default ${SIM_DEFAULTS.rate})
+  --rate R[,R…]          readings per second of event time per device, e.g. 0.1 for one every 10 s
+                         and 0.0166667 for one a minute; with a list, device i reads at R[i % n]
+                         (default ${SIM_DEFAULTS.rate})
   --duration D           event time covered, e.g. 30s, 5m (default 30s)
   --topic T              topic template, {room} and {device} substituted
                          (default ${SIM_DEFAULTS.topic})
@@ -28,6 +30,11 @@ Devices and readings:
                            senml: [{"bn":"<device>:","bt":<seconds>,"n":"temp","u":"Cel","v":<value>}];
                                   the room comes from the topic
   --seed N               seed; the same options and seed give the same messages (default ${SIM_DEFAULTS.seed})
+  --scenario S           a realistic preset; options given explicitly override it:
+                           slow: one reading per 10 s or per minute (alternate devices), 10m
+                           pause: 2 readings/s, every sensor silent 30 s after each minute, 5m
+                           mixed: keys at 2/s, 1 per 10 s and 1 per minute on one pipeline, 5m
+                           clock: 1% of readings dated 1h ahead (rejected as future_timestamp), 2m
 
 Time:
   --start T              event-time origin, ISO-8601 or epoch ms; default: now
@@ -40,6 +47,12 @@ Trouble:
   --late-by D            how far late readings are pushed back (default 60s)
   --duplicate-share P    share of messages published twice (default 0)
   --malformed-share P    share of readings replaced by a malformed payload (default 0)
+  --pause-share P        share of devices that pause (default 0); they pause together
+  --pause-after D        a pausing device publishes for D (default 1m) ...
+  --pause-for D          ... then is silent for D (default 30s), and so on; its event times stay
+                         real time, nothing is sent during a pause
+  --future-share P       share of readings dated --future-by ahead: a device with a bad clock (default 0)
+  --future-by D          how far ahead (default 1h); beyond a pipeline's max-future they are rejected
 
 MQTT:
   --mqtt URL             a broker; repeat for several. Device i publishes to broker i % brokers
@@ -50,6 +63,9 @@ Ground truth:
   --pipelines FILE       the pipelines to compute the truth for
   --truth FILE           write the truth JSON there (needs --pipelines)
   --dry-run              generate and write the truth, publish nothing
+  --tolerance D          how far a real arrival may stray from the schedule (default 1s); readings
+                         whose fate (idle, late, max-future) would change within it are listed in
+                         the truth's warnings
 
   -h, --help             this help
 `
@@ -59,6 +75,11 @@ function number (flag: string, text: string | undefined): number | undefined {
   const v = Number(text)
   if (text.trim() === '' || !Number.isFinite(v)) throw new ConfigError(`--${flag} must be a number, not "${text}"`)
   return v
+}
+
+function numbers (flag: string, text: string | undefined): number[] | undefined {
+  if (text === undefined) return undefined
+  return text.split(',').map(part => number(flag, part) as number)
 }
 
 function duration (flag: string, text: string | undefined): number | undefined {
@@ -98,6 +119,13 @@ export function parseSimArgs (argv: string[]): { help: boolean, input: SimInput,
       'late-by': { type: 'string' },
       'duplicate-share': { type: 'string' },
       'malformed-share': { type: 'string' },
+      'pause-share': { type: 'string' },
+      'pause-after': { type: 'string' },
+      'pause-for': { type: 'string' },
+      'future-share': { type: 'string' },
+      'future-by': { type: 'string' },
+      scenario: { type: 'string' },
+      tolerance: { type: 'string' },
       mqtt: { type: 'string', multiple: true },
       qos: { type: 'string' },
       pipelines: { type: 'string' },
@@ -109,12 +137,15 @@ export function parseSimArgs (argv: string[]): { help: boolean, input: SimInput,
   if (values.format !== undefined && !SIM_FORMATS.includes(values.format as PayloadFormat)) {
     throw new ConfigError(`--format must be one of ${SIM_FORMATS.join(', ')}, not "${values.format}"`)
   }
+  if (values.scenario !== undefined && !Object.hasOwn(SIM_SCENARIOS, values.scenario)) {
+    throw new ConfigError(`--scenario must be one of ${Object.keys(SIM_SCENARIOS).join(', ')}, not "${values.scenario}"`)
+  }
   const qos = number('qos', values.qos)
   if (qos !== undefined && qos !== 0 && qos !== 1 && qos !== 2) throw new ConfigError(`--qos must be 0, 1 or 2, not ${qos}`)
   const input: SimInput = {
     devices: number('devices', values.devices),
     rooms: number('rooms', values.rooms),
-    rate: number('rate', values.rate),
+    rate: numbers('rate', values.rate),
     duration: duration('duration', values.duration),
     topic: values.topic,
     format: values.format as PayloadFormat | undefined,
@@ -126,6 +157,13 @@ export function parseSimArgs (argv: string[]): { help: boolean, input: SimInput,
     lateBy: duration('late-by', values['late-by']),
     duplicateShare: number('duplicate-share', values['duplicate-share']),
     malformedShare: number('malformed-share', values['malformed-share']),
+    pauseShare: number('pause-share', values['pause-share']),
+    pauseAfter: duration('pause-after', values['pause-after']),
+    pauseFor: duration('pause-for', values['pause-for']),
+    futureShare: number('future-share', values['future-share']),
+    futureBy: duration('future-by', values['future-by']),
+    scenario: values.scenario as SimScenario | undefined,
+    tolerance: duration('tolerance', values.tolerance),
     mqtt: values.mqtt,
     qos: qos as 0 | 1 | 2 | undefined,
     truth: values.truth,
@@ -154,7 +192,8 @@ export async function simCommand (argv: string[]): Promise<number> {
   process.once('SIGTERM', onSignal)
   try {
     const pipelines = parsed.pipelinesFile === undefined ? undefined : await loadPipelinesFile(parsed.pipelinesFile)
-    await runSimulator({ ...parsed.input, pipelines, signal: abort.signal, log: line => process.stdout.write(line + '\n') })
+    // Nothing keeps the messages: memory stays bounded however long the run.
+    await runSimulator({ ...parsed.input, pipelines, collect: false, signal: abort.signal, log: line => process.stdout.write(line + '\n') })
     return 0
   } catch (err) {
     if (abort.signal.aborted) {
@@ -165,11 +204,9 @@ export async function simCommand (argv: string[]): Promise<number> {
       process.stderr.write(`fogmesh sim: ${err.message}\n`)
       return 2
     }
-    if (err instanceof FogmeshError) {
-      process.stderr.write(`fogmesh sim: ${err.message}\n`)
-      return 1
-    }
-    throw err
+    // Anything else is a failure too: say what it was and exit non-zero, never leave it to the caller.
+    process.stderr.write(`fogmesh sim: ${err instanceof FogmeshError ? err.message : err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`)
+    return 1
   } finally {
     process.off('SIGINT', onSignal)
     process.off('SIGTERM', onSignal)

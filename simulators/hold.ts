@@ -22,9 +22,8 @@ export interface Hold {
 }
 
 /**
- * Event time published per run of the simulator. It generates a run whole before publishing it: an hour
- * at once would take the test's event loop (and the edges' readings) away for seconds, long enough to
- * make the edges idle, which is what the hold is there to prevent.
+ * Event time published per run of the simulator: the hold goes on chunk after chunk (each with the
+ * next seed) until released, so no run needs to know how long the hold will last.
  */
 const CHUNK = 10_000
 
@@ -46,7 +45,7 @@ export function holdActive (input: SimInput, options: HoldOptions = {}): Hold {
   const running = (async () => {
     let start = input.start ?? Date.now()
     for (let i = 0; !signal.aborted; i++) {
-      await runSimulator({ ...input, start, duration: CHUNK, seed: (input.seed ?? 1) + i, speed: 1, pipelines: undefined, signal })
+      await runSimulator({ ...input, start, duration: CHUNK, seed: (input.seed ?? 1) + i, speed: 1, pipelines: undefined, collect: false, signal })
       start += CHUNK
     }
   })().catch((err: unknown) => { if (!stop.signal.aborted) throw err })

@@ -1,7 +1,8 @@
 /**
- * Publishing the generated streams: one MQTT connection per broker, so each broker receives its
- * messages in exactly the generated order (one client publishes in call order, and a broker keeps a
- * client's order).
+ * Publishing to the brokers: one MQTT connection per broker, so each broker receives its messages in
+ * exactly the order they are sent (one client publishes in call order, and a broker keeps a client's
+ * order). A Sender bounds the publishes waiting for their ack, so a producer that awaits it runs at
+ * the brokers' pace with bounded memory, however long the run.
  */
 import { randomBytes } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
@@ -46,6 +47,81 @@ export async function disconnect (c: Connection, force = false): Promise<void> {
   } catch {}
 }
 
+/**
+ * Publishes messages on one connection in call order. `send` resolves at once while fewer than
+ * MAX_IN_FLIGHT publishes wait for their ack, else when one is acked; it rejects once the connection
+ * closed, a publish failed or the signal aborted. `flush` waits for every ack. Call `close` when done.
+ */
+export class Sender {
+  readonly #c: Connection
+  readonly #qos: 0 | 1 | 2
+  readonly #signal: AbortSignal | undefined
+  #inFlight = 0
+  #failure: Error | undefined
+  #wake: (() => void) | undefined
+  readonly #onClose = (): void => this.#fail(new SimulatorError(`connection to ${this.#c.url} closed before every message was acked`))
+  readonly #onAbort = (): void => this.#fail(this.#signal?.reason instanceof Error ? this.#signal.reason : new Error('aborted'))
+
+  constructor (c: Connection, qos: 0 | 1 | 2, signal?: AbortSignal) {
+    this.#c = c
+    this.#qos = qos
+    this.#signal = signal
+    // Acks never come once the connection is gone (there is no reconnect), and an abort must not wait
+    // for them either: both end every wait.
+    c.client.on('close', this.#onClose)
+    signal?.addEventListener('abort', this.#onAbort)
+    if (signal?.aborted === true) this.#onAbort()
+    // Gone already (a broker that dropped us while we were busy): publishes would never settle.
+    if (!c.client.connected) this.#onClose()
+  }
+
+  #fail (err: Error): void {
+    this.#failure ??= err
+    this.#wake?.()
+  }
+
+  #check (): void {
+    const f = this.#failure
+    if (f === undefined) return
+    if (f instanceof SimulatorError || f === this.#signal?.reason) throw f
+    throw new SimulatorError(`publishing to ${this.#c.url} failed: ${f.message}`, { cause: f })
+  }
+
+  async #until (done: () => boolean): Promise<void> {
+    while (!done() && this.#failure === undefined) {
+      await new Promise<void>(resolve => { this.#wake = resolve })
+      this.#wake = undefined
+    }
+    this.#check()
+  }
+
+  /** Undefined when the message went out without waiting (no promise per message on the fast path). */
+  send (m: Pick<Message, 'topic' | 'payload'>): Promise<void> | undefined {
+    this.#check()
+    const payload = Buffer.from(m.payload.buffer, m.payload.byteOffset, m.payload.byteLength)
+    this.#inFlight++
+    this.#c.client.publishAsync(m.topic, payload, { qos: this.#qos }).then(
+      () => { this.#settled() },
+      (err: unknown) => { this.#failure ??= err instanceof Error ? err : new Error(String(err)); this.#settled() })
+    if (this.#inFlight >= MAX_IN_FLIGHT) return this.#until(() => this.#inFlight < MAX_IN_FLIGHT)
+    return undefined
+  }
+
+  #settled (): void {
+    this.#inFlight--
+    this.#wake?.()
+  }
+
+  async flush (): Promise<void> {
+    await this.#until(() => this.#inFlight === 0)
+  }
+
+  close (): void {
+    this.#c.client.off('close', this.#onClose)
+    this.#signal?.removeEventListener('abort', this.#onAbort)
+  }
+}
+
 export interface PublishOptions {
   qos: 0 | 1 | 2
   /** Event time per wall-clock time; 0 = as fast as the broker acks. */
@@ -57,38 +133,25 @@ export interface PublishOptions {
   signal?: AbortSignal
 }
 
-/** Publishes `messages` in order and resolves when the broker has acked every one. */
-export async function publishStream (c: Connection, messages: readonly Message[], o: PublishOptions): Promise<void> {
-  const pending = new Set<Promise<void>>()
-  let failure: unknown
-  // Acks never come once the connection is gone (there is no reconnect), and an abort must not wait
-  // for them either: every wait below also races this.
-  let stop: (err: Error) => void = () => {}
-  const stopped = new Promise<never>((_resolve, reject) => { stop = reject })
-  stopped.catch(() => {})
-  const onClose = (): void => stop(new SimulatorError(`connection to ${c.url} closed before every message was acked`))
-  const onAbort = (): void => stop(o.signal?.reason instanceof Error ? o.signal.reason : new Error('aborted'))
-  c.client.on('close', onClose)
-  o.signal?.addEventListener('abort', onAbort)
+/** When a message is due on the wall clock: wallStart + (due − origin) / speed; at speed 0, now. */
+export function scheduledAt (due: number, o: Pick<PublishOptions, 'speed' | 'origin' | 'wallStart'>): number {
+  return o.speed > 0 ? o.wallStart + (due - o.origin) / o.speed : o.wallStart
+}
+
+/** Publishes `messages` in order, each at its time, and resolves when the broker has acked every one. */
+export async function publishStream (c: Connection, messages: Iterable<Message>, o: PublishOptions): Promise<void> {
+  const sender = new Sender(c, o.qos, o.signal)
   try {
-    o.signal?.throwIfAborted()
     for (const m of messages) {
       if (o.speed > 0) {
-        const wait = o.wallStart + (m.due - o.origin) / o.speed - Date.now()
-        if (wait > 0) await Promise.race([sleep(wait, undefined, { signal: o.signal }), stopped])
+        const wait = scheduledAt(m.due, o) - Date.now()
+        if (wait > 0) await sleep(wait, undefined, { signal: o.signal })
       }
-      if (failure !== undefined) break
-      const payload = Buffer.from(m.payload.buffer, m.payload.byteOffset, m.payload.byteLength)
-      const p: Promise<void> = c.client.publishAsync(m.topic, payload, { qos: o.qos }).then(
-        () => { pending.delete(p) },
-        (err: unknown) => { failure ??= err; pending.delete(p) })
-      pending.add(p)
-      if (pending.size >= MAX_IN_FLIGHT) await Promise.race([Promise.race(pending), stopped])
+      const p = sender.send(m)
+      if (p !== undefined) await p
     }
-    await Promise.race([Promise.all(pending), stopped])
+    await sender.flush()
   } finally {
-    c.client.off('close', onClose)
-    o.signal?.removeEventListener('abort', onAbort)
+    sender.close()
   }
-  if (failure !== undefined) throw new SimulatorError(`publishing to ${c.url} failed: ${(failure as Error).message}`, { cause: failure })
 }

@@ -1,25 +1,34 @@
 /**
- * `runSimulator`: generate a seeded run, write its ground truth, publish it. Tests of the edge agent
- * call it directly; `fogmesh sim` (cli.ts) is a thin layer over it.
+ * `runSimulator`: generate a seeded run, publish it, and compute its ground truth as it goes. Tests of
+ * the edge agent call it directly; `fogmesh sim` (cli.ts) is a thin layer over it.
+ *
+ * Everything streams: messages come from the per-device generators in due order, each goes to the
+ * oracle and to its broker (waiting for the broker when too many publishes are unacked), and with
+ * `collect: false` (the CLI's) nothing keeps them, so memory depends on the open windows, not on the
+ * length of the run. The truth is written once the last message is out.
+ *
+ * Each message's nominal arrival, which the oracle's idle and max-future decisions use, is when it is
+ * scheduled on the wall clock: wallStart + (due − origin) / speed, where wallStart is when publishing
+ * starts (in a dry run, when it would have). At speed 0 everything is due at wallStart.
  */
 import { mkdir, writeFile } from 'node:fs/promises'
 import { dirname } from 'node:path'
+import { setImmediate as yieldToLoop } from 'node:timers/promises'
 import { formatDuration } from '../core/duration.ts'
-import { compileTopicFilter } from '../core/topic.ts'
-import { generate } from './generator.ts'
-import type { GenerationStats, Generated, Message } from './generator.ts'
+import { emptyStats, messages } from './generator.ts'
+import type { GenerationStats, Message } from './generator.ts'
 import { resolveSimOptions } from './options.ts'
 import type { SimInput, SimOptions } from './options.ts'
-import { connectBroker, disconnect, publishStream } from './publisher.ts'
+import { connectBroker, disconnect, scheduledAt, Sender } from './publisher.ts'
 import type { Connection } from './publisher.ts'
-import { computeTruth } from './truth.ts'
+import { Oracle } from './truth.ts'
 import type { TruthFile } from './truth.ts'
 
 export interface SimSummary {
   options: SimOptions
   /** Event-time origin, epoch ms. */
   origin: number
-  /** Per broker (same order as options.mqtt), in publish order. */
+  /** Per broker (same order as options.mqtt), in publish order; empty lists with `collect: false`. */
   streams: Message[][]
   /** Messages per broker URL: published, or that would have been in a dry run. */
   published: Record<string, number>
@@ -32,11 +41,14 @@ export interface SimSummary {
   line: string
 }
 
+/** Messages between two looks at the event loop in a dry run (signals, timers). */
+const YIELD_EVERY = 4096
+
 function serializableOptions (o: SimOptions): Record<string, unknown> {
   return {
     devices: o.devices,
     rooms: o.rooms,
-    rate: o.rate,
+    rate: o.rate.length === 1 ? o.rate[0] : o.rate,
     duration: o.duration,
     topic: o.topic,
     format: o.format,
@@ -48,66 +60,27 @@ function serializableOptions (o: SimOptions): Record<string, unknown> {
     lateBy: o.lateBy,
     duplicateShare: o.duplicateShare,
     malformedShare: o.malformedShare,
+    pauseShare: o.pauseShare,
+    pauseAfter: o.pauseAfter,
+    pauseFor: o.pauseFor,
+    futureShare: o.futureShare,
+    futureBy: o.futureBy,
+    scenario: o.scenario ?? null,
+    tolerance: o.tolerance,
     mqtt: o.mqtt,
     qos: o.qos,
     dryRun: o.dryRun
   }
 }
 
-function counts (o: SimOptions, gen: Generated): Record<string, number> {
-  return Object.fromEntries(o.mqtt.map((url, i) => [url, gen.streams[i].length]))
-}
-
-/**
- * The truth assumes the agent closes windows only by watermark until the stream ends. In real time an
- * agent also closes them after `idle` without a reading, so flag pipelines whose readings come further
- * apart than that on the wall clock.
- */
-function idleWarnings (o: SimOptions, gen: Generated): string[] {
-  if (o.speed === 0 || o.pipelines === undefined) return []
-  const out: string[] = []
-  for (const p of o.pipelines) {
-    const filter = compileTopicFilter(p.from)
-    gen.streams.forEach((stream, i) => {
-      let prev: number | undefined
-      let worst = 0
-      for (const m of stream) {
-        if (filter.match(m.topic) === undefined) continue
-        if (prev !== undefined) worst = Math.max(worst, (m.due - prev) / o.speed)
-        prev = m.due
-      }
-      if (worst >= p.idle) {
-        out.push(`pipeline ${p.name} on ${o.mqtt[i]}: readings up to ${Math.round(worst)} ms apart at speed ${o.speed}, ` +
-          `not less than idle (${p.idle} ms): the agent may close windows early and the truth may not hold`)
-      }
-    })
-  }
-  return out
-}
-
-/** The truth of a generated run, ready to be written as JSON. */
-export function buildTruthFile (o: SimOptions, gen: Generated): TruthFile {
-  if (o.pipelines === undefined) throw new Error('buildTruthFile needs pipelines')
-  const malformed: Record<string, number> = {}
-  for (const [kind, n] of Object.entries(gen.stats.malformed)) malformed[kind] = n ?? 0
-  return {
-    version: 1,
-    seed: o.seed,
-    options: serializableOptions(o),
-    origin: gen.origin,
-    published: counts(o, gen),
-    generated: { readings: gen.stats.readings, late: gen.stats.late, duplicates: gen.stats.duplicates, malformed },
-    warnings: idleWarnings(o, gen),
-    pipelines: computeTruth(o.pipelines, gen.streams, o.mqtt)
-  }
-}
-
-function summaryLine (o: SimOptions, gen: Generated, elapsedMs: number): string {
-  const s = gen.stats
+function summaryLine (o: SimOptions, stats: GenerationStats, counts: number[], elapsedMs: number, ambiguities: number): string {
+  const s = stats
   const malformed = Object.values(s.malformed).reduce((a, b) => a + (b ?? 0), 0)
-  const perBroker = o.mqtt.map((url, i) => `${url} ${gen.streams[i].length}`).join(', ')
-  const what = `${s.readings} readings (${s.late} late), ${s.duplicates} duplicates, ${malformed} malformed; ` +
-    `${o.devices} devices, ${formatDuration(o.duration)} of event time from ${new Date(gen.origin).toISOString()}`
+  const perBroker = o.mqtt.map((url, i) => `${url} ${counts[i]}`).join(', ')
+  const future = s.future > 0 ? `, ${s.future} dated ahead` : ''
+  const doubts = ambiguities > 0 ? `; ${ambiguities} ambiguous readings (see the truth's warnings)` : ''
+  const what = `${s.readings} readings (${s.late} late${future}), ${s.duplicates} duplicates, ${malformed} malformed; ` +
+    `${o.devices} devices, ${formatDuration(o.duration)} of event time from ${new Date(o.start ?? 0).toISOString()}${doubts}`
   if (o.dryRun) return `fogmesh sim: dry run, ${s.messages} messages (${perBroker}): ${what}`
   const secs = elapsedMs / 1000
   const rate = secs > 0 ? Math.round(s.messages / secs) : s.messages
@@ -125,34 +98,102 @@ async function connectAll (o: SimOptions): Promise<Connection[]> {
   return ok
 }
 
+/** Sleeps until `at` (epoch ms); rejects with the signal's reason when it aborts. */
+async function sleepUntil (at: number, signal: AbortSignal | undefined): Promise<void> {
+  const ms = at - Date.now()
+  if (ms <= 0) return
+  signal?.throwIfAborted()
+  await new Promise<void>((resolve, reject) => {
+    const onAbort = (): void => {
+      clearTimeout(timer)
+      reject(signal?.reason)
+    }
+    const timer = setTimeout(() => {
+      signal?.removeEventListener('abort', onAbort)
+      resolve()
+    }, ms)
+    signal?.addEventListener('abort', onAbort, { once: true })
+  })
+}
+
 export async function runSimulator (input: SimInput = {}): Promise<SimSummary> {
   const o = resolveSimOptions(input)
   // Connect before fixing the origin, so that in real time event time matches the wall clock.
   const connections = o.dryRun ? [] : await connectAll(o)
+  const senders = connections.map(c => new Sender(c, o.qos, o.signal))
   try {
     const origin = o.start ?? Date.now()
-    const gen = generate({ ...o, brokers: o.mqtt.length }, origin)
+    // Without --start the origin is now, so event time follows the wall clock.
+    const wallStart = o.start === undefined ? origin : Date.now()
+    const schedule = { speed: o.speed, origin, wallStart }
+    const brokers = o.mqtt.length
+    const oracle = o.pipelines === undefined
+      ? undefined
+      : new Oracle(o.pipelines, brokers, { edgeNames: o.mqtt, tolerance: o.tolerance, paced: o.speed > 0 })
+    const streams: Message[][] = o.mqtt.map(() => [])
+    const counts: number[] = o.mqtt.map(() => 0)
+    const stats = emptyStats()
+    let behind = 0
+    let n = 0
+    const began = Date.now()
+    for (const m of messages({ ...o, brokers }, origin, stats)) {
+      const arrival = scheduledAt(m.due, schedule)
+      oracle?.push(m.broker, { topic: m.topic, payload: m.payload, arrival })
+      if (o.collect) streams[m.broker].push(m)
+      counts[m.broker]++
+      if (o.dryRun) {
+        if (++n % YIELD_EVERY === 0) {
+          await yieldToLoop()
+          o.signal?.throwIfAborted()
+        }
+        continue
+      }
+      if (o.speed > 0) {
+        await sleepUntil(arrival, o.signal)
+        behind = Math.max(behind, Date.now() - arrival)
+      }
+      const wait = senders[m.broker].send(m)
+      if (wait !== undefined) await wait
+    }
+    await Promise.all(senders.map(s => s.flush()))
+    for (const s of senders) s.close()
+    await Promise.all(connections.map(c => disconnect(c)))
+    const elapsedMs = o.dryRun ? 0 : Date.now() - began
+    const published = Object.fromEntries(o.mqtt.map((url, i) => [url, counts[i]]))
     let truth: TruthFile | undefined
-    if (o.pipelines !== undefined) {
-      truth = buildTruthFile(o, gen)
-      for (const w of truth.warnings) o.log(`fogmesh sim: warning: ${w}`)
+    if (oracle !== undefined) {
+      const pipelines = oracle.finish()
+      const warnings = oracle.warnings
+      if (behind > o.tolerance) {
+        warnings.push(`publishing fell up to ${Math.round(behind)} ms behind the schedule, more than the tolerance (${o.tolerance} ms): ` +
+          'the truth\'s idle and max-future decisions may not hold')
+      }
+      const malformed: Record<string, number> = {}
+      for (const [kind, count] of Object.entries(stats.malformed)) malformed[kind] = count ?? 0
+      truth = {
+        version: 1,
+        seed: o.seed,
+        options: serializableOptions(o),
+        origin,
+        wallStart,
+        published,
+        generated: { readings: stats.readings, late: stats.late, future: stats.future, duplicates: stats.duplicates, malformed },
+        warnings,
+        ambiguities: oracle.ambiguities,
+        pipelines
+      }
+      for (const w of warnings.slice(0, 10)) o.log(`fogmesh sim: warning: ${w}`)
+      if (warnings.length > 10) o.log(`fogmesh sim: warning: ${warnings.length - 10} more in the truth file`)
       if (o.truth !== undefined) {
         await mkdir(dirname(o.truth), { recursive: true })
         await writeFile(o.truth, JSON.stringify(truth, null, 2) + '\n')
       }
     }
-    const began = Date.now()
-    if (!o.dryRun) {
-      // Without --start the origin is now, so event time follows the wall clock.
-      const wallStart = o.start === undefined ? origin : began
-      await Promise.all(connections.map((c, i) => publishStream(c, gen.streams[i], { qos: o.qos, speed: o.speed, origin, wallStart, signal: o.signal })))
-      await Promise.all(connections.map(c => disconnect(c)))
-    }
-    const elapsedMs = o.dryRun ? 0 : Date.now() - began
-    const line = summaryLine(o, gen, elapsedMs)
+    const line = summaryLine({ ...o, start: origin }, stats, counts, elapsedMs, oracle?.ambiguities ?? 0)
     o.log(line)
-    return { options: o, origin, streams: gen.streams, published: counts(o, gen), stats: gen.stats, truth, elapsedMs, line }
+    return { options: o, origin, streams, published, stats, truth, elapsedMs, line }
   } catch (err) {
+    for (const s of senders) s.close()
     await Promise.all(connections.map(c => disconnect(c, true)))
     throw err
   }

@@ -4,9 +4,35 @@
  *
  * This is deliberately a second, naive implementation of the window semantics. It shares nothing with
  * core/windows, core/aggregates or the operators (they are the code under test): it keeps every value
- * of every window in arrays and computes the results exactly at the end. It does share the input
- * language (topic filters, CEL, payload decoding, timestamp normalization), which is not what the
- * truth is meant to check.
+ * of every window in arrays and computes a window's results exactly once nothing can change it any
+ * more. It does share the input language (topic filters, CEL, payload decoding, timestamp
+ * normalization), which is not what the truth is meant to check.
+ *
+ * Time, as SPEC.md puts it:
+ * - watermark = latest event time seen − lateness; a reading is assigned with the watermark as it was
+ *   before it, then the watermark advances and due windows close;
+ * - idle: while a pipeline receives nothing, event time goes on with the wall clock. Before each
+ *   message that arrives `idle` or more after the last reading, the watermark becomes
+ *   max(watermark, latest event time + (arrival − last arrival) − lateness), closing what is due. The
+ *   agent also does this periodically, but the watermark only grows, so what it is at the next
+ *   reading is exactly this;
+ * - max-future: a reading dated more than `maxFuture` after its arrival is rejected
+ *   (`future_timestamp`) and, like a bad timestamp or an undecodable payload, moves neither the
+ *   watermark nor the last arrival. Any other reading does, filtered or rejected later or not;
+ * - the end of the stream closes every window (the wall clock closes them eventually).
+ *
+ * Arrivals are the nominal wall-clock times the simulator publishes at. Real ones stray from them a
+ * little, so the oracle follows the watermark's lowest and highest values over arrivals within
+ * `tolerance` of the schedule (each reading's delay after the one before it off by up to ± tolerance),
+ * and reports in `warnings` every reading whose fate (late or not for a window, merged into a session
+ * or not, a `late: update` revision, the max-future rejection) is not the same at both: an unreported
+ * reading is predicted exactly. Crossing the idle threshold or not is reported through what it
+ * changes. Messages without an arrival model no idle and no max-future; unpaced ones (published as
+ * fast as possible) no idle.
+ *
+ * Memory is bounded by open windows: a window's results are computed, and its values dropped, once it
+ * is final at its edge (closed, and past the horizon with `late: update`); the merged view holds a
+ * window until no edge can add to it any more. Results do not depend on how edges interleave.
  *
  * Where the semantics left a choice, the oracle takes this one:
  * - expression variables are `{...record, ...topic wildcard bindings, topic, payload}`: a binding wins
@@ -15,8 +41,7 @@
  *   `late` (and in `partiallyLate`, so a test can subtract it);
  * - with `late: update`, a late reading (within the horizon) for a window that never had a reading
  *   opens it, and it is emitted at once as revision 0;
- * - the merged view merges every overlapping session of a key, from the same edge or not;
- * - the truth assumes no window closes by `idle` before the stream ends (see the warnings in sim.ts).
+ * - the merged view merges every overlapping session of a key, from the same edge or not.
  */
 import { readFile } from 'node:fs/promises'
 import { ReadingRejected } from '../core/errors.ts'
@@ -60,16 +85,45 @@ export interface EdgeTruth {
   partiallyLate: number
   /** Per reason; a payload that cannot be decoded counts once, whatever it would have carried. */
   rejected: Partial<Record<RejectReason, number>>
+  /** Readings whose fate depends on arrivals straying from the schedule (each one is in the warnings). */
+  ambiguous: number
   /** The final revision of every emitted window, sorted by start, then key. */
   results: WindowResult[]
+}
+
+/**
+ * How far a result field may be from the truth: aggregates that are estimated by design. Up to
+ * `exactUpTo` (when given) the value is exact, beyond it within `relativeError`.
+ */
+export interface Approximation {
+  relativeError: number
+  exactUpTo?: number
+}
+
+/** What SPEC.md promises: percentile within 1%; distinct exact up to 1000 values, within 2% beyond. */
+export const APPROXIMATIONS: Readonly<Record<string, Approximation>> = {
+  percentile: { relativeError: 0.01 },
+  distinct: { exactUpTo: 1000, relativeError: 0.02 }
+}
+
+/** The approximate result fields of a pipeline, by field name. */
+export function approximationsOf (spec: Pick<PipelineSpec, 'select'>): Record<string, Approximation> {
+  const out: Record<string, Approximation> = {}
+  for (const s of spec.select) {
+    const a = APPROXIMATIONS[s.fn]
+    if (a !== undefined) out[s.name] = { ...a }
+  }
+  return out
 }
 
 export interface PipelineTruth {
   /**
    * False when the pipeline runs on arrival time (no `timestamp`): then only the counters are
-   * predictable and `results` are empty.
+   * predictable and `results` are empty. True does not make every value exact: see `approximate`.
    */
   exact: boolean
+  /** Result fields the tiers estimate, and how closely (the truth holds their exact value). */
+  approximate: Record<string, Approximation>
   window: WindowSpec['kind']
   /** Per edge, named by its broker URL. */
   edges: Record<string, EdgeTruth>
@@ -80,6 +134,8 @@ export interface PipelineTruth {
 export interface OracleMessage {
   topic: string
   payload: Uint8Array
+  /** When it arrives at the edge, wall clock, epoch ms; undefined: no idle and no max-future. */
+  arrival?: number
 }
 
 type Scalar = number | string
@@ -120,15 +176,6 @@ interface Entry {
   ts: number
   /** One per select, undefined for count(). */
   inputs: Array<Scalar | undefined>
-}
-
-interface Win {
-  key: string
-  start: number
-  end: number
-  entries: Entry[]
-  revision: number
-  edge: number
 }
 
 function compile (spec: PipelineSpec): Compiled {
@@ -213,161 +260,6 @@ function windowsOf (w: WindowSpec, ts: number): Array<[number, number]> {
   return out.reverse()
 }
 
-interface EdgeRun {
-  counters: Omit<EdgeTruth, 'results'>
-  windows: Win[]
-}
-
-function runEdge (c: Compiled, messages: readonly OracleMessage[], edge: number): EdgeRun {
-  const spec = c.spec
-  const exact = c.timestamp !== undefined
-  const counters: EdgeRun['counters'] = { accepted: 0, filtered: 0, late: 0, partiallyLate: 0, rejected: {} }
-  const reject = (reason: RejectReason): void => { counters.rejected[reason] = (counters.rejected[reason] ?? 0) + 1 }
-
-  let maxTs = -Infinity
-  let watermark = -Infinity
-  // tumbling/hopping: windows by key + start, open or closed
-  const open = new Map<string, Win>()
-  const closed = new Map<string, Win>()
-  // session: the open sessions of each key
-  const sessions = new Map<string, Win[]>()
-  // count: the readings of each key's incomplete window
-  const pending = new Map<string, Entry[]>()
-  const done: Win[] = []
-
-  const closeUpTo = (wm: number): void => {
-    for (const [id, w] of open) {
-      if (w.end <= wm) {
-        open.delete(id)
-        closed.set(id, w)
-        done.push(w)
-      }
-    }
-    for (const [key, list] of sessions) {
-      const still = list.filter(s => s.end > wm)
-      for (const s of list) if (s.end <= wm) done.push(s)
-      if (still.length > 0) sessions.set(key, still)
-      else sessions.delete(key)
-    }
-  }
-
-  const assign = (key: string, entry: Entry): void => {
-    const w = spec.window
-    const ts = entry.ts
-    if (w.kind === 'count') {
-      const buf = pending.get(key) ?? []
-      buf.push(entry)
-      if (buf.length === w.count) {
-        const start = buf.reduce((m, e) => Math.min(m, e.ts), Infinity)
-        const end = buf.reduce((m, e) => Math.max(m, e.ts), -Infinity) + 1
-        done.push({ key, start, end, entries: buf, revision: 0, edge })
-        pending.delete(key)
-      } else {
-        pending.set(key, buf)
-      }
-      counters.accepted++
-      return
-    }
-    if (w.kind === 'session') {
-      const list = sessions.get(key) ?? []
-      const overlapping = list.filter(s => s.start < ts + w.gap && ts < s.end)
-      const start = Math.min(ts, ...overlapping.map(s => s.start))
-      const end = Math.max(ts + w.gap, ...overlapping.map(s => s.end))
-      if (end <= watermark) {
-        counters.late++
-        return
-      }
-      if (overlapping.length === 0) {
-        sessions.set(key, [...list, { key, start, end, entries: [entry], revision: 0, edge }])
-      } else {
-        // Grow the first overlapping session in place: copying its entries per reading would make
-        // a long-lived session quadratic.
-        const [into, ...rest] = overlapping
-        for (const s of rest) into.entries.push(...s.entries)
-        into.entries.push(entry)
-        into.start = start
-        into.end = end
-        if (rest.length > 0) sessions.set(key, list.filter(s => !rest.includes(s)))
-      }
-      counters.accepted++
-      return
-    }
-    let added = 0
-    let late = 0
-    for (const [start, end] of windowsOf(w, ts)) {
-      const id = `${key}\u0000${start}`
-      if (end > watermark) {
-        let win = open.get(id)
-        if (win === undefined) {
-          win = { key, start, end, entries: [], revision: 0, edge }
-          open.set(id, win)
-        }
-        win.entries.push(entry)
-        added++
-      } else if (spec.late === 'update' && end > watermark - spec.lateHorizon) {
-        const win = closed.get(id)
-        if (win === undefined) {
-          // Nothing was ever emitted for this window: the late reading opens it, emitted at once
-          // (revision 0) since its end is already behind the watermark.
-          const fresh: Win = { key, start, end, entries: [entry], revision: 0, edge }
-          closed.set(id, fresh)
-          done.push(fresh)
-        } else {
-          win.entries.push(entry)
-          win.revision++
-        }
-        added++
-      } else {
-        late++
-      }
-    }
-    if (added > 0) counters.accepted++
-    if (late > 0) counters.late++
-    if (added > 0 && late > 0) counters.partiallyLate++
-  }
-
-  const reading = (vars: Vars): void => {
-    let ts = NaN
-    if (c.timestamp !== undefined) {
-      try {
-        ts = toEventTime(c.timestamp.evaluate(vars))
-      } catch (err) {
-        reject(reasonOf(err, 'bad_timestamp'))
-        return
-      }
-    }
-    const outcome = classify(c, vars)
-    if (outcome.kind === 'filtered') counters.filtered++
-    else if (outcome.kind === 'rejected') reject(outcome.reason)
-    else if (!exact) counters.accepted++
-    else assign(outcome.key, { ts, inputs: outcome.inputs })
-    if (!exact) return
-    // Past the timestamp, every reading moves the watermark, whatever became of it afterwards.
-    if (ts > maxTs) maxTs = ts
-    if (maxTs - spec.lateness > watermark) {
-      watermark = maxTs - spec.lateness
-      closeUpTo(watermark)
-    }
-  }
-
-  for (const msg of messages) {
-    const bound = c.filter.match(msg.topic)
-    if (bound === undefined) continue
-    let records
-    try {
-      records = c.decode(msg.payload)
-    } catch (err) {
-      reject(reasonOf(err, 'parse'))
-      continue
-    }
-    for (const record of records) reading({ ...record, ...bound, topic: msg.topic, payload: record })
-  }
-  // End of stream: the agent closes every open window once `idle` has passed; incomplete count
-  // windows are never emitted.
-  if (exact) closeUpTo(Infinity)
-  return { counters, windows: exact ? done : [] }
-}
-
 /** Numbers before strings; numbers numerically, strings by code unit. */
 function compareScalars (a: Scalar, b: Scalar): number {
   if (typeof a === 'number' && typeof b === 'number') return a - b
@@ -411,7 +303,26 @@ function aggregate (s: Select, index: number, entries: Entry[]): ResultValue {
   throw new Error(`unknown aggregate ${s.fn}`)
 }
 
-function toResult (c: Compiled, w: Win, sources?: number): WindowResult {
+interface Win {
+  key: string
+  start: number
+  end: number
+  entries: Entry[]
+  revision: number
+  edge: number
+  /** Order of closing at its edge: a tie-break that does not depend on how edges interleave. */
+  seq: number
+}
+
+/** A final result and what it sorts by. */
+interface Final {
+  key: string
+  start: number
+  end: number
+  result: WindowResult
+}
+
+function toResult (c: Compiled, w: { key: string, start: number, end: number, revision: number, entries: Entry[] }, sources?: number): WindowResult {
   const values: Record<string, ResultValue> = {}
   c.select.forEach((s, i) => { values[s.name] = aggregate(s, i, w.entries) })
   const r: WindowResult = { key: w.key, start: new Date(w.start).toISOString(), end: new Date(w.end).toISOString(), revision: w.revision, values }
@@ -419,71 +330,598 @@ function toResult (c: Compiled, w: Win, sources?: number): WindowResult {
   return r
 }
 
-function sortWindows<T extends { key: string, start: number, end: number }> (ws: T[]): T[] {
-  return ws.sort((a, b) => a.start - b.start || (a.key < b.key ? -1 : a.key > b.key ? 1 : 0) || a.end - b.end)
+function compareKeys (a: string, b: string): number {
+  return a < b ? -1 : a > b ? 1 : 0
 }
 
-/** What the fog computes: every edge's readings of a window together; overlapping sessions merged. */
-function mergeEdges (c: Compiled, windows: Win[]): WindowResult[] {
-  const merged: Array<Win & { edges: Set<number> }> = []
-  if (c.spec.window.kind === 'session') {
-    const byKey = new Map<string, Win[]>()
-    for (const w of windows) {
-      const list = byKey.get(w.key)
-      if (list === undefined) byKey.set(w.key, [w])
-      else list.push(w)
+/** By start, then key, then end; stable, so windows of one key and span stay in closing order. */
+function sortFinals (fs: Final[]): WindowResult[] {
+  return fs.sort((a, b) => a.start - b.start || compareKeys(a.key, b.key) || a.end - b.end).map(f => f.result)
+}
+
+const iso = (ms: number): string => Number.isFinite(ms) ? new Date(ms).toISOString() : String(ms)
+
+export interface OracleOptions {
+  /** Names of the edges in the truth (default "0", "1", ...). */
+  edgeNames?: readonly string[]
+  /** How far (ms) a real arrival may be from the message's `arrival` (default 1000). */
+  tolerance?: number
+  /**
+   * Whether arrivals follow the schedule. False when messages are published as fast as possible: they
+   * arrive about together, so idle never passes within the stream (`arrival` still dates them for
+   * max-future).
+   */
+  paced?: boolean
+  /** At most this many warnings are kept (the count goes on); default 100. */
+  maxWarnings?: number
+}
+
+/** Reports ambiguous readings. */
+interface Reporter {
+  tolerance: number
+  paced: boolean
+  report: (pipeline: string, edge: string, ts: number, arrival: number | undefined, what: string[]) => void
+}
+
+/** One pipeline at one edge. */
+class EdgeRun {
+  readonly counters: Omit<EdgeTruth, 'results'> = { accepted: 0, filtered: 0, late: 0, partiallyLate: 0, rejected: {}, ambiguous: 0 }
+  readonly finals: Final[] = []
+  readonly #c: Compiled
+  readonly #edge: number
+  readonly #name: string
+  readonly #exact: boolean
+  readonly #reporter: Reporter
+  readonly #onFinal: (w: Win) => void
+  #seq = 0
+  #maxTs = -Infinity
+  #lastArrival: number | undefined
+  /** The watermark at the scheduled arrivals, and its lowest and highest values within the tolerance. */
+  watermark = -Infinity
+  #low = -Infinity
+  #high = -Infinity
+  /** tumbling/hopping: open windows by key + start. */
+  readonly #open = new Map<string, Win>()
+  /** The earliest end among open windows and sessions; may be low (sessions grow), never high. */
+  #nextClose = Infinity
+  /** tumbling/hopping with `late: update`: closed windows still within the horizon. */
+  readonly #closed = new Map<string, Win>()
+  #nextExpiry = Infinity
+  /** session: the open sessions of each key. */
+  readonly sessions = new Map<string, Win[]>()
+  /** session: closed sessions a lower watermark would have kept open, per key. */
+  readonly #recent = new Map<string, Win[]>()
+  /** count: the readings of each key's incomplete window. */
+  readonly #pending = new Map<string, Entry[]>()
+  /** Why the current reading is ambiguous. */
+  #doubts: string[] = []
+
+  constructor (c: Compiled, edge: number, name: string, reporter: Reporter, onFinal: (w: Win) => void) {
+    this.#c = c
+    this.#edge = edge
+    this.#name = name
+    this.#exact = c.timestamp !== undefined
+    this.#reporter = reporter
+    this.#onFinal = onFinal
+  }
+
+  #reject (reason: RejectReason): void {
+    this.counters.rejected[reason] = (this.counters.rejected[reason] ?? 0) + 1
+  }
+
+  message (msg: OracleMessage): void {
+    const c = this.#c
+    const bound = c.filter.match(msg.topic)
+    if (bound === undefined) return
+    if (this.#exact && msg.arrival !== undefined && this.#reporter.paced) this.#idle(msg.arrival)
+    let records
+    try {
+      records = c.decode(msg.payload)
+    } catch (err) {
+      this.#reject(reasonOf(err, 'parse'))
+      return
     }
-    for (const list of byKey.values()) {
-      let current: (Win & { edges: Set<number> }) | undefined
-      for (const w of sortWindows(list)) {
-        if (current !== undefined && w.start < current.end) {
-          current.end = Math.max(current.end, w.end)
-          current.entries.push(...w.entries)
-          current.edges.add(w.edge)
-        } else {
-          current = { ...w, entries: [...w.entries], revision: 0, edges: new Set([w.edge]) }
-          merged.push(current)
+    for (const record of records) this.#reading({ ...record, ...bound, topic: msg.topic, payload: record }, msg.arrival)
+  }
+
+  /** The wall clock moves event time on after `idle` without a reading. */
+  #idle (arrival: number): void {
+    if (this.#lastArrival === undefined) return
+    const spec = this.#c.spec
+    const gap = arrival - this.#lastArrival
+    const tol = this.#reporter.tolerance
+    const base = this.#maxTs - spec.lateness
+    if (gap - tol >= spec.idle) this.#low = Math.max(this.#low, base + gap - tol)
+    if (gap + tol >= spec.idle) this.#high = Math.max(this.#high, base + gap + tol)
+    if (gap >= spec.idle) this.#advance(base + gap)
+  }
+
+  #reading (vars: Vars, arrival: number | undefined): void {
+    const c = this.#c
+    const spec = c.spec
+    let ts = NaN
+    if (c.timestamp !== undefined) {
+      try {
+        ts = toEventTime(c.timestamp.evaluate(vars))
+      } catch (err) {
+        this.#reject(reasonOf(err, 'bad_timestamp'))
+        return
+      }
+      if (arrival !== undefined) {
+        const limit = arrival + spec.maxFuture
+        const tol = this.#reporter.tolerance
+        if ((ts > limit - tol) !== (ts > limit + tol)) {
+          this.#doubts.push(`max-future: ${ts - arrival} ms ahead of its arrival, against max-future ${spec.maxFuture} ms`)
+        }
+        if (ts > limit) {
+          this.#reject('future_timestamp')
+          this.#flush(ts, arrival)
+          return
         }
       }
     }
-  } else {
-    const byId = new Map<string, Win & { edges: Set<number> }>()
-    for (const w of windows) {
-      const id = `${w.key}\u0000${w.start}`
-      const m = byId.get(id)
-      if (m === undefined) {
-        const fresh = { ...w, entries: [...w.entries], revision: 0, edges: new Set([w.edge]) }
-        byId.set(id, fresh)
-        merged.push(fresh)
+    const outcome = classify(c, vars)
+    if (outcome.kind === 'filtered') this.counters.filtered++
+    else if (outcome.kind === 'rejected') this.#reject(outcome.reason)
+    else if (!this.#exact) this.counters.accepted++
+    else this.#assign(outcome.key, { ts, inputs: outcome.inputs })
+    if (!this.#exact) return
+    this.#flush(ts, arrival)
+    // Past the timestamp, every reading moves the watermark, whatever became of it afterwards.
+    if (ts > this.#maxTs) this.#maxTs = ts
+    if (arrival !== undefined) this.#lastArrival = arrival
+    const to = this.#maxTs - spec.lateness
+    this.#low = Math.max(this.#low, to)
+    this.#high = Math.max(this.#high, to)
+    this.#advance(to)
+  }
+
+  /** Reports the current reading if anything about it was in doubt. */
+  #flush (ts: number, arrival: number | undefined): void {
+    if (this.#doubts.length === 0) return
+    this.counters.ambiguous++
+    this.#reporter.report(this.#c.spec.name, this.#name, ts, arrival, this.#doubts)
+    this.#doubts = []
+  }
+
+  /** What happens to a reading for the time window ending at `end`, with the watermark at `wm`. */
+  #fate (end: number, wm: number): 'added' | 'updates' | 'late' {
+    const spec = this.#c.spec
+    if (end > wm) return 'added'
+    return spec.late === 'update' && end > wm - spec.lateHorizon ? 'updates' : 'late'
+  }
+
+  #window (start: number, end: number, key: string): string {
+    return `window [${iso(start)}, ${iso(end)}) of key ${key}`
+  }
+
+  #assign (key: string, entry: Entry): void {
+    const spec = this.#c.spec
+    const w = spec.window
+    const ts = entry.ts
+    if (w.kind === 'count') {
+      const buf = this.#pending.get(key) ?? []
+      buf.push(entry)
+      if (buf.length === w.count) {
+        const start = buf.reduce((m, e) => Math.min(m, e.ts), Infinity)
+        const end = buf.reduce((m, e) => Math.max(m, e.ts), -Infinity) + 1
+        this.#pending.delete(key)
+        this.#final({ key, start, end, entries: buf, revision: 0, edge: this.#edge, seq: this.#seq++ })
       } else {
-        m.entries.push(...w.entries)
-        m.edges.add(w.edge)
+        this.#pending.set(key, buf)
+      }
+      this.counters.accepted++
+      return
+    }
+    if (w.kind === 'session') {
+      this.#assignSession(key, entry, w.gap)
+      return
+    }
+    let added = 0
+    let late = 0
+    for (const [start, end] of windowsOf(w, ts)) {
+      const id = `${key}\u0000${start}`
+      const fate = this.#fate(end, this.watermark)
+      const low = this.#fate(end, this.#low)
+      const high = this.#fate(end, this.#high)
+      if (low !== high) this.#doubts.push(`${this.#window(start, end, key)}: ${low} or ${high} (the watermark between ${iso(this.#low)} and ${iso(this.#high)})`)
+      if (fate === 'added') {
+        let win = this.#open.get(id)
+        if (win === undefined) {
+          win = { key, start, end, entries: [], revision: 0, edge: this.#edge, seq: 0 }
+          this.#open.set(id, win)
+          if (end < this.#nextClose) this.#nextClose = end
+        }
+        win.entries.push(entry)
+        added++
+      } else if (fate === 'updates') {
+        const win = this.#closed.get(id)
+        if (win === undefined) {
+          // Nothing was ever emitted for this window: the late reading opens it, emitted at once
+          // (revision 0) since its end is already behind the watermark.
+          this.#closed.set(id, { key, start, end, entries: [entry], revision: 0, edge: this.#edge, seq: this.#seq++ })
+          if (end < this.#nextExpiry) this.#nextExpiry = end
+        } else {
+          win.entries.push(entry)
+          win.revision++
+        }
+        added++
+      } else {
+        late++
+      }
+    }
+    if (added > 0) this.counters.accepted++
+    if (late > 0) this.counters.late++
+    if (added > 0 && late > 0) this.counters.partiallyLate++
+  }
+
+  #assignSession (key: string, entry: Entry, gap: number): void {
+    const ts = entry.ts
+    const list = this.sessions.get(key) ?? []
+    const overlapping = list.filter(s => s.start < ts + gap && ts < s.end)
+    const start = Math.min(ts, ...overlapping.map(s => s.start))
+    const end = Math.max(ts + gap, ...overlapping.map(s => s.end))
+    for (const s of overlapping) {
+      if (s.end <= this.#high) this.#doubts.push(`session [${iso(s.start)}, ${iso(s.end)}) of key ${key}: open or closed before it (the watermark up to ${iso(this.#high)})`)
+    }
+    const recent = this.#recent.get(key)?.filter(s => s.end > this.#low)
+    for (const s of recent ?? []) {
+      if (s.start < ts + gap && ts < s.end) this.#doubts.push(`session [${iso(s.start)}, ${iso(s.end)}) of key ${key}: closed before it or still open (the watermark down to ${iso(this.#low)})`)
+    }
+    if ((end <= this.#low) !== (end <= this.#high)) this.#doubts.push(`session [${iso(start)}, ${iso(end)}) of key ${key}: on time or late (the watermark between ${iso(this.#low)} and ${iso(this.#high)})`)
+    if (end <= this.watermark) {
+      this.counters.late++
+      return
+    }
+    if (overlapping.length === 0) {
+      list.push({ key, start, end, entries: [entry], revision: 0, edge: this.#edge, seq: 0 })
+      this.sessions.set(key, list)
+      if (end < this.#nextClose) this.#nextClose = end
+    } else {
+      // Grow the first overlapping session in place: copying its entries per reading would make
+      // a long-lived session quadratic.
+      const [into, ...rest] = overlapping
+      for (const s of rest) into.entries.push(...s.entries)
+      into.entries.push(entry)
+      into.start = start
+      into.end = end
+      if (rest.length > 0) this.sessions.set(key, list.filter(s => !rest.includes(s)))
+    }
+    this.counters.accepted++
+  }
+
+  /** Moves the watermark forward (never back), closing what is due and finalizing what nothing can change. */
+  #advance (to: number): void {
+    if (this.#high < to) this.#high = to
+    if (to <= this.watermark) return
+    this.watermark = to
+    if (to >= this.#nextClose) this.#closeUpTo(to)
+    const spec = this.#c.spec
+    if (spec.late === 'update' && to - spec.lateHorizon >= this.#nextExpiry) this.#expire(to - spec.lateHorizon)
+    if (this.#recent.size > 0) {
+      for (const [key, list] of this.#recent) {
+        const still = list.filter(s => s.end > this.#low)
+        if (still.length > 0) this.#recent.set(key, still)
+        else this.#recent.delete(key)
       }
     }
   }
-  return sortWindows(merged).map(w => toResult(c, w, w.edges.size))
+
+  #closeUpTo (wm: number): void {
+    const update = this.#c.spec.late === 'update'
+    let next = Infinity
+    for (const [id, w] of this.#open) {
+      if (w.end > wm) {
+        if (w.end < next) next = w.end
+        continue
+      }
+      this.#open.delete(id)
+      w.seq = this.#seq++
+      if (update) {
+        this.#closed.set(id, w)
+        if (w.end < this.#nextExpiry) this.#nextExpiry = w.end
+      } else {
+        this.#final(w)
+      }
+    }
+    for (const [key, list] of this.sessions) {
+      const still: Win[] = []
+      for (const s of list) {
+        if (s.end > wm) {
+          still.push(s)
+          if (s.end < next) next = s.end
+          continue
+        }
+        s.seq = this.#seq++
+        this.#final(s)
+        if (s.end > this.#low) {
+          const recent = this.#recent.get(key)
+          if (recent === undefined) this.#recent.set(key, [s])
+          else recent.push(s)
+        }
+      }
+      if (still.length > 0) this.sessions.set(key, still)
+      else this.sessions.delete(key)
+    }
+    this.#nextClose = next
+  }
+
+  /** With `late: update`: closed windows past the horizon can change no more. */
+  #expire (horizon: number): void {
+    let next = Infinity
+    for (const [id, w] of this.#closed) {
+      if (w.end > horizon) {
+        if (w.end < next) next = w.end
+        continue
+      }
+      this.#closed.delete(id)
+      this.#final(w)
+    }
+    this.#nextExpiry = next
+  }
+
+  #final (w: Win): void {
+    this.finals.push({ key: w.key, start: w.start, end: w.end, result: toResult(this.#c, w) })
+    this.#onFinal(w)
+  }
+
+  /** End of stream: every open window closes; incomplete count windows are never emitted. */
+  finish (): void {
+    if (!this.#exact) return
+    this.#closeUpTo(Infinity)
+    this.#expire(Infinity)
+    this.#recent.clear()
+  }
+
+  /** The earliest start among the open sessions of `key`, or Infinity. */
+  openSessionStart (key: string): number {
+    let min = Infinity
+    for (const s of this.sessions.get(key) ?? []) if (s.start < min) min = s.start
+    return min
+  }
+}
+
+interface MergedWin {
+  key: string
+  start: number
+  end: number
+  revision: 0
+  /** Per edge, in edge order: the sum of floating-point values must not depend on who finished first. */
+  parts: Entry[][]
+  entries: Entry[]
+}
+
+/**
+ * The fog's view: every edge's readings of a window together; overlapping sessions of a key merged,
+ * from the same edge or not. A window is final once every edge's watermark is past its end (and the
+ * late horizon with `late: update`); a chain of sessions once no session an edge could still close
+ * can reach back to it.
+ */
+class MergedRun {
+  readonly finals: Final[] = []
+  readonly #c: Compiled
+  readonly #edges: EdgeRun[]
+  readonly #windows = new Map<string, MergedWin>()
+  #nextEnd = Infinity
+  /** session: closed sessions of each key not yet final in the merged view. */
+  readonly #sessions = new Map<string, Win[]>()
+  #sessionsAdded = false
+
+  constructor (c: Compiled, edges: EdgeRun[]) {
+    this.#c = c
+    this.#edges = edges
+  }
+
+  add (w: Win): void {
+    if (this.#c.spec.window.kind === 'session') {
+      const list = this.#sessions.get(w.key)
+      if (list === undefined) this.#sessions.set(w.key, [w])
+      else list.push(w)
+      this.#sessionsAdded = true
+      return
+    }
+    const id = `${w.key}\u0000${w.start}`
+    let m = this.#windows.get(id)
+    if (m === undefined) {
+      m = { key: w.key, start: w.start, end: w.end, revision: 0, parts: [], entries: [] }
+      this.#windows.set(id, m)
+      if (w.end < this.#nextEnd) this.#nextEnd = w.end
+    }
+    const part = m.parts[w.edge]
+    if (part === undefined) m.parts[w.edge] = w.entries
+    else part.push(...w.entries)
+  }
+
+  /** The lowest watermark among edges, less the horizon within which closed windows still change. */
+  #mark (): number {
+    const spec = this.#c.spec
+    let min = Infinity
+    for (const e of this.#edges) min = Math.min(min, e.watermark)
+    return spec.late === 'update' ? min - spec.lateHorizon : min
+  }
+
+  /** Finalizes what can no longer change; everything with `end` set. */
+  sweep (end = false): void {
+    if (this.#c.spec.window.kind === 'session') {
+      this.#sweepSessions(end)
+      return
+    }
+    const mark = end ? Infinity : this.#mark()
+    if (mark < this.#nextEnd) return
+    let next = Infinity
+    for (const [id, m] of this.#windows) {
+      if (m.end > mark) {
+        if (m.end < next) next = m.end
+        continue
+      }
+      this.#windows.delete(id)
+      let sources = 0
+      for (const part of m.parts) {
+        if (part === undefined) continue
+        sources++
+        for (const e of part) m.entries.push(e)
+      }
+      this.finals.push({ key: m.key, start: m.start, end: m.end, result: toResult(this.#c, m, sources) })
+    }
+    this.#nextEnd = next
+  }
+
+  /** Whether sweeping may finalize sessions now (cheap to ask after every message). */
+  get sessionsPending (): boolean {
+    return this.#sessionsAdded
+  }
+
+  #sweepSessions (end: boolean): void {
+    const w = this.#c.spec.window
+    if (w.kind !== 'session') return
+    this.#sessionsAdded = false
+    for (const [key, list] of this.#sessions) {
+      // A session an edge closes later starts after its watermark − gap, and after its open
+      // sessions' starts − gap: a chain ending before all of that is complete.
+      let reach = Infinity
+      if (!end) {
+        for (const e of this.#edges) reach = Math.min(reach, e.watermark - w.gap, e.openSessionStart(key) - w.gap)
+      }
+      list.sort((a, b) => a.start - b.start || a.end - b.end || a.edge - b.edge || a.seq - b.seq)
+      const keep: Win[] = []
+      let chain: Win[] = []
+      let chainEnd = -Infinity
+      const settle = (): void => {
+        if (chain.length === 0) return
+        if (chainEnd <= reach) this.#finalChain(key, chain, chainEnd)
+        else keep.push(...chain)
+      }
+      for (const s of list) {
+        if (chain.length > 0 && s.start < chainEnd) {
+          chain.push(s)
+          chainEnd = Math.max(chainEnd, s.end)
+        } else {
+          settle()
+          chain = [s]
+          chainEnd = s.end
+        }
+      }
+      settle()
+      if (keep.length > 0) this.#sessions.set(key, keep)
+      else this.#sessions.delete(key)
+    }
+  }
+
+  #finalChain (key: string, chain: Win[], end: number): void {
+    const entries: Entry[] = []
+    const edges = new Set<number>()
+    for (const s of chain) {
+      for (const e of s.entries) entries.push(e)
+      edges.add(s.edge)
+    }
+    const start = chain[0].start
+    this.finals.push({ key, start, end, result: toResult(this.#c, { key, start, end, revision: 0, entries }, edges.size) })
+  }
+}
+
+/** How often (messages) pending merged sessions are looked at when nothing new closed. */
+const SESSION_SWEEP_EVERY = 1024
+
+class PipelineRun {
+  readonly c: Compiled
+  readonly edges: EdgeRun[]
+  readonly merged: MergedRun | undefined
+  readonly #names: readonly string[]
+  #sinceSweep = 0
+
+  constructor (spec: PipelineSpec, names: readonly string[], reporter: Reporter) {
+    this.c = compile(spec)
+    this.#names = names
+    const mergeable = spec.timestamp !== undefined && spec.window.kind !== 'count'
+    this.edges = names.map((name, i) => new EdgeRun(this.c, i, name, reporter, w => { this.merged?.add(w) }))
+    this.merged = mergeable ? new MergedRun(this.c, this.edges) : undefined
+  }
+
+  message (edge: number, msg: OracleMessage): void {
+    this.edges[edge].message(msg)
+    const m = this.merged
+    if (m === undefined) return
+    if (this.c.spec.window.kind !== 'session') {
+      m.sweep()
+    } else if (m.sessionsPending || ++this.#sinceSweep >= SESSION_SWEEP_EVERY) {
+      this.#sinceSweep = 0
+      m.sweep()
+    }
+  }
+
+  finish (): PipelineTruth {
+    const spec = this.c.spec
+    for (const e of this.edges) e.finish()
+    this.merged?.sweep(true)
+    return {
+      exact: spec.timestamp !== undefined,
+      approximate: approximationsOf(spec),
+      window: spec.window.kind,
+      edges: Object.fromEntries(this.edges.map((e, i) => [this.#names[i], { ...e.counters, results: sortFinals(e.finals) }])),
+      merged: this.merged === undefined ? null : { results: sortFinals(this.merged.finals) }
+    }
+  }
+}
+
+/**
+ * Computes the truth incrementally: push each edge's messages in the order its broker delivers them
+ * (edges may interleave in any way: the truth is the same), then finish.
+ */
+export class Oracle {
+  readonly #runs: PipelineRun[]
+  readonly #warnings: string[] = []
+  readonly #maxWarnings: number
+  #ambiguities = 0
+
+  constructor (pipelines: readonly PipelineSpec[], edges: number, options: OracleOptions = {}) {
+    const names = Array.from({ length: edges }, (_, i) => options.edgeNames?.[i] ?? String(i))
+    this.#maxWarnings = options.maxWarnings ?? 100
+    const tolerance = options.tolerance ?? 1000
+    const reporter: Reporter = {
+      tolerance,
+      paced: options.paced ?? true,
+      report: (pipeline, edge, ts, arrival, what) => {
+        this.#ambiguities++
+        if (this.#warnings.length >= this.#maxWarnings) return
+        const when = arrival === undefined ? '' : `, due to arrive at ${iso(arrival)},`
+        this.#warnings.push(`pipeline ${pipeline} on ${edge}: the reading at ${iso(ts)}${when} is ambiguous within ` +
+          `±${tolerance} ms of its arrival: ${what.join('; ')}`)
+      }
+    }
+    this.#runs = pipelines.map(spec => new PipelineRun(spec, names, reporter))
+  }
+
+  push (edge: number, msg: OracleMessage): void {
+    for (const run of this.#runs) run.message(edge, msg)
+  }
+
+  /** Readings whose fate depends on arrivals straying from the schedule by up to the tolerance. */
+  get ambiguities (): number {
+    return this.#ambiguities
+  }
+
+  /** What is ambiguous, for the first `maxWarnings` readings. */
+  get warnings (): string[] {
+    const more = this.#ambiguities - this.#warnings.length
+    return more > 0 ? [...this.#warnings, `… and ${more} more ambiguous readings`] : [...this.#warnings]
+  }
+
+  /** Ends every stream and returns the truth of each pipeline. */
+  finish (): Record<string, PipelineTruth> {
+    const out: Record<string, PipelineTruth> = {}
+    for (const run of this.#runs) out[run.c.spec.name] = run.finish()
+    return out
+  }
 }
 
 /**
  * The truth for each pipeline. `streams` holds each edge's messages in the order its broker delivers
  * them (publish order); `edgeNames` names the edges in the result (default "0", "1", ...).
  */
-export function computeTruth (pipelines: readonly PipelineSpec[], streams: ReadonlyArray<readonly OracleMessage[]>, edgeNames?: readonly string[]): Record<string, PipelineTruth> {
-  const out: Record<string, PipelineTruth> = {}
-  for (const spec of pipelines) {
-    const c = compile(spec)
-    const exact = spec.timestamp !== undefined
-    const edges: Record<string, EdgeTruth> = {}
-    const all: Win[] = []
-    streams.forEach((messages, i) => {
-      const run = runEdge(c, messages, i)
-      edges[edgeNames?.[i] ?? String(i)] = { ...run.counters, results: sortWindows(run.windows).map(w => toResult(c, w)) }
-      all.push(...run.windows)
-    })
-    const merged = exact && spec.window.kind !== 'count' ? { results: mergeEdges(c, all) } : null
-    out[spec.name] = { exact, window: spec.window.kind, edges, merged }
-  }
-  return out
+export function computeTruth (pipelines: readonly PipelineSpec[], streams: ReadonlyArray<readonly OracleMessage[]>, edgeNames?: readonly string[], options: OracleOptions = {}): Record<string, PipelineTruth> {
+  const oracle = new Oracle(pipelines, streams.length, { ...options, edgeNames: edgeNames ?? options.edgeNames })
+  streams.forEach((messages, i) => { for (const m of messages) oracle.push(i, m) })
+  return oracle.finish()
 }
 
 /** The truth file `fogmesh sim --truth` writes. */
@@ -494,16 +932,24 @@ export interface TruthFile {
   options: Record<string, unknown>
   /** The event-time origin of the run, epoch ms. */
   origin: number
+  /** The wall clock (epoch ms) the schedule of arrivals starts from. */
+  wallStart: number
   /** Messages published per broker URL, duplicates included. */
   published: Record<string, number>
   generated: {
     readings: number
     late: number
+    future: number
     duplicates: number
     malformed: Record<string, number>
   }
-  /** Reasons the truth may not hold for this run (readings further apart than a pipeline's idle). */
+  /**
+   * Reasons the truth may not hold for this run: readings whose fate depends on arrivals straying from
+   * the schedule by up to the tolerance (the first 100), publishing that fell behind the schedule.
+   */
   warnings: string[]
+  /** How many readings are ambiguous (per pipeline and edge). */
+  ambiguities: number
   pipelines: Record<string, PipelineTruth>
 }
 

@@ -277,7 +277,7 @@ t.test('arrival-time pipelines: only the counters are predictable', async t => {
   const tr = truthOf(p, [r(1, 1), r(2, -1), r(3, 'x'), r(400, 2)])
   t.equal(tr.exact, false)
   t.equal(tr.merged, null)
-  t.same(tr.edges['0'], { accepted: 2, filtered: 1, late: 0, partiallyLate: 0, rejected: { expression: 1 }, results: [] })
+  t.same(tr.edges['0'], { accepted: 2, filtered: 1, late: 0, partiallyLate: 0, rejected: { expression: 1 }, ambiguous: 0, results: [] })
 })
 
 t.test('edge names', async t => {
