@@ -19,6 +19,9 @@ export function parseDuration (text: string | number): number {
     if (!Number.isFinite(text) || text < 0) throw new ConfigError(`invalid duration ${text}: expected a non-negative number of milliseconds`)
     return text
   }
+  // A bare 0 needs no unit: `--checkpoint-every 0` turns something off. Other bare numbers are refused,
+  // since a unit left out of `--idle 10` is more likely seconds than milliseconds.
+  if (text.trim() === '0') return 0
   const m = DURATION.exec(text.trim())
   if (m == null) throw new ConfigError(`invalid duration "${text}": expected a number and a unit (ms, s, m, h, d), like 500ms or 10s`)
   return Math.round(Number(m[1]) * UNITS[m[2]])

@@ -35,7 +35,7 @@ import type { UplinkStatus } from './uplink.ts'
 
 /** How often results past retention are pruned. */
 const PRUNE_EVERY = 60_000
-const REASONS: RejectReason[] = ['too_large', 'parse', 'missing_field', 'non_finite', 'bad_timestamp', 'type', 'expression']
+const REASONS: RejectReason[] = ['too_large', 'parse', 'missing_field', 'non_finite', 'bad_timestamp', 'future_timestamp', 'type', 'expression']
 
 export class EdgeAgent implements ServiceApi {
   readonly role = 'edge' as const
@@ -369,13 +369,14 @@ export class EdgeAgent implements ServiceApi {
       for (const o of ops()) n += o.stats.rejected[reason] ?? 0
       return [{ reason }, n]
     }))
-    m.counter('fogmesh_pipeline_readings_rejected_total', 'Readings rejected, by pipeline and reason', ['pipeline', 'reason'], () =>
+    m.counter('fogmesh_pipeline_readings_rejected_total', 'Readings a pipeline rejected, by pipeline and reason (messages refused as a whole are not here)', ['pipeline', 'reason'], () =>
       ops().flatMap(o => Object.entries(o.stats.rejected).map(([reason, n]): Sample => [{ pipeline: o.pipeline.spec.name, reason }, n])))
     m.counter('fogmesh_mqtt_messages_total', 'MQTT messages received', [], () => [[{}, this.#runner.stats.messages]])
     m.counter('fogmesh_mqtt_messages_unmatched_total', 'MQTT messages no pipeline subscribes to', [], () => [[{}, this.#runner.stats.unmatched]])
     m.counter('fogmesh_actions_published_total', 'Local actions (emit: mqtt) published', [], () => [[{}, this.#actions.stats.published]])
     m.counter('fogmesh_actions_failed_total', 'Local actions that failed to publish', [], () => [[{}, this.#actions.stats.failed]])
     m.gauge('fogmesh_deployment_revision', 'Revision of the deployed pipeline set this edge runs', [], () => [[{}, this.#deployments.current().revision]])
+    // Each message refused as a whole (too large, undecodable) once, plus each reading a pipeline refused.
     m.counter('fogmesh_deployment_fetches_total', 'Fetches of a newer deployed set from a fog, by outcome', ['outcome'], () => [
       [{ outcome: 'applied' }, this.#follower.stats.applied], [{ outcome: 'failed' }, this.#follower.stats.failed]
     ])

@@ -1,8 +1,14 @@
 /**
  * The pipelines an agent runs: routes each MQTT message to the operators whose topic filter matches,
  * drives their clocks, and reports closed windows to the agent.
+ *
+ * A message is decoded once per payload format its pipelines use, not once per pipeline. A message
+ * refused before any pipeline sees a reading in it (too large, or a payload that does not decode) is
+ * one rejection, counted here; each operator counts the rejections of the readings it evaluates.
  */
+import { ReadingRejected } from '../core/errors.ts'
 import type { RejectReason } from '../core/errors.ts'
+import type { Fields, PayloadDecoder } from '../core/payload.ts'
 import { compilePipeline } from '../core/pipeline/compile.ts'
 import type { PipelineSpec } from '../core/pipeline/spec.ts'
 import { WindowOperator } from '../core/windows/operator.ts'
@@ -10,8 +16,11 @@ import type { WindowState } from '../core/windows/window.ts'
 
 export type WindowHandler = (operator: WindowOperator, window: WindowState) => void
 
-/** The operators a topic goes to, with the named wildcards it binds for each. */
-type Route = Array<{ operator: WindowOperator, bindings: Record<string, string> }>
+/**
+ * The operators a topic goes to, with the named wildcards it binds for each, grouped by payload
+ * decoder (operators of one format are adjacent), so each message is decoded once per format.
+ */
+type Route = Array<{ operator: WindowOperator, bindings: Record<string, string>, decode: PayloadDecoder }>
 
 /**
  * How many topics' routes are remembered. Sensors publish to a fixed set of topics, so matching each
@@ -87,11 +96,34 @@ export class PipelineRunner {
       return
     }
     if (payload.length > this.#maxPayload) {
-      // Counted once per message, not per pipeline: it is one bad reading.
-      this.stats.rejected.too_large = (this.stats.rejected.too_large ?? 0) + 1
+      this.#reject('too_large')
       return
     }
-    for (const { operator, bindings } of route) operator.ingest(payload, topic, bindings, arrival)
+    let decode: PayloadDecoder | undefined
+    let records: Fields[] | undefined
+    let refused = false
+    for (let i = 0; i < route.length; i++) {
+      const r = route[i]
+      if (r.decode !== decode) {
+        decode = r.decode
+        try {
+          records = decode(payload)
+        } catch (err) {
+          records = undefined
+          if (!refused) this.#reject(err instanceof ReadingRejected ? err.reason : 'parse')
+          refused = true
+        }
+      }
+      if (records === undefined) continue
+      // Operators write to the records they are given (bindings, topic): each but the last of a
+      // format gets its own copies.
+      const shared = i + 1 < route.length && route[i + 1].decode === decode
+      r.operator.ingestRecords(shared ? records.map(f => ({ ...f })) : records, topic, r.bindings, arrival)
+    }
+  }
+
+  #reject (reason: RejectReason): void {
+    this.stats.rejected[reason] = (this.stats.rejected[reason] ?? 0) + 1
   }
 
   #route (topic: string): Route {
@@ -100,8 +132,9 @@ export class PipelineRunner {
       route = []
       for (const operator of this.#operators.values()) {
         const bindings = operator.pipeline.topic.match(topic)
-        if (bindings !== undefined) route.push({ operator, bindings })
+        if (bindings !== undefined) route.push({ operator, bindings, decode: operator.pipeline.decode })
       }
+      route.sort((a, b) => a.operator.pipeline.spec.format.localeCompare(b.operator.pipeline.spec.format))
       if (this.#routes.size >= ROUTE_CACHE_SIZE) this.#routes.clear()
       this.#routes.set(topic, route)
     }

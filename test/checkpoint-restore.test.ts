@@ -20,6 +20,7 @@ import { Uplink } from '../edge-agent/uplink.ts'
 import { ResultStore } from '../server/result-store.ts'
 import { tmpDir } from './helpers/process.ts'
 import { pipelineSpec } from './helpers/specs.ts'
+import { silentLogger } from '../server/log.ts'
 
 const T0 = Date.UTC(2026, 0, 1)
 const cbor = { encoder: new Encoder({ useRecords: false, mapsAsObjects: true }), decoder: new Decoder({ useRecords: false, mapsAsObjects: true }) }
@@ -47,7 +48,7 @@ function crashAndRestore (s: PipelineSpec, checkpoint: number, crash: number) {
   const feed = (op: WindowOperator, from: number, to: number) => {
     for (at = from; at < to; at++) {
       const r = READINGS[at]
-      op.ingest(Buffer.from(JSON.stringify(r)), `s/${r.room}`, { room: r.room }, 0)
+      op.ingest(Buffer.from(JSON.stringify(r)), `s/${r.room}`, { room: r.room }, T0)
     }
   }
   const before = new WindowOperator(pipeline, sink)
@@ -61,7 +62,7 @@ function crashAndRestore (s: PipelineSpec, checkpoint: number, crash: number) {
   })
   const after = new WindowOperator(pipeline, sink)
   const r = reconcile(pipeline, snapshot, since)
-  after.restore(r.snapshot, 0, r.skip)
+  after.restore(r.snapshot, T0, r.skip)
   feed(after, crash, READINGS.length)
   after.tick(1e15)
   const open = [...after.openWindows()].reduce((n, w) => n + w.readings, 0)
@@ -131,9 +132,9 @@ t.test('a crash between the outbox append and the store commit: the window is ro
       store.put({ pipeline: 'p', key: w.key, start: w.start, end: w.end, final: true, revision: w.revision, sources: 1, values: windowValues(op.pipeline.selects, w) })
       parts.uplink!.onWindow(op, w)
     }, 65_536)
-    const uplink = parts.uplink = new Uplink({ edge: 'e1', dataDir: dir.path, fog: ['http://127.0.0.1:9'], failoverAfter: 30_000, outboxMax: 1 << 20, requestTimeout: 1_000, retryMax: 1_000, log: () => {} }, runner.operators.values())
-    const checkpoints = new Checkpointer({ dataDir: dir.path, log: () => {} }, { operators: runner.operators, store, uplink })
-    const read = (room: string, ts: number, value = 1) => runner.onMessage(`sensors/${room}/temperature`, Buffer.from(JSON.stringify({ value, ts })), 0)
+    const uplink = parts.uplink = new Uplink({ edge: 'e1', dataDir: dir.path, fog: ['http://127.0.0.1:9'], failoverAfter: 30_000, outboxMax: 1 << 20, requestTimeout: 1_000, retryMax: 1_000, log: silentLogger }, runner.operators.values())
+    const checkpoints = new Checkpointer({ dataDir: dir.path, log: silentLogger }, { operators: runner.operators, store, uplink })
+    const read = (room: string, ts: number, value = 1) => runner.onMessage(`sensors/${room}/temperature`, Buffer.from(JSON.stringify({ value, ts })), T0)
     return { store, uplink, runner, checkpoints, read }
   }
 
@@ -178,11 +179,11 @@ t.test('a pipeline that changed is not restored into; its checkpointed readings 
   const start = (s: PipelineSpec) => {
     const store = new ResultStore({ dataDir: dir.path, retention: 60_000, maxResultsPerPipeline: 100, changeLog: true })
     const runner = new PipelineRunner([s], () => {}, 65_536)
-    const checkpoints = new Checkpointer({ dataDir: dir.path, log: () => {} }, { operators: runner.operators, store })
-    return { store, runner, checkpoints, report: checkpoints.restore(0) }
+    const checkpoints = new Checkpointer({ dataDir: dir.path, log: silentLogger }, { operators: runner.operators, store })
+    return { store, runner, checkpoints, report: checkpoints.restore(T0) }
   }
   const first = start(pipelineSpec())
-  for (let i = 0; i < 3; i++) first.runner.onMessage('sensors/r1/temperature', Buffer.from(JSON.stringify({ value: 1, ts: T0 + i })), 0)
+  for (let i = 0; i < 3; i++) first.runner.onMessage('sensors/r1/temperature', Buffer.from(JSON.stringify({ value: 1, ts: T0 + i })), T0)
   t.ok(first.checkpoints.take())
   first.checkpoints.close()
   first.store.close()

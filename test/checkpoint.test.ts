@@ -4,6 +4,7 @@
  * data dir. What it serves afterwards is checked against the ground truth of the readings it kept.
  */
 import { join } from 'node:path'
+import mqtt from 'mqtt'
 import t from 'tap'
 import type { Test } from 'tap'
 import { loadPipelinesFile } from '../core/pipeline/parse.ts'
@@ -38,6 +39,29 @@ const RUN: SimInput = {
 }
 
 type Truth = Record<string, EdgeTruth>
+
+/**
+ * A reading an hour of event time after the run: it moves every pipeline's watermark past the run's
+ * windows at once, where the wall clock would take up to a window's size after the last reading. Its
+ * own windows stay open and are left out of the comparisons.
+ */
+const TAIL = { topic: 'sensors/tail/temperature', ts: RUN.start! + 3_600_000 }
+
+async function publishTail (edge: RunningProcess): Promise<void> {
+  const c = await mqtt.connectAsync(edge.mqtt!)
+  try {
+    await c.publishAsync(TAIL.topic, JSON.stringify({ device: 'tail', room: 'tail', value: 0, humidity: 0, ts: TAIL.ts }), { qos: 1 })
+  } finally {
+    await c.endAsync()
+  }
+}
+
+/** The windows the tail reading alone leaves open, per pipeline. */
+function openByTail (specs: PipelineSpec[]): Map<string, number> {
+  const runner = new PipelineRunner(specs, () => {}, 65_536)
+  runner.onMessage(TAIL.topic, Buffer.from(JSON.stringify({ device: 'tail', room: 'tail', value: 0, humidity: 0, ts: TAIL.ts })), TAIL.ts)
+  return new Map([...runner.operators].map(([name, o]) => [name, o.openCount]))
+}
 
 /** The run's messages (not published) and the pipelines. */
 async function generated (): Promise<{ specs: PipelineSpec[], messages: Message[] }> {
@@ -100,14 +124,16 @@ function emissions (truth: Truth): Map<string, number> {
   return new Map(Object.entries(truth).map(([name, e]) => [name, e.results.reduce((n, r) => n + r.revision + 1, 0)]))
 }
 
-/** Waits for every window of the truth to be final at the edge, then lists the differences. */
+/** Closes the run's windows (the tail), waits for every window of the truth, lists the differences. */
 async function differences (edge: RunningProcess, specs: PipelineSpec[], truth: Truth): Promise<string[]> {
+  await publishTail(edge)
+  const results = async (name: string) => (await fetchResults(edge.http, name)).filter(r => Date.parse(r.start) < TAIL.ts)
   for (const spec of specs) {
     const want = truth[spec.name].results.length
-    await waitFor(async () => (await fetchResults(edge.http, spec.name)).filter(r => r.final).length >= want, { timeoutMs: 10_000, message: `${spec.name}: ${want} final windows` })
+    await waitFor(async () => (await results(spec.name)).filter(r => r.final).length >= want, { timeoutMs: 10_000, message: `${spec.name}: ${want} final windows` })
   }
   const problems: string[] = []
-  for (const spec of specs) problems.push(...compareResults(spec, await fetchResults(edge.http, spec.name), truth[spec.name].results, { sources: 1 }))
+  for (const spec of specs) problems.push(...compareResults(spec, await results(spec.name), truth[spec.name].results, { sources: 1 }))
   return problems
 }
 
@@ -120,7 +146,7 @@ function quietStretch (specs: PipelineSpec[], messages: Message[], from: number,
   const runner = new PipelineRunner(specs, () => { emitted++ }, 65_536)
   const after: number[] = []
   for (const m of messages) {
-    runner.onMessage(m.topic, m.payload, 0)
+    runner.onMessage(m.topic, m.payload, m.due)
     after.push(emitted)
   }
   for (let i = from; i + count < messages.length; i++) if (after[i - 1] === after[i + count - 1]) return i
@@ -242,10 +268,12 @@ t.test('upstream across a SIGKILL: no window arrives twice with other contents u
   t.ok(sum(await metric(third, 'fogmesh_readings_lost_total')) > 0, 'readings after it counted as lost')
   t.match(third.stderr.join('\n'), /windows emitted since it are not restored/, 'windows emitted after the checkpoint are recognized')
   await publish(third.mqtt!, messages.slice(cuts[1]))
-  // Count windows (batches) stay open until full; the others close at idle.
+  await publishTail(third)
+  // Count windows (batches) stay open until full; the others close by the tail's watermark.
   const open = async () => { const m = await metric(third, 'fogmesh_open_windows'); return UPSTREAM.reduce((n, p) => n + (m.get(p) ?? 0), 0) }
-  await waitFor(async () => (await open()) === 0 && (await fetchMetric(third.http, 'fogmesh_outbox_items')).get('') === 0,
-    { timeoutMs: 15_000, message: 'every window closed and delivered' })
+  const tailOnly = UPSTREAM.reduce((n, p) => n + openByTail(specs).get(p)!, 0)
+  await waitFor(async () => (await open()) === tailOnly && (await fetchMetric(third.http, 'fogmesh_outbox_items')).get('') === 0,
+    { timeoutMs: 15_000, message: 'every window but the tail\'s closed and delivered' })
 
   const seen = new Map<string, string>()
   const conflicts: string[] = []
@@ -268,4 +296,14 @@ t.test('upstream across a SIGKILL: no window arrives twice with other contents u
     const over = fog.results(name).filter(r => (r.values.n as number) > (want.get(`${r.key} ${r.start}`) ?? Infinity))
     t.same(over, [], `${name}: no window counts more readings than were sent`)
   }
+})
+
+t.test('--checkpoint-every 0 turns checkpoints off', async t => {
+  const start = await edgeRig(t, ['--checkpoint-every', '0'])
+  const edge = await start()
+  t.match(edge.stdout[0], /^ready edge e1 /)
+  const names = [...(await fetchMetric(edge.http, 'fogmesh_checkpoints_total')).keys()]
+  t.same(names, [], 'no checkpoint metrics: the checkpointer does not run')
+  await edge.stop()
+  t.equal(edge.proc.exitCode, 0)
 })

@@ -2,6 +2,7 @@ import { execFile } from 'node:child_process'
 import { readFile } from 'node:fs/promises'
 import { promisify } from 'node:util'
 import t from 'tap'
+import { parseDuration } from '../core/duration.ts'
 import { PipelineError } from '../core/errors.ts'
 import { parsePipelines, parseSinglePipeline, splitArguments } from '../core/pipeline/parse.ts'
 import { pipelineToPlain } from '../core/pipeline/format.ts'
@@ -36,6 +37,21 @@ t.test('a full pipeline parses with defaults filled in', async t => {
   t.same(room.select.find(s => s.name === 'p95'), { name: 'p95', fn: 'percentile', arg: 'value', params: [0.95] })
   t.same(room.emit, [{ kind: 'upstream' }, { kind: 'mqtt', topic: 'alerts/{room}', when: 'high > 25.0', qos: 0, retain: false }])
   t.same(specs[1].key, ['room', 'device'])
+  t.equal(room.maxFuture, 300_000, 'max-future defaults to 5 minutes')
+})
+
+t.test('max-future: parsed, rendered back, and refused when it is not a duration', async t => {
+  const [spec] = parsePipelines('pipelines:\n  - name: p\n    from: s\n    timestamp: ts\n    window: { tumbling: 10s }\n    max-future: 30s\n    select: { n: count() }\n')
+  t.equal(spec.maxFuture, 30_000)
+  t.same(parseSinglePipeline(stringify(pipelineToPlain(spec))), spec)
+  t.throws(() => parsePipelines('pipelines:\n  - name: p\n    from: s\n    window: { tumbling: 10s }\n    max-future: soon\n    select: { n: count() }\n'), /5:17: max-future: invalid duration/)
+})
+
+t.test('durations: a bare 0 needs no unit, other bare numbers in text do', async t => {
+  t.equal(parseDuration('0'), 0)
+  t.equal(parseDuration(' 0 '), 0)
+  t.throws(() => parseDuration('10'), /expected a number and a unit/)
+  t.equal(parseDuration(1500), 1500, 'a YAML number is milliseconds')
 })
 
 t.test('a pipeline rendered back to YAML parses to the same spec', async t => {

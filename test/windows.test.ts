@@ -19,7 +19,7 @@ function operator (fields: string): { op: WindowOperator, out: Emitted[], send: 
   const pipeline = compilePipeline(spec)
   const out: Emitted[] = []
   const op = new WindowOperator(pipeline, w => out.push({ key: w.key, start: w.start - T0, end: w.end - T0, revision: w.revision, values: windowValues(pipeline.selects, w) }))
-  const send = (r: Record<string, unknown>, arrival = 0) => {
+  const send = (r: Record<string, unknown>, arrival = T0) => {
     const reading = typeof r.ts === 'number' ? { ...r, ts: T0 + r.ts } : r
     op.ingest(Buffer.from(JSON.stringify(reading)), `s/${String(r.room ?? 'a')}`, { room: String(r.room ?? 'a') }, arrival)
   }
@@ -113,15 +113,81 @@ t.test('count windows fire every N readings per key, never late', async t => {
   t.equal([...op.openWindows()].length, 2)
 })
 
-t.test('idle closes open windows and later stragglers are late', async t => {
-  const { op, out, send } = operator('window: { tumbling: 10s }\nidle: 1s')
-  send({ ts: 1_000, value: 1 }, 100)
-  op.tick(600)
-  t.equal(out.length, 0)
-  op.tick(1_100)
-  t.equal(out.length, 1)
-  send({ ts: 2_000, value: 1 }, 1_200)
+t.test('idle: event time follows the wall clock from the last reading, never beyond it', async t => {
+  // A sensor reporting every 3 s on time, idle 1 s: every reading of a 20 s window counts.
+  const { op, out, send } = operator('window: { tumbling: 20s }\nidle: 1s')
+  for (let ts = 0; ts < 40_000; ts += 3_000) {
+    op.tick(T0 + ts - 1) // just before the reading arrives
+    send({ ts, value: 1 }, T0 + ts)
+    op.tick(T0 + ts + 1_500) // idle has passed
+  }
+  t.equal(op.stats.late, 0, 'no on-time reading is late')
+  t.same(out.map(w => [w.start, w.values.n]), [[0, 7]], 'the first window closed with all 7 readings')
+  t.equal(op.watermark, T0 + 39_000 + 1_500, 'the watermark is the last event time plus the time since it arrived')
+  op.tick(T0 + 39_000 + 999)
+  t.equal(op.watermark, T0 + 39_000 + 1_500, 'never back')
+  op.tick(T0 + 40_000)
+  t.same(out.map(w => [w.start, w.values.n]), [[0, 7], [20_000, 7]], 'the wall clock closes the last window')
+})
+
+t.test('idle: the watermark advances at arrival too, so a reading after a pause is judged against the clock', async t => {
+  const { op, out, send } = operator('window: { tumbling: 10s }\nidle: 1s\nlateness: 2s')
+  send({ ts: 1_000, value: 1 }, T0 + 1_000)
+  // No tick in between: the next reading arrives 30 s later, on time; windows [0,10) and [10,20) are
+  // due by the clock (watermark 1 s + 30 s − 2 s), and so is... nothing it belongs to.
+  send({ ts: 31_000, value: 1 }, T0 + 31_000)
+  t.same(out.map(w => w.start), [0])
+  t.equal(op.stats.late, 0)
+  // A straggler that arrives after the clock passed its window's end (plus lateness) is late.
+  send({ ts: 5_000, value: 1 }, T0 + 31_100)
   t.equal(op.stats.late, 1)
+  // Out of order within lateness, after a pause: on time.
+  op.tick(T0 + 45_000)
+  t.same(out.map(w => w.start), [0, 30_000], 'closed at 40 s + 2 s by the clock')
+  send({ ts: 48_500, value: 1 }, T0 + 50_000)
+  t.equal(op.stats.late, 1, 'within lateness of the clock it is on time')
+})
+
+t.test('idle: sessions and hopping windows follow the same rule', async t => {
+  const hop = operator('window: { hopping: 60s, every: 10s }\nidle: 1s')
+  for (let ts = 0; ts < 120_000; ts += 10_000) {
+    hop.op.tick(T0 + ts - 1)
+    hop.send({ ts, value: 1 }, T0 + ts)
+    hop.op.tick(T0 + ts + 2_000)
+  }
+  t.equal(hop.op.stats.late, 0)
+  t.same(hop.out.filter(w => w.start >= 0).map(w => [w.start, w.values.n]), [[0, 6], [10_000, 6], [20_000, 6], [30_000, 6], [40_000, 6], [50_000, 6]], 'each full window holds all 6 readings')
+  const ses = operator('window: { session: 5s }\nidle: 1s')
+  ses.send({ ts: 0, value: 1 }, T0)
+  ses.op.tick(T0 + 4_000)
+  ses.send({ ts: 4_500, value: 1 }, T0 + 4_500)
+  ses.op.tick(T0 + 9_499)
+  t.same(ses.out, [], 'the session is open while the clock is within its gap')
+  ses.op.tick(T0 + 9_500)
+  t.same(ses.out.map(w => [w.start, w.end, w.values.n]), [[0, 9_500, 2]])
+  t.equal(ses.op.stats.late, 0)
+})
+
+t.test('max-future: a reading from a bad clock is rejected and never moves the watermark', async t => {
+  const { op, out, send } = operator('window: { tumbling: 10s }\nmax-future: 1m')
+  send({ ts: 1_000, value: 1 }, T0 + 1_000)
+  send({ ts: Date.UTC(2199, 11, 31) - T0, value: 1 }, T0 + 2_000)
+  send({ ts: 62_001, value: 1 }, T0 + 2_000) // 60.001 s ahead
+  t.same(op.stats.rejected, { future_timestamp: 2 })
+  t.equal(op.watermark, T0 + 1_000)
+  send({ ts: 62_000, value: 1 }, T0 + 2_000) // exactly max-future ahead: accepted
+  send({ ts: 3_000, value: 1 }, T0 + 3_000)
+  t.equal(op.stats.late, 1, 'the accepted future reading moved the watermark')
+  t.same(out.map(w => w.start), [0])
+  const defaults = operator('window: { tumbling: 10s }')
+  defaults.send({ ts: 300_001, value: 1 }, T0)
+  t.same(defaults.op.stats.rejected, { future_timestamp: 1 }, 'the default guard is 5 minutes')
+})
+
+t.test('restore lowers a watermark a bad clock left in a snapshot to what the guard allows', async t => {
+  const { op } = operator('window: { tumbling: 10s }\nlateness: 2s\nmax-future: 1m')
+  op.restore({ watermark: Date.UTC(2199, 11, 31), windows: [] }, T0)
+  t.equal(op.watermark, T0 + 60_000 - 2_000)
 })
 
 t.test('arrival-time pipelines close windows with the clock', async t => {
@@ -139,13 +205,13 @@ t.test('arrival-time pipelines close windows with the clock', async t => {
 
 t.test('bad readings are counted by reason and never throw', async t => {
   const { op, send } = operator('window: { tumbling: 10s }\nwhere: value < 100.0')
-  op.ingest(Buffer.from('{nope'), 's/a', { room: 'a' }, 0)
+  op.ingest(Buffer.from('{nope'), 's/a', { room: 'a' }, T0)
   send({ value: 1 }) // no ts
   send({ ts: 'yesterday', value: 1 })
   send({ ts: 1, value: 'hot' })
   send({ ts: 1, value: 500 }) // filtered by where
   send({ ts: '3000-01-01T00:00:00Z', value: 1 })
-  op.ingest(Buffer.from('{"ts":1,"value":1e999}'), 's/a', { room: 'a' }, 0)
+  op.ingest(Buffer.from('{"ts":1,"value":1e999}'), 's/a', { room: 'a' }, T0)
   t.same(op.stats.rejected, { parse: 1, missing_field: 1, bad_timestamp: 2, expression: 1, non_finite: 1 })
   t.equal(op.stats.filtered, 1)
   t.equal(op.stats.accepted, 0)
@@ -165,9 +231,9 @@ t.test('a snapshot restored into a new operator continues exactly where the old 
           const snapshot = JSON.parse(JSON.stringify(op.snapshot())) as OperatorSnapshot
           op = new WindowOperator(pipeline, sink)
           const open = snapshot.windows.filter(w => w.kind !== 'closed').reduce((n, w) => n + w.readings, 0)
-          t.equal(op.restore(snapshot, 0), open, 'restore reports the readings of the open windows')
+          t.equal(op.restore(snapshot, T0), open, 'restore reports the readings of the open windows')
         }
-        op.ingest(Buffer.from(JSON.stringify(r)), `s/${r.room}`, { room: r.room }, 0)
+        op.ingest(Buffer.from(JSON.stringify(r)), `s/${r.room}`, { room: r.room }, T0)
       })
       op.tick(1e15)
       return out

@@ -1,11 +1,18 @@
 /**
  * The window operator of one pipeline at one node: assigns readings to windows per key, tracks the
- * watermark, fires windows when the watermark passes their end, handles late readings, and closes
- * everything after `idle`. It does no I/O: closed windows go to the sink given at construction.
+ * watermark, fires windows when the watermark passes their end, and handles late readings. It does no
+ * I/O: closed windows go to the sink given at construction.
  *
  * Semantics (the contract the simulator's ground truth re-implements independently):
  * - watermark = max event time seen (readings with a valid timestamp) − lateness; a reading is assigned
  *   with the watermark as it was before it, then the watermark advances and due windows close.
+ * - idle: once `idle` has passed since the last reading arrived, event time advances with the wall
+ *   clock: the watermark is max event time + (now − that arrival) − lateness. It is applied at every
+ *   tick and again at the arrival of the next reading, before that reading is assigned, so a sensor
+ *   that reports on time is never late however long it pauses, and the watermark never runs ahead of
+ *   what on-time readings could still carry.
+ * - clock guard: a reading whose event time is more than `maxFuture` ahead of its arrival is rejected
+ *   (`future_timestamp`); it neither moves the watermark nor counts as a reading for idle.
  * - tumbling/hopping: a reading is late for each of its windows whose end <= watermark; `late: update`
  *   re-emits such a window with revision + 1 while end > watermark − lateHorizon.
  * - session: the reading's [ts, ts + gap) merges with every open session of its key it overlaps; late
@@ -66,6 +73,8 @@ export class WindowOperator {
   readonly #inputs: unknown[]
   readonly #starts: number[] = []
   #watermark = -Infinity
+  /** The latest event time seen; -Infinity before any. */
+  #maxEventTime = -Infinity
   #lastReadingAt = 0
   /** tumbling/hopping: open windows by start, then key. */
   readonly #open: WindowsByStart = new Map()
@@ -88,16 +97,24 @@ export class WindowOperator {
     return this.#watermark
   }
 
-  /** Decodes one message and processes each reading in it. `vars` binds the topic's named wildcards. */
+  /** Decodes one message and processes each reading in it. `bindings` are the topic's named wildcards. */
   ingest (payload: Uint8Array, topic: string, bindings: Record<string, string>, arrival: number): void {
-    const p = this.pipeline
     let records
     try {
-      records = p.decode(payload)
+      records = this.pipeline.decode(payload)
     } catch (err) {
-      this.#reject(err)
+      this.reject(err)
       return
     }
+    this.ingestRecords(records, topic, bindings, arrival)
+  }
+
+  /**
+   * Processes the readings of one message already decoded in this pipeline's format. The records
+   * become the readings' variables (they are written to): pass each operator its own.
+   */
+  ingestRecords (records: Array<Record<string, unknown>>, topic: string, bindings: Record<string, string>, arrival: number): void {
+    const p = this.pipeline
     for (const fields of records) {
       const vars: Vars = fields
       if (p.needsPayload) vars.payload = { ...fields }
@@ -114,9 +131,15 @@ export class WindowOperator {
     try {
       ts = p.eventTime(vars, arrival)
     } catch (err) {
-      this.#reject(err)
+      this.reject(err)
       return
     }
+    if (ts - arrival > p.spec.maxFuture) {
+      this.#rejectReason('future_timestamp')
+      return
+    }
+    // Before the reading is assigned: a pause longer than idle has moved event time on with the clock.
+    this.#idleAdvance(arrival)
     try {
       if (!p.accepts(vars)) {
         this.stats.filtered++
@@ -126,15 +149,27 @@ export class WindowOperator {
         this.#assign(key, ts)
       }
     } catch (err) {
-      this.#reject(err)
+      this.reject(err)
     }
     this.#lastReadingAt = arrival
+    if (ts > this.#maxEventTime) this.#maxEventTime = ts
     this.#advance(ts - p.spec.lateness)
   }
 
-  #reject (err: unknown): void {
-    const reason: RejectReason = err instanceof ReadingRejected ? err.reason : 'expression'
+  /** Counts a rejected reading (or message, for a payload that did not decode) by its reason. */
+  reject (err: unknown): void {
+    this.#rejectReason(err instanceof ReadingRejected ? err.reason : 'expression')
+  }
+
+  #rejectReason (reason: RejectReason): void {
     this.stats.rejected[reason] = (this.stats.rejected[reason] ?? 0) + 1
+  }
+
+  /** The idle rule: after `idle` without a reading, event time follows the wall clock. */
+  #idleAdvance (now: number): void {
+    const spec = this.pipeline.spec
+    const quiet = now - this.#lastReadingAt
+    if (quiet >= spec.idle && this.#maxEventTime > -Infinity) this.#advance(this.#maxEventTime + quiet - spec.lateness)
   }
 
   #assign (key: string, ts: number): void {
@@ -303,17 +338,18 @@ export class WindowOperator {
 
   /**
    * Processing-time duties, called periodically: pipelines without a timestamp advance their watermark
-   * with the clock; a pipeline idle for `idle` closes its open windows.
+   * with the clock; the others by the idle rule once no reading came for `idle`.
    */
   tick (now: number): void {
     const spec = this.pipeline.spec
     if (spec.timestamp === undefined) this.#advance(now - spec.lateness)
-    if (this.#nextClose !== Infinity && now - this.#lastReadingAt >= spec.idle) this.closeAll()
+    else this.#idleAdvance(now)
   }
 
   /**
-   * Closes (emits) every open time window and session now, as an idle pipeline does; incomplete count
-   * windows stay (they are local and close by count). Used when a pipeline is retired.
+   * Closes (emits) every open time window and session now; incomplete count windows stay (they are
+   * local and close by count). Only for a pipeline that is retired or replaced by a version that does
+   * not take over its windows: a running pipeline closes windows by its watermark alone.
    */
   closeAll (): void {
     // The watermark jumps to the last end closed, so stragglers for those windows count as late.
@@ -353,7 +389,12 @@ export class WindowOperator {
     const selects = this.pipeline.selects
     const kind = this.pipeline.spec.window.kind
     let readings = 0
-    this.#watermark = snapshot.watermark
+    // A watermark further ahead of the clock than the guard lets readings move it came from a bad clock
+    // before the guard (or a node whose clock was wrong): restoring it would make every on-time reading
+    // late until the clock caught up. Lowering it to the guard's bound can reopen no emitted window
+    // that a valid reading could reach.
+    this.#watermark = Math.min(snapshot.watermark, now + this.pipeline.spec.maxFuture - this.pipeline.spec.lateness)
+    this.#maxEventTime = this.#watermark + this.pipeline.spec.lateness
     // idle counts from the restart, not from before the crash
     this.#lastReadingAt = now
     for (const s of snapshot.windows) {
