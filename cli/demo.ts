@@ -25,6 +25,8 @@ import { parseArgs } from 'node:util'
 import { ConfigError } from '../core/errors.ts'
 import { generateSwarmKey } from '../core/mesh/swarm-key.ts'
 import { loadPipelinesFile } from '../core/pipeline/parse.ts'
+import { LOG_LEVELS } from '../server/log.ts'
+import type { LogLevel } from '../server/log.ts'
 import { runSimulator } from '../simulators/sim.ts'
 import { NodeProcess, exitStatus } from './node-process.ts'
 
@@ -55,6 +57,8 @@ simulator publishing to both brokers in real time. Ctrl-C stops everything.
   --devices N        simulated devices, split over the two brokers (default 20)
   --rooms N          rooms they are in (default 5)
   --rate N           readings per second per device (default 2)
+  --log-level LEVEL  the nodes' log level: trace, debug, info, warn, error, fatal or silent (default info);
+                     their log lines are shown prefixed with the node's name, readable on a terminal
   -h, --help         this help
 `
 
@@ -93,6 +97,7 @@ interface DemoOptions {
   devices: number
   rooms: number
   rate: number
+  logLevel: LogLevel
 }
 
 function readDemoOptions (argv: string[]): DemoOptions | undefined {
@@ -107,6 +112,7 @@ function readDemoOptions (argv: string[]): DemoOptions | undefined {
         devices: { type: 'string', default: '20' },
         rooms: { type: 'string', default: '5' },
         rate: { type: 'string', default: '2' },
+        'log-level': { type: 'string', default: 'info' },
         help: { type: 'boolean', short: 'h' }
       }
     }).values
@@ -122,13 +128,16 @@ function readDemoOptions (argv: string[]): DemoOptions | undefined {
   const base = values['base-port'] === undefined ? undefined : int('base-port', values['base-port'], 0, 65526)
   const rate = Number(values.rate)
   if (!(rate > 0 && rate <= 1000)) throw new ConfigError(`--rate: expected readings per second from above 0 to 1000, got ${JSON.stringify(values.rate)}`)
+  const logLevel = LOG_LEVELS.find(l => l === values['log-level'])
+  if (logLevel === undefined) throw new ConfigError(`--log-level: expected one of ${LOG_LEVELS.join(', ')}, got ${JSON.stringify(values['log-level'])}`)
   return {
     ports: demoPorts(base),
     dataDir: resolve(values['data-dir']),
     pipelines: resolve(values.pipelines),
     devices: int('devices', values.devices, 1, 100_000),
     rooms: int('rooms', values.rooms, 1, 10_000),
-    rate
+    rate,
+    logLevel
   }
 }
 
@@ -242,7 +251,9 @@ export async function demoCommand (argv: string[]): Promise<number> {
   let sim: Promise<void> | undefined
   /** Starts a node and resolves once it is ready, or undefined when the demo is stopping meanwhile. */
   const start = async (name: NodeName, role: string, args: string[]) => {
-    const node = new MeshNode(name, role, [...args, '--id', `demo-${name}`, '--data-dir', resolve(o.dataDir, name), '--pipelines', o.pipelines])
+    // The nodes' stderr is a pipe to here: readable lines if they end up on a terminal, JSON lines otherwise.
+    const logs = ['--log-level', o.logLevel, '--log-format', process.stderr.isTTY ? 'pretty' : 'json']
+    const node = new MeshNode(name, role, [...args, '--id', `demo-${name}`, '--data-dir', resolve(o.dataDir, name), '--pipelines', o.pipelines, ...logs])
     nodes.push(node)
     let isReady = false
     // Before its ready line, a node's failure is told by `ready` rejecting (with the reason, if known).

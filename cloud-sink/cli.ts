@@ -2,6 +2,7 @@
 import { loadPipelinesFile } from '../core/pipeline/parse.ts'
 import type { PipelineSpec } from '../core/pipeline/spec.ts'
 import { runUntilSignal } from '../server/lifecycle.ts'
+import { roleLogger } from '../server/log.ts'
 import { MergeNode } from '../server/merge-node.ts'
 import { optionsHelp } from '../server/options.ts'
 import { CLOUD_OPTIONS, cloudOptions } from './config.ts'
@@ -13,5 +14,6 @@ export async function cloudCommand (argv: string[]): Promise<number> {
     return 0
   }
   const specs: PipelineSpec[] = options.pipelines === undefined ? [] : await loadPipelinesFile(options.pipelines)
-  return await runUntilSignal(new MergeNode('cloud', options, specs))
+  const log = roleLogger('cloud', options)
+  return await runUntilSignal(new MergeNode('cloud', options, specs, undefined, [], log), log)
 }

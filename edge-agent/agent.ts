@@ -16,6 +16,8 @@ import { HttpService } from '../server/http.ts'
 import type { HeartbeatInput } from '../server/mesh/mesh-node.ts'
 import { meshEnabled, RoleMesh, SOFTWARE_VERSION } from '../server/mesh/role-mesh.ts'
 import type { PipelineInfo, ServiceApi } from '../server/http.ts'
+import { roleLogger } from '../server/log.ts'
+import type { Logger } from '../server/log.ts'
 import { Metrics } from '../server/metrics.ts'
 import type { Sample } from '../server/metrics.ts'
 import { ResultStore } from '../server/result-store.ts'
@@ -42,6 +44,7 @@ export class EdgeAgent implements ServiceApi {
   readonly id: string
   readonly metrics = new Metrics()
   readonly #options: EdgeOptions
+  readonly #log: Logger
   readonly #store: ResultStore
   readonly #runner: PipelineRunner
   readonly #source: MessageSource
@@ -67,13 +70,15 @@ export class EdgeAgent implements ServiceApi {
   #ready = false
   #timers: NodeJS.Timeout[] = []
 
-  constructor (options: EdgeOptions, specs: PipelineSpec[]) {
+  /** `log` defaults to the node's own, from its options (--log-level, --log-format). */
+  constructor (options: EdgeOptions, specs: PipelineSpec[], log: Logger = roleLogger('edge', options)) {
     this.#options = options
+    this.#log = log
     this.id = options.id
     this.#local = new Set(specs.map(s => s.name))
     // The deployed pipelines this edge ran last run from its start, before any fog is heard from:
     // their checkpoints are restored with the others'.
-    this.#deployments = new FileDeploymentStore(options.dataDir, line => this.#log(line))
+    this.#deployments = new FileDeploymentStore(options.dataDir, log)
     specs = [...specs, ...this.#deployedSpecs(this.#deployments.current())]
     const checkpoints = options.checkpointEvery > 0
     // The change log tells a restart which windows were emitted after its checkpoint.
@@ -94,26 +99,27 @@ export class EdgeAgent implements ServiceApi {
         outboxMax: options.outboxMax,
         requestTimeout: options.uplinkTimeout,
         retryMax: options.uplinkRetryMax,
+        log,
         // The shipper appends too, before each batch: the store follows at once (see #commit).
         afterAppend: () => this.#store.flush()
       }, this.#runner.operators.values())
       : undefined
     this.#source = options.mqttUrl !== undefined
-      ? new BrokerSubscriber({ url: options.mqttUrl, clientId: options.mqttClientId, filters: () => this.#runner.filters(), connectTimeout: 10_000 })
+      ? new BrokerSubscriber({ url: options.mqttUrl, clientId: options.mqttClientId, filters: () => this.#runner.filters(), connectTimeout: 10_000, log })
       : new EmbeddedBroker({ host: options.mqttHost, port: options.mqttPort, users: options.users })
     if (checkpoints) {
-      this.#checkpoints = new Checkpointer({ dataDir: options.dataDir }, { operators: this.#runner.operators, store: this.#store, uplink: this.#uplink })
+      this.#checkpoints = new Checkpointer({ dataDir: options.dataDir, log }, { operators: this.#runner.operators, store: this.#store, uplink: this.#uplink })
     } else if (removeCheckpoint(options.dataDir)) {
-      process.stderr.write('edge: checkpoints are off: removed the checkpoint of an earlier run (it would be stale when they are back on)\n')
+      log.info('checkpoint.removed_stale', 'checkpoints are off: removed the checkpoint of an earlier run (it would be stale when they are back on)')
     }
     this.#actions = new LocalActions(async (topic, payload, qos, retain) => await this.#source.publish(topic, payload, qos, retain))
-    this.#http = new HttpService(this, [], { host: options.host, port: options.httpPort, maxBody: 1 << 20 })
+    this.#http = new HttpService(this, [], { host: options.host, port: options.httpPort, maxBody: 1 << 20, log })
     this.membership = new RoleMesh(options, 'edge', () => this.#heartbeat())
     this.#follower = new DeploymentFollower({
       store: this.#deployments,
       apply: set => { this.#applyDeployed(set) },
       timeout: options.uplinkTimeout,
-      log: line => this.#log(line)
+      log
     })
     this.#registerMetrics()
     this.membership.registerMetrics(this.metrics)
@@ -178,17 +184,15 @@ export class EdgeAgent implements ServiceApi {
     this.#checkpoints?.saveAccepted()
   }
 
-  #log (line: string): void {
-    process.stderr.write(line + '\n')
-  }
-
   /** The specs of a deployed set this edge can run: not shadowed by a local pipeline, and readable. */
   #deployedSpecs (set: DeployedSet): PipelineSpec[] {
     const specs: PipelineSpec[] = []
     for (const p of set.pipelines) {
       const once = `${p.name} v${p.version}`
       if (this.#local.has(p.name)) {
-        if (!this.#skipped.has(once)) this.#log(`deployments: ${once} not run here: the local pipelines file has a pipeline of that name`)
+        if (!this.#skipped.has(once)) {
+          this.#log.warn('deploy.shadowed', `${once} not run here: the local pipelines file has a pipeline of that name`, { pipeline: p.name, version: p.version })
+        }
         this.#skipped.add(once)
         continue
       }
@@ -196,7 +200,9 @@ export class EdgeAgent implements ServiceApi {
         specs.push(deployedSpec(p))
       } catch (err) {
         // Checked by the fog that took it; a newer fog may deploy what this edge's version cannot read.
-        if (!this.#skipped.has(once)) this.#log(`deployments: ${once} cannot run here (${(err as Error).message})`)
+        if (!this.#skipped.has(once)) {
+          this.#log.warn('deploy.unreadable', `${once} cannot run here (${(err as Error).message})`, { pipeline: p.name, version: p.version, reason: (err as Error).message })
+        }
         this.#skipped.add(once)
       }
     }
@@ -219,9 +225,13 @@ export class EdgeAgent implements ServiceApi {
           ? this.#runner.add(spec)
           : this.#runner.replace(spec, incompatibility(running, spec) === undefined, now)
         this.#uplink?.addPipeline(operator)
-        this.#log(`deployments: running ${name} v${spec.version}${running === undefined ? '' : ` (was v${running.version})`}`)
+        this.#log.info('deploy.running', `running ${name} v${spec.version}${running === undefined ? '' : ` (was v${running.version})`}`, {
+          pipeline: name, version: spec.version, was: running?.version
+        })
       } catch (err) {
-        this.#log(`deployments: cannot run ${name} v${spec.version} (${(err as Error).message}); ${running === undefined ? 'not started' : `v${running.version} keeps running`}`)
+        this.#log.error('deploy.start_failed', `cannot run ${name} v${spec.version} (${(err as Error).message}); ${running === undefined ? 'not started' : `v${running.version} keeps running`}`, {
+          pipeline: name, version: spec.version, err
+        })
       }
     }
     // Every running pipeline not from the local file was deployed. One still in the set that this edge
@@ -230,13 +240,15 @@ export class EdgeAgent implements ServiceApi {
     for (const name of [...this.#runner.operators.keys()]) {
       if (this.#local.has(name) || named.has(name)) continue
       this.#runner.remove(name)
-      this.#log(`deployments: stopped ${name}: no longer deployed`)
+      this.#log.info('deploy.stopped', `stopped ${name}: no longer deployed`, { pipeline: name })
     }
     // The windows the changes emitted go out now, and a crash from here on restores the new versions.
     this.#commit()
     this.#checkpoints?.take()
     if (this.#source instanceof BrokerSubscriber) {
-      this.#source.resubscribe().catch((err: unknown) => { this.#log(`deployments: cannot subscribe to the new pipelines' topics (${(err as Error).message})`) })
+      this.#source.resubscribe().catch((err: unknown) => {
+        this.#log.error('mqtt.subscribe_failed', `cannot subscribe to the new pipelines' topics (${(err as Error).message})`, { reason: (err as Error).message })
+      })
     }
     this.membership.announce()
   }

@@ -32,6 +32,7 @@ import type { PipelineSpec } from '../core/pipeline/spec.ts'
 import { mergeContributions } from '../core/upstream/merge.ts'
 import type { OperatorSnapshot, WindowOperator } from '../core/windows/operator.ts'
 import { decodeStates } from '../core/windows/window.ts'
+import type { Logger } from '../server/log.ts'
 import type { Metrics, Sample } from '../server/metrics.ts'
 import type { ResultChange, ResultStore } from '../server/result-store.ts'
 import { CheckpointDb } from './checkpoint-db.ts'
@@ -48,7 +49,7 @@ const decoder = new Decoder({ useRecords: false, mapsAsObjects: true })
 export interface CheckpointerOptions {
   /** Directory of checkpoint.db; undefined keeps it in memory (tests). */
   dataDir?: string
-  log?: (line: string) => void
+  log: Logger
 }
 
 /** What the checkpointer reads and reconciles with. */
@@ -116,7 +117,7 @@ function openReadings (snapshot: OperatorSnapshot): number {
 export class Checkpointer {
   readonly #db: CheckpointDb
   readonly #parts: CheckpointParts
-  readonly #log: (line: string) => void
+  readonly #log: Logger
   readonly #saved = new Map<string, number>()
   #backlogLogged = false
   readonly stats = {
@@ -131,7 +132,7 @@ export class Checkpointer {
   constructor (options: CheckpointerOptions, parts: CheckpointParts) {
     this.#db = new CheckpointDb(options.dataDir)
     this.#parts = parts
-    this.#log = options.log ?? ((line) => { process.stderr.write(line + '\n') })
+    this.#log = options.log
   }
 
   /**
@@ -163,13 +164,18 @@ export class Checkpointer {
         else report.restored.set(name, restored)
         if (lost > 0) report.lost.set(name, lost)
       }
-      for (const row of rows.values()) this.#log(`checkpoint: pipeline ${row.name} is gone; its ${row.windows} checkpointed windows are dropped`)
+      for (const row of rows.values()) {
+        this.#log.warn('checkpoint.pipeline_gone', `pipeline ${row.name} is gone; its ${row.windows} checkpointed windows are dropped`, { pipeline: row.name, windows: row.windows })
+      }
       const lost = [...report.lost].map(([name, n]) => `${name} ${n}`).join(', ')
       const restored = [...report.restored.values()].reduce((a, b) => a + b, 0)
-      this.#log(`checkpoint: restored ${restored} readings in open windows from ${new Date(saved.marks.takenAt).toISOString()}` +
+      this.#log.info('checkpoint.restored', `restored ${restored} readings in open windows from ${new Date(saved.marks.takenAt).toISOString()}` +
         (report.emittedSince > 0 ? `; ${report.emittedSince} windows emitted since it are not restored` : '') +
         (report.rolledForward > 0 ? `; ${report.rolledForward} windows rolled forward from the outbox` : '') +
-        (lost === '' ? '' : `; readings lost after it (at most): ${lost}`))
+        (lost === '' ? '' : `; readings lost after it (at most): ${lost}`), {
+        readings: restored, takenAt: new Date(saved.marks.takenAt).toISOString(), emittedSince: report.emittedSince, rolledForward: report.rolledForward,
+        lost: Object.fromEntries(report.lost)
+      })
     }
     this.take()
     return report
@@ -179,7 +185,9 @@ export class Checkpointer {
   #restoreOne (operator: WindowOperator, row: PipelineCheckpoint, emitted: ResultChange[], now: number): number | undefined {
     const spec = operator.pipeline.spec
     if (row.identity !== pipelineIdentity(spec)) {
-      this.#log(`checkpoint: pipeline ${spec.name} changed since the checkpoint (${row.identity}); its ${row.windows} windows (${row.readings} readings) are not restored`)
+      this.#log.warn('checkpoint.pipeline_changed', `pipeline ${spec.name} changed since the checkpoint (${row.identity}); its ${row.windows} windows (${row.readings} readings) are not restored`, {
+        pipeline: spec.name, windows: row.windows, readings: row.readings
+      })
       return undefined
     }
     try {
@@ -191,7 +199,7 @@ export class Checkpointer {
       this.stats.report.emittedSince += r.emitted
       return restored
     } catch (err) {
-      this.#log(`checkpoint: cannot restore pipeline ${spec.name} (${(err as Error).message}); starting it empty`)
+      this.#log.error('checkpoint.restore_failed', `cannot restore pipeline ${spec.name} (${(err as Error).message}); starting it empty`, { pipeline: spec.name, err })
       return undefined
     }
   }
@@ -220,7 +228,7 @@ export class Checkpointer {
     const { operators, store, uplink } = this.#parts
     if (uplink !== undefined && uplink.backlog > 0) {
       // Windows emitted but not in the outbox yet: a checkpoint without them would lose them for good.
-      if (!this.#backlogLogged) this.#log('checkpoint: skipped while the outbox cannot be written')
+      if (!this.#backlogLogged) this.#log.warn('checkpoint.skipped', 'checkpoint skipped while the outbox cannot be written')
       this.#backlogLogged = true
       return false
     }
@@ -247,7 +255,7 @@ export class Checkpointer {
       return true
     } catch (err) {
       this.stats.failed++
-      this.#log(`checkpoint: failed (${(err as Error).message}); the previous one stays`)
+      this.#log.error('checkpoint.failed', `checkpoint failed (${(err as Error).message}); the previous one stays`, { err })
       return false
     }
   }
@@ -263,7 +271,7 @@ export class Checkpointer {
       this.#db.saveAccepted(moved)
       for (const [name, n] of moved) this.#saved.set(name, n)
     } catch (err) {
-      this.#log(`checkpoint: cannot save the accepted counts (${(err as Error).message})`)
+      this.#log.error('checkpoint.counts_failed', `cannot save the accepted counts (${(err as Error).message})`, { err })
     }
   }
 

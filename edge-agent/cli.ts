@@ -2,6 +2,7 @@
 import { loadPipelinesFile } from '../core/pipeline/parse.ts'
 import type { PipelineSpec } from '../core/pipeline/spec.ts'
 import { runUntilSignal } from '../server/lifecycle.ts'
+import { roleLogger } from '../server/log.ts'
 import { optionsHelp } from '../server/options.ts'
 import { EdgeAgent } from './agent.ts'
 import { EDGE_OPTIONS, edgeOptions } from './config.ts'
@@ -12,7 +13,8 @@ export async function edgeCommand (argv: string[]): Promise<number> {
     process.stdout.write(optionsHelp('usage: fogmesh edge [--config FILE] [options]', EDGE_OPTIONS) + '\n')
     return 0
   }
+  const log = roleLogger('edge', options)
   const specs: PipelineSpec[] = options.pipelines === undefined ? [] : await loadPipelinesFile(options.pipelines)
-  if (specs.length === 0) process.stderr.write('edge: no pipelines (--pipelines FILE): readings will be counted as unmatched\n')
-  return await runUntilSignal(new EdgeAgent(options, specs))
+  if (specs.length === 0) log.warn('edge.no_pipelines', 'no pipelines (--pipelines FILE): readings will be counted as unmatched')
+  return await runUntilSignal(new EdgeAgent(options, specs, log), log)
 }

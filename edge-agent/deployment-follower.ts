@@ -8,6 +8,7 @@
 import { readDeployedSet } from '../core/pipeline/deployment.ts'
 import type { DeployedSet } from '../core/pipeline/deployment.ts'
 import type { DeploymentStore } from '../server/deployment-store.ts'
+import type { Logger } from '../server/log.ts'
 import type { MeshPeer } from '../server/mesh/mesh-node.ts'
 
 export interface FollowerOptions {
@@ -16,7 +17,7 @@ export interface FollowerOptions {
   apply: (set: DeployedSet) => void
   /** Longest a fetch may take, ms. */
   timeout: number
-  log: (line: string) => void
+  log: Logger
 }
 
 /** Largest deployed set accepted from a fog, bytes of JSON (64 pipelines of 16 KiB, and room to spare). */
@@ -59,7 +60,7 @@ export class DeploymentFollower {
       const text = await res.text()
       if (text.length > MAX_BODY) throw new Error(`a deployed set of ${text.length} bytes is over the ${MAX_BODY}-byte bound`)
       const set = readDeployedSet(JSON.parse(text))
-      if (this.#failing) this.#o.log(`deployments: ${base} answers again`)
+      if (this.#failing) this.#o.log.info('deploy.fetch_recovered', `${base} answers again`, { url: base })
       this.#failing = false
       const current = this.#o.store.current()
       // Another fetch may have applied a newer one meanwhile; heartbeats can be ahead of the set served.
@@ -70,7 +71,9 @@ export class DeploymentFollower {
     } catch (err) {
       this.stats.failed++
       this.#retryAt = Date.now() + RETRY_AFTER
-      if (!this.#failing) this.#o.log(`deployments: cannot get the deployed pipelines from ${base} (${(err as Error).message}); trying again`)
+      if (!this.#failing) {
+        this.#o.log.warn('deploy.fetch_failed', `cannot get the deployed pipelines from ${base} (${(err as Error).message}); trying again`, { url: base, reason: (err as Error).message })
+      }
       this.#failing = true
     }
   }

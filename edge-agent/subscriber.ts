@@ -5,6 +5,7 @@
  */
 import mqtt from 'mqtt'
 import type { MqttClient } from 'mqtt'
+import type { Logger } from '../server/log.ts'
 import type { MessageHandler, MessageSource } from './source.ts'
 
 export interface SubscriberOptions {
@@ -13,6 +14,7 @@ export interface SubscriberOptions {
   /** Plain MQTT filters to subscribe to (one per pipeline). */
   filters: () => string[]
   connectTimeout: number
+  log: Logger
 }
 
 export class BrokerSubscriber implements MessageSource {
@@ -41,17 +43,34 @@ export class BrokerSubscriber implements MessageSource {
     })
     this.#client = client
     client.on('message', (topic, payload) => onMessage(topic, payload, Date.now()))
-    client.on('close', () => { this.stats.disconnects++ })
-    client.on('error', (err) => { console.error(`mqtt ${this.url}: ${err.message}`) })
+    const log = this.#options.log
+    let connected = false
+    // mqtt.js retries every second: the same error again is not news.
+    let lastError: string | undefined
+    client.on('close', () => {
+      this.stats.disconnects++
+      if (connected) log.warn('mqtt.disconnected', `${this.url}: connection lost; reconnecting`, { url: this.url })
+      connected = false
+    })
+    client.on('error', (err) => {
+      const level = err.message === lastError ? 'debug' : 'warn'
+      lastError = err.message
+      log[level]('mqtt.error', `${this.url}: ${err.message}`, { url: this.url, reason: err.message })
+    })
     client.on('connect', (connack) => {
       this.stats.connects++
+      connected = true
+      lastError = undefined
+      log.info('mqtt.connected', `${this.url}: connected${connack.sessionPresent ? ' (session kept)' : ''}`, { url: this.url, sessionPresent: connack.sessionPresent })
       // A present session still holds our subscriptions (and the readings queued for them).
-      if (!connack.sessionPresent) this.resubscribe().catch((err: Error) => console.error(`mqtt ${this.url}: ${err.message}`))
+      if (!connack.sessionPresent) {
+        this.resubscribe().catch((err: Error) => { log.error('mqtt.subscribe_failed', `${this.url}: ${err.message}`, { url: this.url, reason: err.message }) })
+      }
     })
     // The agent serves its API whether or not the broker is up; mqtt.js keeps reconnecting.
     await new Promise<void>((resolve) => {
       const timer = setTimeout(() => {
-        console.error(`mqtt ${this.url}: not reachable yet, retrying in the background`)
+        log.warn('mqtt.unreachable', `${this.url}: not reachable yet, retrying in the background`, { url: this.url })
         resolve()
       }, this.#options.connectTimeout)
       client.once('connect', () => {

@@ -26,6 +26,7 @@ import type { Batch, Contribution, PipelineDef, WindowEntry } from '../core/upst
 import { pipelineDef } from '../core/upstream/pipeline-def.ts'
 import type { WindowOperator } from '../core/windows/operator.ts'
 import type { WindowState } from '../core/windows/window.ts'
+import type { Logger } from '../server/log.ts'
 import type { Metrics } from '../server/metrics.ts'
 import { BatchDefinitions, Outbox, OutboxDefinitions } from '../server/outbox.ts'
 import type { OutboxItem } from '../server/outbox.ts'
@@ -52,7 +53,7 @@ export interface UplinkOptions {
   outboxMax: number
   requestTimeout: number
   retryMax: number
-  log?: (line: string) => void
+  log: Logger
   /**
    * Called right after each append to the outbox, whoever flushed (the agent's tick or the shipper
    * before a batch): the edge commits its result store there, so that the store never lags the
@@ -102,7 +103,7 @@ export class Uplink {
   /** Fog URLs: from --fog, and those found through the mesh since. */
   readonly #fog: string[]
   readonly #cloud: string | undefined
-  readonly #log: (line: string) => void
+  readonly #log: Logger
   readonly #afterAppend: () => void
   readonly #maxBuffered: number
   /** Pipelines that go upstream, by name. */
@@ -128,7 +129,7 @@ export class Uplink {
     this.#edge = options.edge
     this.#fog = [...options.fog]
     this.#cloud = options.cloud
-    this.#log = options.log ?? SHIPPER_DEFAULTS.log
+    this.#log = options.log
     this.#afterAppend = options.afterAppend ?? (() => {})
     this.#maxBuffered = options.outboxMax
     const tiers = [
@@ -191,7 +192,7 @@ export class Uplink {
   addFog (url: string): void {
     if (this.#fog.includes(url)) return
     this.#fog.push(url)
-    this.#log(`uplink: found fog ${url} in the mesh`)
+    this.#log.info('uplink.fog_discovered', `found fog ${url} in the mesh`, { url })
     this.#shipper.addUrl('fog', url)
   }
 
@@ -259,7 +260,7 @@ export class Uplink {
       } catch (err) {
         // A full or failing disk: keep the contributions in memory (bounded like the outbox) and
         // retry at the next flush; the watermarks stay where they were meanwhile.
-        if (!this.#appendFailing) this.#log(`uplink: cannot write the outbox (${(err as Error).message}); keeping windows in memory, retrying`)
+        if (!this.#appendFailing) this.#log.error('outbox.write_failed', `cannot write the outbox (${(err as Error).message}); keeping windows in memory, retrying`, { err })
         this.#appendFailing = true
         while (this.#buffered > this.#maxBuffered && this.#buffer.length > 0) {
           this.#buffered -= this.#buffer.shift()!.byteLength
@@ -269,7 +270,7 @@ export class Uplink {
         this.#idle.clear()
         return
       }
-      if (this.#appendFailing) this.#log('uplink: the outbox takes writes again')
+      if (this.#appendFailing) this.#log.info('outbox.write_recovered', 'the outbox takes writes again')
       this.#appendFailing = false
       this.#buffer = []
       this.#buffered = 0
@@ -351,7 +352,7 @@ export class Uplink {
       return this.#read(item)
     } catch (err) {
       this.#lost++
-      this.#log(`uplink: outbox item ${item.id} is unreadable (${(err as Error).message}); dropping it`)
+      this.#log.warn('outbox.item_unreadable', `outbox item ${item.id} is unreadable (${(err as Error).message}); dropping it`, { item: item.id })
       return undefined
     }
   }

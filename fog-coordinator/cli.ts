@@ -3,6 +3,7 @@ import { ConfigError } from '../core/errors.ts'
 import { loadPipelinesFile } from '../core/pipeline/parse.ts'
 import type { PipelineSpec } from '../core/pipeline/spec.ts'
 import { runUntilSignal } from '../server/lifecycle.ts'
+import { roleLogger } from '../server/log.ts'
 import { optionsHelp } from '../server/options.ts'
 import { FOG_OPTIONS, fogOptions } from './config.ts'
 import { FogCoordinator } from './fog.ts'
@@ -15,5 +16,6 @@ export async function fogCommand (argv: string[]): Promise<number> {
   }
   if (options.etcd !== undefined && options.etcd.length === 0) throw new ConfigError('--etcd: give at least one HOST:PORT')
   const specs: PipelineSpec[] = options.pipelines === undefined ? [] : await loadPipelinesFile(options.pipelines)
-  return await runUntilSignal(new FogCoordinator(options, specs))
+  const log = roleLogger('fog', options)
+  return await runUntilSignal(new FogCoordinator(options, specs, log), log)
 }

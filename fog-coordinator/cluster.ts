@@ -34,6 +34,7 @@ import type { ShardMap, ShardMapView } from '../core/upstream/shards.ts'
 import type { BatchWrite, MergeWindow } from '../server/contribution-store.ts'
 import type { DeploymentStore } from '../server/deployment-store.ts'
 import { windowId } from '../server/contribution-store.ts'
+import type { Logger } from '../server/log.ts'
 import type { Metrics } from '../server/metrics.ts'
 import type { ReplicatedChange, Replication } from '../server/replication.ts'
 import { ClusterLayout, decodeWindow, encodeWindow } from './cluster-layout.ts'
@@ -58,7 +59,7 @@ export interface ClusterOptions {
   retention: number
   /** With a cloud sink: final windows are marked "to forward" in the same commit. */
   forward: boolean
-  log: (line: string) => void
+  log: Logger
 }
 
 /** Defaults of the options `fogmesh fog` does not expose. */
@@ -167,7 +168,11 @@ export class FogCluster implements Replication, DeploymentStore {
         await this.#register()
         break
       } catch (err) {
-        if (attempt === 0 || attempt % 10 === 0) this.#o.log(`fog cluster: etcd ${this.#o.endpoints.join(',')} not usable yet (${(err as Error).message}); retrying`)
+        if (attempt === 0 || attempt % 10 === 0) {
+          this.#o.log.warn('cluster.etcd_unavailable', `etcd ${this.#o.endpoints.join(',')} not usable yet (${(err as Error).message}); retrying`, {
+            endpoints: this.#o.endpoints, reason: (err as Error).message, attempt
+          })
+        }
         await sleep(Math.min(2_000, 200 * 2 ** Math.min(attempt, 4)))
       }
     }
@@ -347,7 +352,7 @@ export class FogCluster implements Replication, DeploymentStore {
   }
 
   #noQuorum (err: unknown): void {
-    if (this.#quorum) this.#o.log(`fog cluster: etcd does not answer (${(err as Error).message}); taking no partials until it does`)
+    if (this.#quorum) this.#o.log.error('cluster.quorum_lost', `etcd does not answer (${(err as Error).message}); taking no partials until it does`, { reason: (err as Error).message })
     this.#quorum = false
   }
 
@@ -356,7 +361,7 @@ export class FogCluster implements Replication, DeploymentStore {
     if (this.#stopped) return
     try {
       await this.#client.get(this.#layout.shardMap).exec()
-      if (!this.#quorum) this.#o.log('fog cluster: etcd answers again; taking partials')
+      if (!this.#quorum) this.#o.log.info('cluster.quorum_back', 'etcd answers again; taking partials')
       this.#quorum = true
       void this.#reregisterIfLost()
     } catch (err) {
@@ -372,7 +377,7 @@ export class FogCluster implements Replication, DeploymentStore {
     const id = await lease.grant()
     lease.on('lost', err => {
       if (this.#stopped || lease !== this.#lease) return
-      this.#o.log(`fog cluster: lease lost (${err.message}); joining again`)
+      this.#o.log.warn('cluster.lease_lost', `lease lost (${err.message}); joining again`, { reason: err.message })
       this.#lease = undefined
       void this.#reregisterIfLost()
     })
@@ -398,7 +403,7 @@ export class FogCluster implements Replication, DeploymentStore {
         old?.release()
         await this.#register()
       } catch (err) {
-        this.#o.log(`fog cluster: could not join again yet (${(err as Error).message})`)
+        this.#o.log.warn('cluster.rejoin_failed', `could not join again yet (${(err as Error).message})`, { reason: (err as Error).message })
       } finally {
         this.#registering = undefined
       }
@@ -424,7 +429,7 @@ export class FogCluster implements Replication, DeploymentStore {
     }
     this.#reconciling = true
     setImmediate(() => {
-      this.#reconcile().catch(err => this.#o.log(`fog cluster: shard map update failed (${(err as Error).message}); retrying`))
+      this.#reconcile().catch(err => { this.#o.log.warn('cluster.shard_map_failed', `shard map update failed (${(err as Error).message}); retrying`, { reason: (err as Error).message }) })
         .finally(() => {
           this.#reconciling = false
           if (this.#reconcileAgain) {
@@ -461,7 +466,7 @@ export class FogCluster implements Replication, DeploymentStore {
       return
     }
     const moved = prev === undefined ? shards : owners.filter((o, i) => o !== prev.owners[i]).length
-    this.#o.log(`fog cluster: shard map version ${map.version}: ${live.length} member(s), ${moved} shard(s) moved`)
+    this.#o.log.info('cluster.shard_map', `shard map version ${map.version}: ${live.length} member(s), ${moved} shard(s) moved`, { version: map.version, members: live.length, moved })
   }
 
   /**
@@ -492,7 +497,7 @@ export class FogCluster implements Replication, DeploymentStore {
       }
       this.#compactTo = current
     } catch (err) {
-      this.#o.log(`fog cluster: maintenance failed (${(err as Error).message}); next time`)
+      this.#o.log.warn('cluster.maintenance_failed', `maintenance failed (${(err as Error).message}); next time`, { reason: (err as Error).message })
     }
   }
 
@@ -551,7 +556,7 @@ export class FogCluster implements Replication, DeploymentStore {
     watcher.on('disconnected', () => { drop(false) })
     // Canceled by etcd (e.g. its start revision was compacted): load everything again.
     watcher.on('error', err => {
-      this.#o.log(`fog cluster: watch canceled (${err.message}); loading the state again`)
+      this.#o.log.warn('cluster.watch_canceled', `watch canceled (${err.message}); loading the state again`, { reason: err.message })
       drop(true)
     })
   }
@@ -612,10 +617,13 @@ export class FogCluster implements Replication, DeploymentStore {
             membership = true
             break
           }
-          case 'leader':
-            this.#leader = kv.value.toString()
+          case 'leader': {
+            const leader = kv.value.toString()
+            if (leader !== this.#leader) this.#o.log.info('cluster.leader', `leader: ${leader}${leader === this.#o.id ? ' (this coordinator)' : ''}`, { leader })
+            this.#leader = leader
             membership = true
             break
+          }
           case 'shardmap': {
             const map = JSON.parse(kv.value.toString()) as ShardMap
             this.#map = map
@@ -638,7 +646,7 @@ export class FogCluster implements Replication, DeploymentStore {
         }
       } catch (err) {
         // Only coordinators write here; a value they cannot read is a bug or tampering: report, go on.
-        this.#o.log(`fog cluster: unreadable value at ${key} (${(err as Error).message}); ignored`)
+        this.#o.log.error('cluster.unreadable_value', `unreadable value at ${key} (${(err as Error).message}); ignored`, { key, err })
       }
     }
     if (change.pipelines.length > 0 || change.windows.length > 0) this.#sink?.apply(change)

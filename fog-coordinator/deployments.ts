@@ -16,6 +16,7 @@ import { sameSelects } from '../core/upstream/merge.ts'
 import { pipelineDef } from '../core/upstream/pipeline-def.ts'
 import type { DeploymentStore } from '../server/deployment-store.ts'
 import type { Reply, Request, Route } from '../server/http.ts'
+import type { Logger } from '../server/log.ts'
 import type { Metrics } from '../server/metrics.ts'
 import { SerialQueue } from '../server/serial-queue.ts'
 
@@ -29,7 +30,7 @@ export interface DeploymentsOptions {
   definition: (name: string) => PipelineDef | undefined
   /** Called with the deployed pipelines whenever the set changes. */
   onChange: (specs: PipelineSpec[]) => void
-  log: (line: string) => void
+  log: Logger
 }
 
 const utf8 = new TextDecoder('utf-8', { fatal: true })
@@ -79,7 +80,9 @@ export class Deployments {
         specs.set(p.name, deployedSpec(p))
       } catch (err) {
         // Validated when it was deployed; a newer coordinator may have deployed what this one cannot read.
-        this.#o.log(`deployments: cannot run deployed pipeline ${p.name} v${p.version} here (${(err as Error).message})`)
+        this.#o.log.warn('deploy.unreadable', `cannot run deployed pipeline ${p.name} v${p.version} here (${(err as Error).message})`, {
+          pipeline: p.name, version: p.version, reason: (err as Error).message
+        })
       }
     }
     this.#set = set
@@ -175,7 +178,7 @@ export class Deployments {
     await this.#o.store.replace(next, this.#set.revision)
     this.adopt(next)
     this.stats.deployed++
-    this.#o.log(`deployments: ${name} v${version} deployed (set revision ${next.revision})`)
+    this.#o.log.info('deploy.deployed', `${name} v${version} deployed (set revision ${next.revision})`, { pipeline: name, version, revision: next.revision })
     return { status: current === undefined ? 201 : 200, body: { pipeline: this.#info({ ...spec, version }), revision: next.revision, changed: true } }
   }
 
@@ -187,7 +190,7 @@ export class Deployments {
     await this.#o.store.replace(next, this.#set.revision)
     this.adopt(next)
     this.stats.deleted++
-    this.#o.log(`deployments: ${name} deleted (set revision ${next.revision})`)
+    this.#o.log.info('deploy.deleted', `${name} deleted (set revision ${next.revision})`, { pipeline: name, revision: next.revision })
     return { body: { deleted: name, revision: next.revision } }
   }
 

@@ -7,6 +7,8 @@ import type { PipelineSpec } from '../core/pipeline/spec.ts'
 import type { WindowEntry } from '../core/upstream/batch.ts'
 import type { Runnable } from '../server/lifecycle.ts'
 import { FileDeploymentStore } from '../server/deployment-store.ts'
+import { roleLogger } from '../server/log.ts'
+import type { Logger } from '../server/log.ts'
 import { MergeNode } from '../server/merge-node.ts'
 import { FogCluster } from './cluster.ts'
 import type { WindowRef } from './cluster-layout.ts'
@@ -23,8 +25,8 @@ export class FogCoordinator implements Runnable {
   /** Undefined without --cloud: final windows stay here. */
   readonly forwarder: Forwarder | undefined
 
-  constructor (options: FogOptions, specs: PipelineSpec[]) {
-    const log = (line: string) => { process.stderr.write(line + '\n') }
+  /** `log` defaults to the node's own, from its options (--log-level, --log-format). */
+  constructor (options: FogOptions, specs: PipelineSpec[], log: Logger = roleLogger('fog', options)) {
     this.cluster = options.etcd === undefined
       ? undefined
       : new FogCluster({
@@ -49,7 +51,7 @@ export class FogCoordinator implements Runnable {
       onChange: deployed => { this.node.setDeployed(deployed) },
       log
     })
-    this.node = new MergeNode('fog', nodeOptions, specs, this.cluster, this.deployments.routes())
+    this.node = new MergeNode('fog', nodeOptions, specs, this.cluster, this.deployments.routes(), log)
     this.node.setDeployed(this.deployments.specs())
     this.node.deployedRevision = () => Math.max(0, this.deployments.revision)
     this.deployments.registerMetrics(this.node.metrics)

@@ -32,6 +32,7 @@
  */
 import { Decoder, Encoder } from 'cbor-x'
 import type { Batch, PipelineDef, Watermark, WindowEntry } from '../core/upstream/batch.ts'
+import type { Logger } from '../server/log.ts'
 import type { MergeNode } from '../server/merge-node.ts'
 import type { Metrics } from '../server/metrics.ts'
 import { BatchDefinitions, Outbox, OutboxDefinitions } from '../server/outbox.ts'
@@ -50,7 +51,7 @@ export interface ForwarderOptions {
   outboxMax: number
   requestTimeout: number
   retryMax: number
-  log?: (line: string) => void
+  log: Logger
   /** The cloud acknowledged these windows at these revisions (a cluster clears its "to forward" marks). */
   onDelivered?: (windows: Array<{ ref: { pipeline: string, key: string, start: number, end: number }, revision: number }>) => void
 }
@@ -68,7 +69,7 @@ export class Forwarder {
   readonly #node: MergeNode
   readonly #fog: string
   readonly #shipper: Shipper
-  readonly #log: (line: string) => void
+  readonly #log: Logger
   readonly #removeListener: () => void
   /** Definitions items refer to, by id (loaded from the outbox's meta on demand). */
   readonly #defs: OutboxDefinitions
@@ -81,7 +82,7 @@ export class Forwarder {
   constructor (node: MergeNode, options: ForwarderOptions) {
     this.#node = node
     this.#fog = options.fog
-    this.#log = options.log ?? SHIPPER_DEFAULTS.log
+    this.#log = options.log
     this.outbox = new Outbox({ dataDir: options.dataDir, maxBytes: options.outboxMax, targets: [TARGET] })
     this.#defs = new OutboxDefinitions(this.outbox)
     this.#shipper = new Shipper(this.outbox, this, {
@@ -201,7 +202,7 @@ export class Forwarder {
       return v
     } catch (err) {
       this.#lost++
-      this.#log(`forwarder: outbox item ${item.id} is unreadable (${(err as Error).message}); dropping it`)
+      this.#log.warn('outbox.item_unreadable', `outbox item ${item.id} is unreadable (${(err as Error).message}); dropping it`, { item: item.id })
       return undefined
     }
   }

@@ -10,6 +10,7 @@ import { EMPTY_DEPLOYMENT, readDeployedSet } from '../core/pipeline/deployment.t
 import type { DeployedSet } from '../core/pipeline/deployment.ts'
 import { ConfigError, HttpError } from '../core/errors.ts'
 import { writeFileAtomic } from './atomic-file.ts'
+import type { Logger } from './log.ts'
 
 /** The deployed set of a node, and how it changes. */
 export interface DeploymentStore {
@@ -28,7 +29,7 @@ export class FileDeploymentStore implements DeploymentStore {
   #set: DeployedSet
 
   /** Without a data dir the set is kept in memory (tests). */
-  constructor (dataDir: string | undefined, log: (line: string) => void) {
+  constructor (dataDir: string | undefined, log: Logger) {
     this.#path = dataDir === undefined ? undefined : join(dataDir, FILE)
     this.#set = EMPTY_DEPLOYMENT
     if (this.#path === undefined) return
@@ -44,7 +45,7 @@ export class FileDeploymentStore implements DeploymentStore {
     } catch (err) {
       // Only this node writes the file: unreadable means a damaged disk or a hand edit. Starting without
       // the deployed pipelines is recoverable (the mesh sends the set again); refusing to start is not.
-      log(`deployments: cannot read ${this.#path} (${(err as Error).message}); starting without deployed pipelines`)
+      log.warn('deploy.store_unreadable', `cannot read ${this.#path} (${(err as Error).message}); starting without deployed pipelines`, { file: this.#path })
     }
   }
 

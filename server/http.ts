@@ -6,6 +6,7 @@ import { createServer } from 'node:http'
 import type { IncomingMessage, Server, ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { FogmeshError, HttpError } from '../core/errors.ts'
+import type { Logger } from './log.ts'
 import type { Metrics } from './metrics.ts'
 import { parseResultQuery } from './query.ts'
 import type { ResultQuery, WindowResult } from './results.ts'
@@ -62,6 +63,28 @@ export interface HttpOptions {
   port: number
   /** Largest request body accepted, bytes. */
   maxBody: number
+  log: Logger
+}
+
+/**
+ * The client went away while its request was read (reset, closed the socket, stopped mid-body): an
+ * everyday event on a network, not a fault of the server's.
+ */
+export class RequestAborted extends Error {
+  constructor (cause: unknown) {
+    super(`the client aborted the request (${(cause as NodeJS.ErrnoException | undefined)?.code ?? (cause as Error | undefined)?.message ?? 'closed'})`, { cause })
+    this.name = 'RequestAborted'
+  }
+}
+
+/** Error codes of a request stream whose client went away. */
+const ABORT_CODES = new Set(['ECONNRESET', 'ECONNABORTED', 'EPIPE', 'ERR_STREAM_PREMATURE_CLOSE'])
+
+/** Whether `err`, raised while serving `req`, says that its client went away rather than that the server failed. */
+function clientAborted (req: IncomingMessage, err: unknown): boolean {
+  if (err instanceof RequestAborted) return true
+  const code = (err as NodeJS.ErrnoException | undefined)?.code
+  return (req.destroyed || !req.complete) && typeof code === 'string' && ABORT_CODES.has(code)
 }
 
 function compile (path: string): RegExp {
@@ -71,6 +94,10 @@ function compile (path: string): RegExp {
 
 function readBody (req: IncomingMessage, max: number): Promise<Buffer> {
   return new Promise((resolve, reject) => {
+    if (req.destroyed && !req.complete) {
+      reject(new RequestAborted(undefined))
+      return
+    }
     const declared = Number(req.headers['content-length'] ?? 0)
     if (declared > max) {
       reject(new HttpError(413, 'body_too_large', `request body of ${declared} bytes is over the limit of ${max}`))
@@ -93,7 +120,9 @@ function readBody (req: IncomingMessage, max: number): Promise<Buffer> {
       chunks.push(chunk)
     })
     req.on('end', () => resolve(Buffer.concat(chunks)))
-    req.on('error', reject)
+    req.on('error', err => reject(new RequestAborted(err)))
+    // Closed before the end, with or without an error (a settled promise ignores the later call).
+    req.on('close', () => { if (!req.complete) reject(new RequestAborted(undefined)) })
   })
 }
 
@@ -168,6 +197,16 @@ export class HttpService {
     try {
       reply = await this.#dispatch(req)
     } catch (err) {
+      if (clientAborted(req, err)) {
+        this.#options.log.debug('http.request_aborted', 'the client went away before its request was read', {
+          method: req.method, path: pathOf(req), reason: (err as Error).message
+        })
+        res.destroy()
+        return
+      }
+      if (!(err instanceof FogmeshError)) {
+        this.#options.log.error('http.internal_error', 'internal error serving a request', { method: req.method, path: pathOf(req), err })
+      }
       reply = errorReply(err)
     }
     if (res.headersSent || res.destroyed) return
@@ -216,6 +255,13 @@ export class HttpService {
   }
 }
 
+/** The path of a request, without its query (which may hold anything). */
+function pathOf (req: IncomingMessage): string {
+  const url = req.url ?? '/'
+  const q = url.indexOf('?')
+  return (q < 0 ? url : url.slice(0, q)).slice(0, 200)
+}
+
 function errorReply (err: unknown): Reply {
   if (err instanceof HttpError) {
     // RFC 6750: a 401 names the scheme it wants.
@@ -223,6 +269,5 @@ function errorReply (err: unknown): Reply {
     return { status: err.status, body: { error: { ...err.details, code: err.code, message: err.message } }, headers }
   }
   if (err instanceof FogmeshError) return { status: 400, body: { error: { code: err.code, message: err.message } } }
-  console.error('internal error serving a request:', err)
   return { status: 500, body: { error: { code: 'internal', message: 'internal error' } } }
 }

@@ -2,15 +2,19 @@
  * Runs a server role until SIGTERM or SIGINT: starts it, prints the `ready …` line on stdout, and on a
  * signal stops it cleanly (state flushed) and exits 0. A second signal exits at once.
  */
+import type { Logger } from './log.ts'
+
 export interface Runnable {
   start: () => Promise<void>
   stop: () => Promise<void>
   readyLine: () => string
 }
 
-export async function runUntilSignal (node: Runnable): Promise<number> {
+export async function runUntilSignal (node: Runnable, log: Logger): Promise<number> {
   await node.start()
-  process.stdout.write(node.readyLine() + '\n')
+  const ready = node.readyLine()
+  process.stdout.write(ready + '\n')
+  log.info('node.ready', ready)
   return await new Promise<number>((resolve) => {
     let stoppingSince = 0
     const onSignal = (signal: NodeJS.Signals) => {
@@ -18,12 +22,16 @@ export async function runUntilSignal (node: Runnable): Promise<number> {
       // only a signal well after the first means "stop now".
       if (stoppingSince > 0 && Date.now() - stoppingSince < 2_000) return
       if (stoppingSince > 0) {
-        process.stderr.write(`${signal} again: exiting without a clean stop\n`)
+        log.warn('node.stop_forced', `${signal} again: exiting without a clean stop`, { signal })
         process.exit(1)
       }
       stoppingSince = Date.now()
-      node.stop().then(() => resolve(0), (err: unknown) => {
-        process.stderr.write(`error while stopping: ${(err as Error).message}\n`)
+      log.info('node.stopping', `${signal}: stopping`, { signal })
+      node.stop().then(() => {
+        log.info('node.stopped', `stopped cleanly in ${Date.now() - stoppingSince} ms`, { ms: Date.now() - stoppingSince })
+        resolve(0)
+      }, (err: unknown) => {
+        log.error('node.stop_failed', 'error while stopping', { err })
         resolve(1)
       })
     }

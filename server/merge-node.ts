@@ -22,6 +22,8 @@ import { advertisedUrl } from './advertise.ts'
 import { ContributionStore, windowId } from './contribution-store.ts'
 import type { BatchWrite, MergeWindow } from './contribution-store.ts'
 import { HttpService } from './http.ts'
+import { roleLogger } from './log.ts'
+import type { Logger } from './log.ts'
 import type { PipelineInfo, Request, Reply, Route, ServiceApi } from './http.ts'
 import { RoleMesh, SOFTWARE_VERSION } from './mesh/role-mesh.ts'
 import type { HeartbeatInput } from './mesh/mesh-node.ts'
@@ -79,6 +81,7 @@ export class MergeNode implements ServiceApi {
   readonly id: string
   readonly metrics = new Metrics()
   readonly #options: MergeOptions
+  readonly #log: Logger
   readonly #store: ContributionStore
   readonly #results: ResultStore
   readonly #finalizer: Finalizer
@@ -127,11 +130,14 @@ export class MergeNode implements ServiceApi {
   /**
    * With `replication`, the replicated state is the durable one: the local stores are kept in memory as
    * a mirror of it (filled through applyReplicated), and the data dir holds only what is this node's own.
+   * `log` defaults to the node's own, from its options (--log-level, --log-format).
    */
-  constructor (role: 'fog' | 'cloud', options: MergeOptions, specs: PipelineSpec[], replication?: Replication, routes: Route[] = []) {
+  constructor (role: 'fog' | 'cloud', options: MergeOptions, specs: PipelineSpec[], replication?: Replication, routes: Route[] = [],
+    log: Logger = roleLogger(role, options)) {
     this.role = role
     this.id = options.id
     this.#options = options
+    this.#log = log
     this.#replication = replication
     this.#fileSpecs = new Map(specs.map(s => [s.name, s]))
     this.#specs = new Map(this.#fileSpecs)
@@ -158,7 +164,7 @@ export class MergeNode implements ServiceApi {
       { method: 'GET', path: '/v1/shards', handle: () => ({ body: this.shards() }) },
       ...routes
     ],
-      { host: options.host, port: options.httpPort, maxBody: options.maxBatch })
+      { host: options.host, port: options.httpPort, maxBody: options.maxBatch, log })
     this.membership = new RoleMesh(options, role, () => this.#heartbeat())
     this.#registerMetrics()
     this.membership.registerMetrics(this.metrics)
@@ -461,7 +467,7 @@ export class MergeNode implements ServiceApi {
     this.#exclusive.run(async () => await this.#finalizeDue(Date.now())).catch((err: unknown) => {
       // A failed write leaves the windows pending; the next tick tries again. A refusal of the
       // replicated state (no quorum, the map moved) is reported where it is seen, not at every tick.
-      if (!this.#stopped && !(err instanceof HttpError)) console.error(`${this.role}: finalization failed:`, err)
+      if (!this.#stopped && !(err instanceof HttpError)) this.#log.error('merge.finalize_failed', 'finalization failed; the windows stay pending', { err })
     }).finally(() => { this.#finalizing = false })
   }
 
@@ -533,7 +539,7 @@ export class MergeNode implements ServiceApi {
     } catch (err) {
       this.#listenerErrors++
       // Logged when failures start, not on every tick while they last.
-      if (!this.#listenerFailing) console.error(`${this.role}: a final-window listener failed; the windows stay pending and are offered again:`, err)
+      if (!this.#listenerFailing) this.#log.error('merge.listener_failed', 'a final-window listener failed; the windows stay pending and are offered again', { err })
       this.#listenerFailing = true
       return false
     }
@@ -562,7 +568,7 @@ export class MergeNode implements ServiceApi {
       // In a cluster, windows leave when the leader removes them from etcd (see removeReplicated).
       if (this.#replication === undefined) this.#store.prune(now - this.#options.retention, this.#options.maxResults)
     } catch (err) {
-      console.error(`${this.role}: pruning failed:`, err)
+      this.#log.error('merge.prune_failed', 'pruning failed', { err })
     }
   }
 

@@ -8,6 +8,8 @@ import { parseArgs } from 'node:util'
 import { parse as parseYaml } from 'yaml'
 import { formatDuration, parseDuration } from '../core/duration.ts'
 import { ConfigError } from '../core/errors.ts'
+import { LOG_FORMATS, LOG_LEVELS } from './log.ts'
+import type { LogFormat, LogLevel } from './log.ts'
 
 export type OptionType = 'string' | 'strings' | 'url' | 'urls' | 'int' | 'port' | 'duration' | 'bool' | 'bytes'
 
@@ -18,6 +20,8 @@ export interface OptionSpec {
   default?: string | number | boolean | string[]
   /** Only from the config file (structured values such as broker users). */
   fileOnly?: boolean
+  /** The values a `string` option may take. */
+  choices?: readonly string[]
 }
 
 export type OptionTable = Record<string, OptionSpec>
@@ -46,6 +50,7 @@ function convert (name: string, spec: OptionSpec, raw: unknown): unknown {
       return (Array.isArray(raw) ? raw : [raw]).map(u => httpUrl(name, u))
     case 'string':
       if (typeof raw !== 'string' && typeof raw !== 'number') fail('expected a string')
+      if (spec.choices !== undefined && !spec.choices.includes(String(raw))) fail(`expected one of ${spec.choices.join(', ')}`)
       return String(raw)
     case 'strings':
       if (Array.isArray(raw)) return raw.map(String)
@@ -135,7 +140,8 @@ export function optionsHelp (usage: string, table: OptionTable): string {
     const shown = spec.default === undefined
       ? ''
       : ` (default: ${spec.type === 'duration' ? formatDuration(convert(name, spec, spec.default) as number) : String(spec.default)})`
-    const flag = spec.fileOnly === true ? `${name} (config file only)` : `--${name}${spec.type === 'bool' ? '' : ' ' + spec.type.toUpperCase()}`
+    const value = spec.choices !== undefined ? spec.choices.join('|') : spec.type.toUpperCase()
+    const flag = spec.fileOnly === true ? `${name} (config file only)` : `--${name}${spec.type === 'bool' ? '' : ' ' + value}`
     lines.push(`  ${flag.padEnd(26)} ${spec.help}${shown}`)
   }
   return lines.join('\n')
@@ -156,7 +162,9 @@ export const COMMON_OPTIONS: OptionTable = {
   'mesh-key': { type: 'string', help: 'mesh key file (fogmesh keygen): only nodes with the same key can join; without one the mesh is open to anyone who can connect' },
   'mesh-heartbeat': { type: 'duration', help: 'time between mesh heartbeats (default: 2s)' },
   'mesh-expiry': { type: 'duration', help: 'a mesh peer not heard from for this long is expired (default: 3 heartbeats + 4s)' },
-  mdns: { type: 'bool', default: false, help: 'also find mesh peers on the LAN by mDNS (multicast on every interface; turns the mesh on)' }
+  mdns: { type: 'bool', default: false, help: 'also find mesh peers on the LAN by mDNS (multicast on every interface; turns the mesh on)' },
+  'log-level': { type: 'string', choices: LOG_LEVELS, default: 'info', help: 'least severe log lines written to stderr' },
+  'log-format': { type: 'string', choices: LOG_FORMATS, default: 'auto', help: 'log lines as json (one object per line), pretty (for people), or auto: pretty when stderr is a terminal, else json' }
 }
 
 export interface CommonOptions {
@@ -174,4 +182,8 @@ export interface CommonOptions {
   meshHeartbeat?: number
   meshExpiry?: number
   mdns?: boolean
+  /** Least severe log level written; default info. */
+  logLevel?: LogLevel
+  /** Default auto: readable on a terminal, JSON lines otherwise. */
+  logFormat?: LogFormat
 }

@@ -19,6 +19,7 @@
 import { shardOf, parseShardMap } from '../core/upstream/shards.ts'
 import type { ShardMapView } from '../core/upstream/shards.ts'
 import type { Batch, WindowEntry } from '../core/upstream/batch.ts'
+import type { Logger } from './log.ts'
 
 export interface ShardRouterOptions {
   /** Longest a `GET /v1/shards` may take, ms. Default 2 000: a refresh must not hold up delivery. */
@@ -27,15 +28,14 @@ export interface ShardRouterOptions {
   refreshEvery: number
   /** Names the tier in log lines. Default `fog`. */
   name: string
-  /** Where adopted maps and bad answers are reported. Default: stderr. */
-  log: (line: string) => void
+  /** Where adopted maps and bad answers are reported. */
+  log: Logger
 }
 
-export const SHARD_ROUTER_DEFAULTS: ShardRouterOptions = {
+export const SHARD_ROUTER_DEFAULTS: Omit<ShardRouterOptions, 'log'> = {
   timeout: 2_000,
   refreshEvery: 10_000,
-  name: 'fog',
-  log: (line: string) => { process.stderr.write(line + '\n') }
+  name: 'fog'
 }
 
 /** A sub-batch and the coordinator it is for. */
@@ -89,7 +89,7 @@ export class ShardRouter {
   /** The last bad answer logged, so one repeating at every refresh is logged once. */
   #lastBad: string | undefined
 
-  constructor (seeds: string[], options: Partial<ShardRouterOptions> = {}) {
+  constructor (seeds: string[], options: Partial<ShardRouterOptions> & Pick<ShardRouterOptions, 'log'>) {
     this.#seeds = seeds.map(base)
     this.#options = { ...SHARD_ROUTER_DEFAULTS, ...options }
   }
@@ -160,10 +160,14 @@ export class ShardRouter {
       const owners = new Map<string, number>()
       for (const id of view.owners) if (id !== null) owners.set(id, (owners.get(id) ?? 0) + 1)
       const unowned = view.owners.filter(id => id === null).length
-      this.#options.log(`uplink: ${this.#options.name} cluster: shard map v${view.version}, ${view.shards} shards over ` +
-        view.members.map(m => `${m.id} (${owners.get(m.id) ?? 0})`).join(', ') + (unowned > 0 ? `, ${unowned} unowned` : ''))
+      this.#options.log.info('uplink.shard_map', `${this.#options.name} cluster: shard map v${view.version}, ${view.shards} shards over ` +
+        view.members.map(m => `${m.id} (${owners.get(m.id) ?? 0})`).join(', ') + (unowned > 0 ? `, ${unowned} unowned` : ''), {
+        tier: this.#options.name, version: view.version, shards: view.shards, members: view.members.length, unowned
+      })
     } else if (held !== undefined && held.shards > 0) {
-      this.#options.log(`uplink: ${this.#options.name} is no cluster any more (map v${view.version}); sending whole batches`)
+      this.#options.log.info('uplink.shard_map', `${this.#options.name} is no cluster any more (map v${view.version}); sending whole batches`, {
+        tier: this.#options.name, version: view.version, shards: 0
+      })
     }
     return true
   }
@@ -237,7 +241,11 @@ export class ShardRouter {
     } catch (err) {
       this.stats.bad++
       const problem = `${url} ${(err as Error).message}`
-      if (problem !== this.#lastBad) this.#options.log(`uplink: ${this.#options.name} ${url}/v1/shards answered no valid shard map (${(err as Error).message}); ignoring it`)
+      if (problem !== this.#lastBad) {
+        this.#options.log.warn('uplink.shard_map_invalid', `${this.#options.name} ${url}/v1/shards answered no valid shard map (${(err as Error).message}); ignoring it`, {
+          tier: this.#options.name, url
+        })
+      }
       this.#lastBad = problem
       return undefined
     }

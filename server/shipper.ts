@@ -34,6 +34,7 @@ import type { Batch, Watermark } from '../core/upstream/batch.ts'
 import { parseShardMap } from '../core/upstream/shards.ts'
 import type { ShardMapView } from '../core/upstream/shards.ts'
 import type { Outbox, OutboxItem } from './outbox.ts'
+import type { Logger } from './log.ts'
 import { ShardRouter } from './shard-router.ts'
 import type { Plan } from './shard-router.ts'
 
@@ -76,7 +77,7 @@ export interface ShipperOptions {
   /** A watermark-only batch goes at least this often, as a heartbeat, ms. */
   heartbeatEvery: number
   /** Where state changes and refusals are reported. */
-  log: (line: string) => void
+  log: Logger
 }
 
 /** Defaults of the options a deployment rarely changes (the edge exposes the others as flags). */
@@ -90,9 +91,8 @@ export const SHIPPER_DEFAULTS = {
   maxBatchBytes: 4 * 1024 * 1024,
   probeItems: 64,
   idleEvery: 1_000,
-  heartbeatEvery: 10_000,
-  log: (line: string) => { process.stderr.write(line + '\n') }
-} satisfies Omit<ShipperOptions, 'tiers'>
+  heartbeatEvery: 10_000
+} satisfies Omit<ShipperOptions, 'tiers' | 'log'>
 
 export interface BatchContext {
   /** The tier the batch is for. */
@@ -339,7 +339,7 @@ export class Shipper {
         this.#failing(lane)
       } catch (err) {
         // A bug or a storage error must not end shipping for good: report it and try again later.
-        this.#options.log(`uplink: ${lane.tier.name}: ${(err as Error).stack ?? String(err)}`)
+        this.#options.log.error('uplink.shipping_failed', `shipping to ${lane.tier.name} failed; trying again later`, { tier: lane.tier.name, err })
       }
       await this.#sleep(this.#backoff(lane), false)
     }
@@ -485,7 +485,9 @@ export class Shipper {
     const then = outcome.reason === 'too_large' && attempt.ids.length > 1
       ? 'halving it'
       : outcome.reason === 'misrouted' && lane.router !== undefined ? 're-planning it by shard' : 'keeping it, retrying with backoff'
-    this.#options.log(`uplink: ${lane.tier.name} ${url} did not take ${what} (${outcome.reason}: ${outcome.detail}); ${then}`)
+    this.#options.log.warn('uplink.batch_refused', `${lane.tier.name} ${url} did not take ${what} (${outcome.reason}: ${outcome.detail}); ${then}`, {
+      tier: lane.tier.name, url, reason: outcome.reason, windows: attempt.ids.length
+    })
   }
 
   #count (lane: Lane, outcome: Failure): void {
@@ -495,7 +497,7 @@ export class Shipper {
   }
 
   #recovered (lane: Lane, where: string): void {
-    if (lane.lastProblem !== undefined) this.#options.log(`uplink: ${lane.tier.name} ${where} takes batches again`)
+    if (lane.lastProblem !== undefined) this.#options.log.info('uplink.recovered', `${lane.tier.name} ${where} takes batches again`, { tier: lane.tier.name, url: where })
     lane.lastProblem = undefined
   }
 
@@ -512,7 +514,9 @@ export class Shipper {
     const problem = `${outcome.reason} ${outcome.detail}`
     if (lane.lagging.get(url) !== problem) {
       lane.lagging.set(url, problem)
-      this.#options.log(`uplink: ${lane.tier.name} ${url} did not take watermarks (${outcome.reason}: ${outcome.detail}); it gets the next ones`)
+      this.#options.log.warn('uplink.watermarks_refused', `${lane.tier.name} ${url} did not take watermarks (${outcome.reason}: ${outcome.detail}); it gets the next ones`, {
+        tier: lane.tier.name, url, reason: outcome.reason
+      })
     }
   }
 
@@ -534,7 +538,7 @@ export class Shipper {
     this.#failoverTimer = undefined
     if (this.#failedOver) {
       this.#failedOver = false
-      this.#options.log(`uplink: ${lane.tier.name} is back; ${this.#lanes[1].tier.name} no longer used`)
+      this.#options.log.info('uplink.failback', `${lane.tier.name} is back; ${this.#lanes[1].tier.name} no longer used`, { tier: lane.tier.name, from: this.#lanes[1].tier.name })
     }
   }
 
@@ -551,8 +555,10 @@ export class Shipper {
     if (this.#stopped || this.#failedOver || this.#lanes[0].failingSince === undefined) return
     this.#failedOver = true
     this.stats.failovers++
-    this.#options.log(`uplink: no ${this.#lanes[0].tier.name} has taken a batch for ${this.#options.failoverAfter} ms; ` +
-      `failing over to ${this.#lanes[1].tier.name} ${this.#lanes[1].tier.urls.join(', ')}`)
+    this.#options.log.warn('uplink.failover', `no ${this.#lanes[0].tier.name} has taken a batch for ${this.#options.failoverAfter} ms; ` +
+      `failing over to ${this.#lanes[1].tier.name} ${this.#lanes[1].tier.urls.join(', ')}`, {
+      from: this.#lanes[0].tier.name, tier: this.#lanes[1].tier.name, urls: this.#lanes[1].tier.urls, afterMs: this.#options.failoverAfter
+    })
     this.notify()
   }
 

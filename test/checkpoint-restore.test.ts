@@ -17,10 +17,10 @@ import { CheckpointDb } from '../edge-agent/checkpoint-db.ts'
 import { PipelineRunner } from '../edge-agent/pipelines.ts'
 import { reconcile } from '../edge-agent/reconcile.ts'
 import { Uplink } from '../edge-agent/uplink.ts'
+import { silentLogger } from '../server/log.ts'
 import { ResultStore } from '../server/result-store.ts'
 import { tmpDir } from './helpers/process.ts'
 import { pipelineSpec } from './helpers/specs.ts'
-import { silentLogger } from '../server/log.ts'
 
 const T0 = Date.UTC(2026, 0, 1)
 const cbor = { encoder: new Encoder({ useRecords: false, mapsAsObjects: true }), decoder: new Decoder({ useRecords: false, mapsAsObjects: true }) }

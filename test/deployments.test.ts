@@ -22,6 +22,7 @@ import type { DeploymentsOptions } from '../fog-coordinator/deployments.ts'
 import { FileDeploymentStore } from '../server/deployment-store.ts'
 import type { DeploymentStore } from '../server/deployment-store.ts'
 import type { Reply, Request } from '../server/http.ts'
+import { createLogger, silentLogger } from '../server/log.ts'
 
 const TOKEN = 'fog-admin-token'
 const AUTH = `Bearer ${TOKEN}`
@@ -64,14 +65,14 @@ async function tempDir (t: Test): Promise<string> {
 function fog (over: Partial<DeploymentsOptions> = {}) {
   const changes: PipelineSpec[][] = []
   const logs: string[] = []
-  const store = over.store ?? new FileDeploymentStore(undefined, line => logs.push(line))
+  const store = over.store ?? new FileDeploymentStore(undefined, createLogger({ write: line => logs.push(line) }))
   const d = new Deployments({
     adminToken: TOKEN,
     store,
     local: new Map(),
     definition: () => undefined,
     onChange: specs => changes.push(specs),
-    log: line => logs.push(line),
+    log: createLogger({ write: line => logs.push(line) }),
     ...over
   })
   const routes = d.routes()
@@ -257,7 +258,7 @@ t.test('every set a PUT accepts reads back, on the fog after a restart and at th
   // A body within the bound whose bytes are not UTF-8: decoded, each bad byte becomes U+FFFD (3 bytes).
   const dir = await tempDir(t)
   const logs: string[] = []
-  const f = fog({ store: new FileDeploymentStore(dir, line => logs.push(line)) })
+  const f = fog({ store: new FileDeploymentStore(dir, createLogger({ write: line => logs.push(line) })) })
   const head = Buffer.from(pipelineYaml() + '# ')
   const body = Buffer.concat([head, Buffer.alloc(DEPLOYMENT_LIMITS.yamlBytes - head.byteLength - 1, 0xff), Buffer.from('\n')])
   t.equal(body.byteLength, DEPLOYMENT_LIMITS.yamlBytes)
@@ -271,7 +272,7 @@ t.test('every set a PUT accepts reads back, on the fog after a restart and at th
   if (accepted) {
     const served = JSON.parse(JSON.stringify(await f.get())) as unknown
     t.doesNotThrow(() => readDeployedSet(served), 'what GET /v1/deployments serves, edges can read')
-    const restarted = new FileDeploymentStore(dir, line => logs.push(line))
+    const restarted = new FileDeploymentStore(dir, createLogger({ write: line => logs.push(line) }))
     t.equal(restarted.current().revision, 1, 'a restarted fog still has the deployed set')
     t.same(logs, [], 'and read it without complaint')
   }
@@ -326,7 +327,7 @@ t.test('DELETE takes a deployed pipeline out of the set', async t => {
 })
 
 t.test('concurrent changes through one fog run one after the other', async t => {
-  const inner = new FileDeploymentStore(undefined, () => {})
+  const inner = new FileDeploymentStore(undefined, silentLogger)
   let inFlight = 0
   let mostInFlight = 0
   // A slow store (etcd, a disk): without serialization both PUTs would start from revision 0.
@@ -359,7 +360,7 @@ t.test('concurrent changes through one fog run one after the other', async t => 
 })
 
 t.test('a store that refuses the change leaves the fog as it was', async t => {
-  const inner = new FileDeploymentStore(undefined, () => {})
+  const inner = new FileDeploymentStore(undefined, silentLogger)
   const store: DeploymentStore = {
     current: () => inner.current(),
     replace: async () => { throw new HttpError(409, 'deployment_conflict', 'another coordinator came first') }
@@ -373,11 +374,11 @@ t.test('a store that refuses the change leaves the fog as it was', async t => {
 
 t.test('a fog starts with the set its store holds, and adopts newer ones', async t => {
   const dir = await tempDir(t)
-  const first = fog({ store: new FileDeploymentStore(dir, () => {}) })
+  const first = fog({ store: new FileDeploymentStore(dir, silentLogger) })
   await first.put('room-temp', pipelineYaml('room-temp', { version: '4' }))
   await first.put('hall-temp', pipelineYaml('hall-temp'))
 
-  const second = fog({ store: new FileDeploymentStore(dir, () => {}) })
+  const second = fog({ store: new FileDeploymentStore(dir, silentLogger) })
   t.equal(second.d.revision, 2)
   t.same(second.d.specs().map(s => [s.name, s.version]).sort(), [['hall-temp', 1], ['room-temp', 4]])
   t.same(second.changes, [], 'the starting set is not reported as a change')
@@ -394,28 +395,28 @@ t.test('a fog starts with the set its store holds, and adopts newer ones', async
 t.test('FileDeploymentStore keeps the set in deployed.json', async t => {
   const dir = await tempDir(t)
   const logs: string[] = []
-  const store = new FileDeploymentStore(dir, line => logs.push(line))
+  const store = new FileDeploymentStore(dir, createLogger({ write: line => logs.push(line) }))
   t.same(store.current(), EMPTY_DEPLOYMENT, 'a missing file is the empty set')
   const one = changeSet(EMPTY_DEPLOYMENT, { put: { name: 'room-temp', version: 1, yaml: pipelineYaml() } })
   await store.replace(one, 0)
   t.same(await readdir(dir), ['deployed.json'], 'no temporary file is left behind')
   t.same(readDeployedSet(JSON.parse(await readFile(join(dir, 'deployed.json'), 'utf8'))), one)
 
-  const reopened = new FileDeploymentStore(dir, line => logs.push(line))
+  const reopened = new FileDeploymentStore(dir, createLogger({ write: line => logs.push(line) }))
   t.same(reopened.current(), one, 'a new instance on the same dir has the set')
 
   const two = changeSet(one, { put: { name: 'hall-temp', version: 1, yaml: pipelineYaml('hall-temp') } })
   const err = await refusal(t, store.replace(two, 0), 409, 'deployment_conflict', 'stale expected revision')
   t.match(err?.message, /revision 1, expected 0/)
   t.same(store.current(), one, 'the set is unchanged')
-  t.same(new FileDeploymentStore(dir, () => {}).current(), one, 'and so is the file')
+  t.same(new FileDeploymentStore(dir, silentLogger).current(), one, 'and so is the file')
   await store.replace(two, 1)
-  t.same(new FileDeploymentStore(dir, () => {}).current(), two)
+  t.same(new FileDeploymentStore(dir, silentLogger).current(), two)
   t.same(logs, [])
 
   const nested = join(dir, 'not', 'there', 'yet')
-  await new FileDeploymentStore(nested, () => {}).replace(one, 0)
-  t.same(new FileDeploymentStore(nested, () => {}).current(), one, 'the data dir is created when missing')
+  await new FileDeploymentStore(nested, silentLogger).replace(one, 0)
+  t.same(new FileDeploymentStore(nested, silentLogger).current(), one, 'the data dir is created when missing')
 })
 
 t.test('FileDeploymentStore starts empty, loudly, from a damaged file', async t => {
@@ -428,14 +429,14 @@ t.test('FileDeploymentStore starts empty, loudly, from a damaged file', async t 
   for (const [what, text] of cases) {
     await writeFile(join(dir, 'deployed.json'), text)
     const logs: string[] = []
-    const store = new FileDeploymentStore(dir, line => logs.push(line))
+    const store = new FileDeploymentStore(dir, createLogger({ write: line => logs.push(line) }))
     t.equal(store.current().revision, 0, `${what}: revision 0`)
     t.same(store.current().pipelines, [], `${what}: no pipelines`)
     t.equal(logs.length, 1, `${what}: logged`)
     t.match(logs[0], /deployed\.json/, `${what}: the log names the file`)
     // It can be written over, from revision 0.
     await store.replace(changeSet(store.current(), { put: { name: 'a', version: 1, yaml: 'x' } }), 0)
-    t.equal(new FileDeploymentStore(dir, () => {}).current().revision, 1, `${what}: replaced`)
+    t.equal(new FileDeploymentStore(dir, silentLogger).current().revision, 1, `${what}: replaced`)
   }
 })
 

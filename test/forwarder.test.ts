@@ -12,6 +12,7 @@ import { MergeNode } from '../server/merge-node.ts'
 import { fetchMetric } from './helpers/ground-truth.ts'
 import { fetchJson, tmpDir, waitFor } from './helpers/process.ts'
 import { startReceiver } from './helpers/receiver.ts'
+import { silentLogger } from '../server/log.ts'
 
 const START = Date.UTC(2026, 0, 1)
 const SIZE = 10_000
@@ -64,7 +65,7 @@ t.test('each pass\'s final windows go to the cloud with their contributions, and
   const node = new MergeNode('fog', {
     id: 'f1', host: '127.0.0.1', httpPort: 0, dataDir: dir.path, retention: 3_600_000, maxResults: 1000, finalizeAfter: 30_000, maxBatch: 1 << 20, tick: 50
   }, [])
-  const forwarder = new Forwarder(node, { fog: 'f1', dataDir: dir.path, cloud: cloud.url, outboxMax: 1 << 20, requestTimeout: 1_000, retryMax: 200, log: () => {} })
+  const forwarder = new Forwarder(node, { fog: 'f1', dataDir: dir.path, cloud: cloud.url, outboxMax: 1 << 20, requestTimeout: 1_000, retryMax: 200, log: silentLogger })
   await node.start()
   forwarder.start()
   t.teardown(async () => {
@@ -122,7 +123,7 @@ t.test('an idle edge: the fog finalizes without it, forwards its flag, and leave
   const node = new MergeNode('fog', {
     id: 'f1', host: '127.0.0.1', httpPort: 0, dataDir: dir.path, retention: 3_600_000, maxResults: 1000, finalizeAfter: 30_000, maxBatch: 1 << 20, tick: 50
   }, [])
-  const forwarder = new Forwarder(node, { fog: 'f1', dataDir: dir.path, cloud: cloud.url, outboxMax: 1 << 20, requestTimeout: 1_000, retryMax: 200, log: () => {} })
+  const forwarder = new Forwarder(node, { fog: 'f1', dataDir: dir.path, cloud: cloud.url, outboxMax: 1 << 20, requestTimeout: 1_000, retryMax: 200, log: silentLogger })
   await node.start()
   forwarder.start()
   t.teardown(async () => {

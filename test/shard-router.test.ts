@@ -18,6 +18,7 @@ import type { BatchContext } from '../server/shipper.ts'
 import { waitFor } from './helpers/process.ts'
 import { startReceiver } from './helpers/receiver.ts'
 import type { FakeReceiver } from './helpers/receiver.ts'
+import { createLogger } from '../server/log.ts'
 
 const def: PipelineDef = { name: 'p', version: 1, window: 'tumbling', selects: [{ name: 'n', fn: 'count', params: [] }] }
 const cbor = new Encoder({ useRecords: false })
@@ -70,7 +71,7 @@ function rig (t: Test, urls: string[], refreshEvery = 60_000, cloud?: string) {
   const outbox = new Outbox({ maxBytes: 1 << 20, targets: cloud === undefined ? ['fog'] : ['fog', 'cloud'] })
   const source = new Source()
   const logs: string[] = []
-  const log = (line: string) => { logs.push(line) }
+  const log = createLogger({ write: line => { logs.push(line) } })
   const router = new ShardRouter(urls, { timeout: 500, refreshEvery, log })
   const shipper = new Shipper(outbox, source, {
     ...SHIPPER_DEFAULTS,

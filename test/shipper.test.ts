@@ -13,6 +13,7 @@ import type { BatchContext, ShipperOptions } from '../server/shipper.ts'
 import { freePort, waitFor } from './helpers/process.ts'
 import { startReceiver } from './helpers/receiver.ts'
 import type { FakeReceiver, ReceiverOptions } from './helpers/receiver.ts'
+import { createLogger } from '../server/log.ts'
 
 const def: PipelineDef = { name: 'p', version: 1, window: 'tumbling', selects: [{ name: 'n', fn: 'count', params: [] }] }
 const cbor = new Encoder({ useRecords: false })
@@ -52,7 +53,7 @@ function rig (t: Test, options: Partial<ShipperOptions> & Pick<ShipperOptions, '
     retryMax: 100,
     idleEvery: 50,
     heartbeatEvery: 60_000,
-    log: line => logs.push(line),
+    log: createLogger({ write: line => logs.push(line) }),
     ...options
   })
   shipper.start()

@@ -22,6 +22,7 @@ import { fetchJson, freePort, startFogmesh, tmpDir, waitFor } from './helpers/pr
 import type { RunningProcess } from './helpers/process.ts'
 import { startReceiver } from './helpers/receiver.ts'
 import type { FakeReceiver, ReceiverOptions } from './helpers/receiver.ts'
+import { silentLogger } from '../server/log.ts'
 
 const ALL_WINDOWS = new URL('fixtures/all-windows.yaml', import.meta.url).pathname
 const START = Date.UTC(2026, 0, 1)
@@ -101,7 +102,7 @@ async function emittedUpstream (edge: RunningProcess): Promise<number> {
 function offlineUplink (specs: PipelineSpec[], over: Partial<UplinkOptions> = {}) {
   const windows: { to?: Uplink } = {}
   const runner = new PipelineRunner(specs, (op, w) => windows.to!.onWindow(op, w), 65_536)
-  const uplink = windows.to = new Uplink({ edge: 'e1', fog: ['http://127.0.0.1:9'], failoverAfter: 30_000, outboxMax: 1 << 20, requestTimeout: 1_000, retryMax: 1_000, log: () => {}, ...over }, runner.operators.values())
+  const uplink = windows.to = new Uplink({ edge: 'e1', fog: ['http://127.0.0.1:9'], failoverAfter: 30_000, outboxMax: 1 << 20, requestTimeout: 1_000, retryMax: 1_000, log: silentLogger, ...over }, runner.operators.values())
   const read = (room: string, ts: number) => runner.onMessage(`sensors/${room}/temperature`, Buffer.from(JSON.stringify({ value: 1, ts })), Date.now())
   return { uplink, runner, read }
 }
