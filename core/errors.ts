@@ -64,8 +64,33 @@ export class ReadingRejected extends FogmeshError {
 
 /** Malformed bytes on the wire (CBOR partials, encoded aggregate state). */
 export class WireError extends FogmeshError {
-  constructor (message: string, options?: ErrorOptions) {
-    super('wire_malformed', message, options)
+  constructor (message: string, options?: ErrorOptions, code = 'wire_malformed') {
+    super(code, message, options)
+  }
+}
+
+/**
+ * Which decoding bound a body broke: the `limit` label of `fogmesh_batches_limited_total`, so part of
+ * the public contract.
+ */
+export type WireLimit =
+  | 'inflated' // a compressed body inflates beyond the limit
+  | 'depth' // arrays and maps nested too deep
+  | 'items' // too many data items in all
+  | 'containers' // too many arrays and maps in all
+  | 'string' // one string longer than the limit
+  | 'length' // a length announces more than the body holds
+
+/**
+ * A body over a bound that keeps decoding memory proportional to what is sane for a batch; found
+ * before anything is allocated for it. A WireError, so every receiver refuses it as malformed.
+ */
+export class WireLimitError extends WireError {
+  readonly limit: WireLimit
+
+  constructor (limit: WireLimit, message: string) {
+    super(message, undefined, 'wire_limit')
+    this.limit = limit
   }
 }
 

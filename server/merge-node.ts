@@ -12,7 +12,8 @@
  */
 import type { PipelineSpec } from '../core/pipeline/spec.ts'
 import { pipelineToPlain } from '../core/pipeline/format.ts'
-import { ConfigError, HttpError, WireError } from '../core/errors.ts'
+import { ConfigError, HttpError, WireError, WireLimitError } from '../core/errors.ts'
+import type { WireLimit } from '../core/errors.ts'
 import { decodeBatch } from '../core/upstream/batch.ts'
 import type { Batch, PipelineDef, Watermark, WindowEntry } from '../core/upstream/batch.ts'
 import { Finalizer, mergeContributions, sameSelects, supersedes } from '../core/upstream/merge.ts'
@@ -103,6 +104,8 @@ export class MergeNode implements ServiceApi {
   readonly #stats = new Map<string, PipelineStats>()
   readonly #batches = { edge: 0, fog: 0 }
   readonly #rejected = Object.fromEntries(REJECT_REASONS.map(r => [r, 0])) as Record<BatchRejectReason, number>
+  /** bad_batch refusals that were over a decoding bound, by bound. */
+  readonly #limited = new Map<WireLimit, number>()
   #listenerErrors = 0
   #listenerFailing = false
   #ready = false
@@ -298,6 +301,7 @@ export class MergeNode implements ServiceApi {
         batch = decodeBatch(body, typeof encoding === 'string' ? encoding.trim().toLowerCase() : undefined)
         checkTimes(batch)
       } catch (err) {
+        if (err instanceof WireLimitError) this.#limited.set(err.limit, (this.#limited.get(err.limit) ?? 0) + 1)
         if (err instanceof WireError) throw new HttpError(400, 'bad_batch', err.message)
         throw err
       }
@@ -692,6 +696,7 @@ export class MergeNode implements ServiceApi {
     const perPipeline = (read: (s: PipelineStats) => number) => (): Sample[] => [...this.#stats].map(([pipeline, s]) => [{ pipeline }, read(s)])
     m.counter('fogmesh_batches_received_total', 'Partial batches accepted, by the sender\'s role', ['role'], () => [[{ role: 'edge' }, this.#batches.edge], [{ role: 'fog' }, this.#batches.fog]])
     m.counter('fogmesh_batches_rejected_total', 'Partial batches refused, by reason (the error code)', ['reason'], () => REJECT_REASONS.map(reason => [{ reason }, this.#rejected[reason]]))
+    m.counter('fogmesh_batches_limited_total', 'Partial batches refused (as bad_batch) before decoding for exceeding a bound, by bound', ['limit'], () => [...this.#limited].map(([limit, n]) => [{ limit }, n]))
     m.counter('fogmesh_partials_received_total', 'Contributions (one edge\'s partial of one window) in accepted batches', ['pipeline'], perPipeline(s => s.received))
     m.counter('fogmesh_partials_ignored_total', 'Contributions already known at this or a higher revision (replays, second routes)', ['pipeline'], perPipeline(s => s.ignored))
     m.counter('fogmesh_partials_after_final_total', 'Contributions that changed a window already final (merged; the window gets revision + 1)', ['pipeline'], perPipeline(s => s.afterFinal))

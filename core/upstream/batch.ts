@@ -14,12 +14,19 @@
  * ever `true` (left out otherwise, so older receivers see the 3-element form), says the edge's pipeline
  * is idle: it has sent every window and has none open, so receivers need not wait for its watermark
  * until an entry without the flag says it is active again.
+ *
+ * Decoding memory stays bounded: a body is walked once (scanCbor) before cbor-x sees it. A CBOR item
+ * of one byte can become a JS array of 50+ bytes, and a few KB of deflated zeros inflate to megabytes
+ * of such items, so without the walk a 15 KB body cost 650 MB. The walk allocates nothing per item;
+ * it bounds the nesting, the item and container counts and string lengths, and admits only the CBOR
+ * that encodeBatch writes (definite lengths, no tags but 64 for byte arrays), so cbor-x's own
+ * extensions (records, shared references, packed values) can never expand a body.
  */
 import { Decoder, Encoder } from 'cbor-x'
 import { deflateRawSync, inflateRawSync } from 'node:zlib'
 import { getAggregate } from '../aggregates/index.ts'
 import type { AnyAggregate } from '../aggregates/index.ts'
-import { WireError } from '../errors.ts'
+import { WireError, WireLimitError } from '../errors.ts'
 import type { WindowSpec } from '../pipeline/spec.ts'
 
 export const WIRE_VERSION = 1
@@ -73,8 +80,23 @@ export const BATCH_LIMITS = {
   maxKey: 4096,
   maxWindows: 200_000,
   maxContributions: 10_000,
-  /** Inflated size of a compressed body. */
-  maxInflated: 64 * 1024 * 1024
+  /**
+   * Inflated size of a compressed body: as large as the default --max-batch, so compression never
+   * lets a body carry more than an uncompressed one could. Senders cut batches at 4 MiB.
+   */
+  maxInflated: 16 * 1024 * 1024,
+  /** Nesting of arrays and maps; a batch uses 8. */
+  maxDepth: 16,
+  /**
+   * CBOR data items and, of those, arrays and maps in one body. Batches hold one item per 4 to 7 bytes
+   * and one array per 15 to 35, so a 16 MiB body (the default --max-batch; senders cut at 4 MiB) has
+   * at most about 4 M and 1.1 M. The caps leave room above that and bound what decoding can build from
+   * any body to about 150 MB (an empty array costs some 60 bytes, an item's slot 8).
+   */
+  maxItems: 6_000_000,
+  maxContainers: 1_500_000,
+  /** Bytes of one text or byte string (keys are at most 4096 characters, registers 16 KiB). */
+  maxString: 1024 * 1024
 }
 
 const encoder = new Encoder({ useRecords: false, mapsAsObjects: true })
@@ -104,6 +126,96 @@ export function encodeBatch (batch: Batch): EncodedBatch {
     if (deflated.length < body.length * 0.9) return { body: deflated, encoding: 'deflate-raw' }
   }
   return { body }
+}
+
+function tooMuch (limit: WireLimitError['limit'], message: string): never {
+  throw new WireLimitError(limit, `invalid batch: ${message}`)
+}
+
+/** The tag cbor-x writes before a Uint8Array (distinct's registers); the only tag a batch holds. */
+const TAG_UINT8_ARRAY = 64
+
+/**
+ * Walks one CBOR item spanning all of `b` without building it, and throws a WireError (a
+ * WireLimitError for a bound) unless it is CBOR as encodeBatch writes it, within BATCH_LIMITS. Every
+ * announced length is checked against the bytes left, so the decoder never sizes anything from a
+ * length the body cannot back.
+ */
+export function scanCbor (b: Uint8Array, limits: typeof BATCH_LIMITS = BATCH_LIMITS): void {
+  const view = new DataView(b.buffer, b.byteOffset, b.byteLength)
+  // Items still to read in each open array or map (a map's entries count twice); the top level is one.
+  const open: number[] = [1]
+  let pos = 0
+  let items = 0
+  let containers = 0
+  const need = (n: number): void => {
+    if (n > b.length - pos) fail(`not CBOR: truncated at byte ${pos}`)
+  }
+  while (open.length > 0) {
+    const top = open.length - 1
+    if (open[top] === 0) {
+      open.pop()
+      continue
+    }
+    open[top]--
+    need(1)
+    const initial = b[pos++]
+    const major = initial >> 5
+    const info = initial & 31
+    let arg: number
+    if (info < 24) {
+      arg = info
+    } else if (info === 24) {
+      need(1)
+      arg = b[pos]
+      pos += 1
+    } else if (info === 25) {
+      need(2)
+      arg = view.getUint16(pos)
+      pos += 2
+    } else if (info === 26) {
+      need(4)
+      arg = view.getUint32(pos)
+      pos += 4
+    } else if (info === 27) {
+      need(8)
+      // Beyond 2^53 only loses precision, and only lengths, never that large, are compared.
+      arg = view.getUint32(pos) * 2 ** 32 + view.getUint32(pos + 4)
+      pos += 8
+    } else {
+      return fail(`not CBOR as batches are written: ${info === 31 ? 'an indefinite length' : 'a reserved header'} at byte ${pos - 1}`)
+    }
+    if (++items > limits.maxItems) tooMuch('items', `more than ${limits.maxItems} CBOR items`)
+    switch (major) {
+      case 2:
+      case 3:
+        if (arg > limits.maxString) tooMuch('string', `a string of ${arg} bytes, more than ${limits.maxString}`)
+        if (arg > b.length - pos) tooMuch('length', `a string of ${arg} bytes with ${b.length - pos} left`)
+        pos += arg
+        break
+      case 4:
+      case 5: {
+        // Every item takes at least a byte: a count the rest of the body cannot hold is a lie.
+        // Only the batch itself is a map; maps are the dearest items to decode (100+ bytes when empty).
+        if (major === 5 && open.length > 1) fail(`not CBOR as batches are written: a map inside the batch at byte ${pos - 1}`)
+        const count = major === 5 ? arg * 2 : arg
+        if (count > b.length - pos) tooMuch('length', `${major === 5 ? 'a map' : 'an array'} of ${arg} entries with ${b.length - pos} bytes left`)
+        if (++containers > limits.maxContainers) tooMuch('containers', `more than ${limits.maxContainers} arrays and maps`)
+        if (open.length > limits.maxDepth) tooMuch('depth', `arrays and maps nested more than ${limits.maxDepth} deep`)
+        open.push(count)
+        break
+      }
+      case 6:
+        if (arg !== TAG_UINT8_ARRAY || pos >= b.length || b[pos] >> 5 !== 2) fail(`unexpected CBOR tag ${arg}`)
+        open[top]++ // the tagged byte string
+        break
+      case 7:
+        // false, true, null, undefined and floats; no other simple values.
+        if (info < 20 || info === 24) fail(`unexpected CBOR simple value at byte ${pos - 1}`)
+        break
+    }
+  }
+  if (pos !== b.length) fail(`${b.length - pos} bytes after the batch`)
 }
 
 function fail (message: string): never {
@@ -160,11 +272,13 @@ export function decodeBatch (body: Uint8Array, encoding?: string): Batch {
     try {
       bytes = inflateRawSync(body, { maxOutputLength: BATCH_LIMITS.maxInflated })
     } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ERR_BUFFER_TOO_LARGE') tooMuch('inflated', `inflates to more than ${BATCH_LIMITS.maxInflated} bytes`)
       fail(`cannot inflate: ${(err as Error).message}`)
     }
   } else if (encoding !== undefined && encoding !== 'identity') {
     fail(`unsupported content encoding ${encoding}`)
   }
+  scanCbor(bytes)
   let raw: unknown
   try {
     raw = decoder.decode(bytes)

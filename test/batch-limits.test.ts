@@ -1,0 +1,239 @@
+/**
+ * Malformed and malicious CBOR batches against a real fog: every one is refused (or, when a mutation
+ * happens to stay valid, taken) without a 5xx or a crash, and the fog's peak memory stays bounded.
+ * Before the pre-decode walk, one 15 KB deflated body of empty arrays cost the fog 650 MB.
+ */
+import { readFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { deflateRawSync } from 'node:zlib'
+import { encode as cborEncode } from 'cbor-x'
+import t from 'tap'
+import { count } from '../core/aggregates/count.ts'
+import { distinct } from '../core/aggregates/distinct.ts'
+import { percentile } from '../core/aggregates/percentile.ts'
+import { sum } from '../core/aggregates/sum.ts'
+import { WireError, WireLimitError } from '../core/errors.ts'
+import { BATCH_LIMITS, decodeBatch, encodeBatch, scanCbor } from '../core/upstream/batch.ts'
+import type { Batch, PipelineDef } from '../core/upstream/batch.ts'
+import { fetchMetric } from './helpers/ground-truth.ts'
+import { fetchJson, startFogmesh, tmpDir } from './helpers/process.ts'
+
+const DEF: PipelineDef = {
+  name: 'p',
+  version: 1,
+  window: 'tumbling',
+  selects: [{ name: 'n', fn: 'count', params: [] }, { name: 's', fn: 'sum', params: [] }, { name: 'q', fn: 'percentile', params: [0.5] }, { name: 'd', fn: 'distinct', params: [] }]
+}
+
+function states (i: number): unknown[] {
+  let c = count.create([])
+  let s = sum.create([])
+  let q = percentile.create([0.5])
+  let d = distinct.create([])
+  for (let k = 0; k < 5; k++) {
+    c = count.add(c, undefined, 0)
+    s = sum.add(s, i + k, 0)
+    q = percentile.add(q, i * k, 0)
+    d = distinct.add(d, `dev-${k}`, 0)
+  }
+  return [count.encode(c), sum.encode(s), percentile.encode(q), distinct.encode(d)]
+}
+
+function batch (seq: number, windows: number, base = 0): Batch {
+  return {
+    sender: 'e1',
+    role: 'edge',
+    seq,
+    pipelines: [DEF],
+    watermarks: [{ pipeline: 'p', edge: 'e1', watermark: 1_000 }],
+    windows: Array.from({ length: windows }, (_, i) => ({ pipeline: 'p', key: `k${i}`, start: base + i * 10_000, end: base + (i + 1) * 10_000, contributions: [{ edge: 'e1', revision: 0, states: states(i) }] }))
+  }
+}
+
+/** A CBOR head: major type and argument. */
+function head (major: number, n: number): Buffer {
+  if (n < 24) return Buffer.from([major << 5 | n])
+  if (n < 0x100) return Buffer.from([major << 5 | 24, n])
+  if (n < 0x10000) return Buffer.from([major << 5 | 25, n >> 8, n & 0xff])
+  const b = Buffer.alloc(5)
+  b[0] = major << 5 | 26
+  b.writeUInt32BE(n, 1)
+  return b
+}
+
+/** `{v: 1, windows: <rest>}` as bytes, so that the rest can be anything. */
+const PREFIX = Buffer.concat([head(5, 2), head(3, 1), Buffer.from('v'), head(0, 1), head(3, 7), Buffer.from('windows')])
+
+/** Deterministic pseudo-random numbers (mulberry32). */
+function rng (seed: number): () => number {
+  let a = seed
+  return () => {
+    a = (a + 0x6d2b79f5) | 0
+    let x = Math.imul(a ^ (a >>> 15), 1 | a)
+    x = (x + Math.imul(x ^ (x >>> 7), 61 | x)) ^ x
+    return ((x ^ (x >>> 14)) >>> 0) / 4294967296
+  }
+}
+
+interface Body { what: string, body: Buffer, encoding?: string }
+
+/** Bodies built to make a decoder allocate far more than they weigh, each valid CBOR up to its lie. */
+function malicious (): Body[] {
+  const empties = (n: number, byte = 0x80): Buffer => Buffer.concat([PREFIX, head(4, n), Buffer.alloc(n, byte)])
+  const deflated = (what: string, raw: Buffer): Body => ({ what, body: deflateRawSync(raw), encoding: 'deflate-raw' })
+  return [
+    deflated('16 M empty arrays, deflated', empties(16_000_000)),
+    deflated('17 M empty arrays, deflated (over the inflated limit)', empties(17_000_000)),
+    deflated('16 M empty maps, deflated', empties(16_000_000, 0xa0)),
+    deflated('16 M zeros, deflated', empties(16_000_000, 0x00)),
+    { what: '4 M empty arrays', body: empties(4_000_000) },
+    { what: '1.4 M empty arrays (under the count limit)', body: empties(1_400_000) },
+    { what: 'an array announcing 2^31 items', body: Buffer.concat([PREFIX, Buffer.from([0x9a, 0x80, 0, 0, 0]), Buffer.alloc(64)]) },
+    { what: 'an array announcing 2^64-1 items', body: Buffer.concat([PREFIX, Buffer.from([0x9b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]), Buffer.alloc(64)]) },
+    { what: 'a map announcing 2^32-1 entries', body: Buffer.from([0xba, 0xff, 0xff, 0xff, 0xff, 0x61, 0x76, 0x01]) },
+    { what: 'a text string announcing 4 GB', body: Buffer.concat([PREFIX, Buffer.from([0x7a, 0xff, 0xff, 0xff, 0xff]), Buffer.alloc(1024, 0x61)]) },
+    { what: 'a byte string announcing 2^63', body: Buffer.concat([PREFIX, Buffer.from([0x5b, 0x80, 0, 0, 0, 0, 0, 0, 0]), Buffer.alloc(1024)]) },
+    { what: 'a 4 MB string', body: Buffer.concat([PREFIX, head(3, 4_000_000), Buffer.alloc(4_000_000, 0x61)]) },
+    { what: '1 M nested arrays', body: Buffer.concat([PREFIX, Buffer.alloc(1_000_000, 0x81), Buffer.from([0])]) },
+    deflated('16 M nested arrays, deflated', Buffer.concat([PREFIX, Buffer.alloc(16_000_000, 0x81), Buffer.from([0])])),
+    { what: 'an indefinite array of empty arrays', body: Buffer.concat([PREFIX, Buffer.from([0x9f]), Buffer.alloc(2_000_000, 0x80), Buffer.from([0xff])]) },
+    { what: 'a big integer of 1 MB', body: Buffer.concat([PREFIX, Buffer.from([0xc2]), head(2, 1_000_000), Buffer.alloc(1_000_000, 0xff)]) },
+    { what: 'shared references', body: Buffer.concat([PREFIX, Buffer.from([0xd8, 0x1c]), head(4, 3), Buffer.from([0xd8, 0x1d, 0x00, 0xd8, 0x1d, 0x00, 0xd8, 0x1d, 0x00])]) },
+    { what: 'a record definition', body: Buffer.concat([PREFIX, Buffer.from([0xd9, 0xdf, 0xff, 0x83, 0x18, 0x40, 0x81, 0x61, 0x61, 0x01])]) },
+    { what: 'bundled strings', body: Buffer.concat([PREFIX, Buffer.from([0xd9, 0xdf, 0xf9, 0x82, 0x7a, 0x7f, 0xff, 0xff, 0xff, 0x00])]) }
+  ]
+}
+
+/** Random damage to a valid batch: flipped, inserted and removed bytes, or a cut. */
+function mutated (seed: number, template: Buffer): Body {
+  const r = rng(seed)
+  const bytes = [...template]
+  const edits = 1 + Math.floor(r() * 8)
+  for (let e = 0; e < edits; e++) {
+    const at = Math.floor(r() * bytes.length)
+    const op = r()
+    // Length-announcing heads (arrays, maps, strings with 4- and 8-byte lengths) are the dangerous bytes.
+    const interesting = [0x9a, 0x9b, 0xba, 0xbb, 0x5a, 0x7a, 0x7b, 0x9f, 0xbf, 0xff, 0xd8, 0xd9, 0x80, 0x81]
+    if (op < 0.4) bytes[at] = Math.floor(r() * 256)
+    else if (op < 0.6) bytes.splice(at, 0, interesting[Math.floor(r() * interesting.length)], 0xff, 0xff, 0xff, 0xff)
+    else if (op < 0.8) bytes.splice(at, 1 + Math.floor(r() * 4))
+    else bytes.length = at
+  }
+  return { what: `mutation ${seed}`, body: Buffer.from(bytes) }
+}
+
+t.test('the walk admits what encodeBatch writes and refuses bodies over a bound before decoding', async t => {
+  const { body } = encodeBatch(batch(1, 3))
+  t.doesNotThrow(() => scanCbor(body), 'a batch passes')
+  const big = encodeBatch(batch(1, 20_000))
+  t.same(decodeBatch(big.body, big.encoding).windows.length, 20_000, 'a large compressed batch passes')
+  const limitOf = (b: Body): string | undefined => {
+    try {
+      decodeBatch(b.body, b.encoding)
+    } catch (err) {
+      if (err instanceof WireLimitError) return err.limit
+      if (err instanceof WireError) return 'malformed'
+      throw err
+    }
+    return undefined
+  }
+  const limits = Object.fromEntries(malicious().map(b => [b.what, limitOf(b)]))
+  t.same(limits, {
+    '16 M empty arrays, deflated': 'containers',
+    '17 M empty arrays, deflated (over the inflated limit)': 'inflated',
+    '16 M empty maps, deflated': 'malformed',
+    '16 M zeros, deflated': 'items',
+    '4 M empty arrays': 'containers',
+    '1.4 M empty arrays (under the count limit)': 'malformed',
+    'an array announcing 2^31 items': 'length',
+    'an array announcing 2^64-1 items': 'length',
+    'a map announcing 2^32-1 entries': 'length',
+    'a text string announcing 4 GB': 'string',
+    'a byte string announcing 2^63': 'string',
+    'a 4 MB string': 'string',
+    '1 M nested arrays': 'depth',
+    '16 M nested arrays, deflated': 'depth',
+    'an indefinite array of empty arrays': 'malformed',
+    'a big integer of 1 MB': 'malformed',
+    'shared references': 'malformed',
+    'a record definition': 'malformed',
+    'bundled strings': 'malformed'
+  }, 'each body is refused, over the bound it breaks')
+  t.equal(BATCH_LIMITS.maxInflated, 16 * 1024 * 1024)
+})
+
+function peakRss (pid: number): number {
+  const m = /VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))
+  if (m === null) throw new Error('no VmHWM in /proc/<pid>/status')
+  return Number(m[1]) * 1024
+}
+
+t.test('a fog under thousands of malformed batches: no 5xx, no crash, bounded peak memory', { timeout: 120_000 }, async t => {
+  const dir = await tmpDir('fogmesh-batch-limits-')
+  t.teardown(() => dir.cleanup())
+  const fog = await startFogmesh(['fog', '--id', 'f1', '--http-port', '0', '--data-dir', join(dir.path, 'data'), '--tick', '100ms'])
+  t.teardown(async () => {
+    if (fog.proc.exitCode === null && fog.proc.signalCode === null) await fog.stop().catch(() => fog.kill('SIGKILL'))
+  })
+  const post = async (b: Body): Promise<number> => {
+    const headers: Record<string, string> = { 'content-type': 'application/cbor' }
+    if (b.encoding !== undefined) headers['content-encoding'] = b.encoding
+    const res = await fetch(`${fog.http}/v1/partials`, { method: 'POST', headers, body: b.body, signal: AbortSignal.timeout(30_000) })
+    await res.arrayBuffer()
+    return res.status
+  }
+  const good = (seq: number, base: number): Body => {
+    const e = encodeBatch(batch(seq, 50, base))
+    return { what: `valid batch ${seq}`, body: e.body, encoding: e.encoding }
+  }
+  // Warm-up: the code paths every request takes, so that the baseline includes their compilation.
+  for (let i = 1; i <= 20; i++) t.equal(await post(good(i, i * 1_000_000)), 200, 'a valid batch is taken')
+  for (let i = 0; i < 50; i++) await post(mutated(1_000_000 + i, encodeBatch(batch(1, 3)).body))
+  const before = peakRss(fog.proc.pid!)
+
+  const template = encodeBatch(batch(1, 20)).body
+  const bodies: Body[] = []
+  for (let round = 0; round < 3; round++) bodies.push(...malicious())
+  for (let seed = 0; seed < 3000; seed++) bodies.push(mutated(seed, template))
+  const statuses = new Map<number, number>()
+  const fiveHundreds: string[] = []
+  const failed: string[] = []
+  let next = 0
+  // A few at a time, as several misbehaving clients would.
+  await Promise.all(Array.from({ length: 4 }, async () => {
+    while (next < bodies.length) {
+      const b = bodies[next++]
+      let status: number
+      try {
+        status = await post(b)
+      } catch (err) {
+        failed.push(`${b.what}: ${String((err as Error).cause ?? err)}`)
+        continue
+      }
+      statuses.set(status, (statuses.get(status) ?? 0) + 1)
+      if (status >= 500) fiveHundreds.push(`${b.what}: ${status}`)
+    }
+  }))
+  const after = peakRss(fog.proc.pid!)
+  t.comment(`statuses ${JSON.stringify(Object.fromEntries(statuses))}; peak RSS ${(before / 1e6).toFixed(0)} MB -> ${(after / 1e6).toFixed(0)} MB (+${((after - before) / 1e6).toFixed(0)} MB)`)
+  t.same(fiveHundreds, [], 'no 5xx')
+  t.same(failed, [], 'every request is answered')
+  t.equal(fog.proc.exitCode, null, 'the fog is still running')
+  // Unbounded, the first deflated body alone takes 650 MB; bounded, a body decodes to at most about
+  // 150 MB (1.5 M empty arrays), and bodies decode one at a time.
+  t.ok(after - before < 200e6, `peak RSS grew by ${((after - before) / 1e6).toFixed(0)} MB, less than 200 MB`)
+
+  t.same((await fetchJson(`${fog.http}/healthz`)).body, { status: 'ok', role: 'fog', id: 'f1' })
+  t.equal(await post(good(100_000, 1e9)), 200, 'a valid batch is still taken')
+  const limited = await fetchMetric(fog.http, 'fogmesh_batches_limited_total')
+  for (const limit of ['containers', 'inflated', 'items', 'length', 'string', 'depth']) {
+    t.ok((limited.get(`{limit="${limit}"}`) ?? 0) >= 3, `fogmesh_batches_limited_total{limit="${limit}"} counts`)
+  }
+  t.equal(await fog.stop(), 0, 'stops cleanly')
+})
+
+// A body the encoder writes for plain objects (tests build batches so) passes too.
+t.test('cbor-x encodings of plain batches pass the walk', async t => {
+  t.doesNotThrow(() => scanCbor(cborEncode({ v: 1, sender: 'e1', role: 'edge', seq: 1, pipelines: [], watermarks: [['p', 'e1', 5, false]], windows: [] })))
+  t.doesNotThrow(() => scanCbor(cborEncode({ v: 1, registers: new Uint8Array(16), n: -1.5, big: 2 ** 60, none: null, undef: undefined })))
+})
