@@ -24,7 +24,7 @@ import { ResultStore } from '../server/result-store.ts'
 import { withLive } from '../server/results.ts'
 import type { ResultQuery, WindowResult } from '../server/results.ts'
 import { LocalActions } from './actions.ts'
-import { EmbeddedBroker } from './broker.ts'
+import { EmbeddedBroker, PACKET_HEADROOM } from './broker.ts'
 import { Checkpointer } from './checkpoint.ts'
 import { removeCheckpoint } from './checkpoint-db.ts'
 import { DeploymentFollower } from './deployment-follower.ts'
@@ -106,7 +106,15 @@ export class EdgeAgent implements ServiceApi {
       : undefined
     this.#source = options.mqttUrl !== undefined
       ? new BrokerSubscriber({ url: options.mqttUrl, clientId: options.mqttClientId, filters: () => this.#runner.filters(), connectTimeout: 10_000, log })
-      : new EmbeddedBroker({ host: options.mqttHost, port: options.mqttPort, users: options.users })
+      : new EmbeddedBroker({
+        host: options.mqttHost,
+        port: options.mqttPort,
+        users: options.users,
+        maxPacket: options.maxPayload + PACKET_HEADROOM,
+        maxInflight: options.mqttMaxInflight,
+        maxQueued: options.mqttMaxQueued,
+        maxConnections: options.mqttMaxConnections
+      })
     if (checkpoints) {
       this.#checkpoints = new Checkpointer({ dataDir: options.dataDir, log }, { operators: this.#runner.operators, store: this.#store, uplink: this.#uplink })
     } else if (removeCheckpoint(options.dataDir)) {
@@ -397,6 +405,7 @@ export class EdgeAgent implements ServiceApi {
     if (this.#source instanceof EmbeddedBroker) {
       const broker = this.#source
       m.counter('fogmesh_mqtt_denied_total', 'Embedded broker refusals, by what was refused', ['what'], () => Object.entries(broker.denied).map(([what, n]) => [{ what }, n]))
+      broker.registerMetrics(m)
     }
   }
 }

@@ -1,13 +1,20 @@
 /**
  * The embedded MQTT broker (aedes) that sensors publish to. With users configured it authenticates
  * every client and enforces per-user publish and subscribe topic rules; without, access is anonymous.
+ *
+ * No client can make the broker hold more than a bounded amount for it: a packet is at most
+ * `maxPacket` bytes (checked on the fixed header, before its body is read: mqtt-packet buffers a
+ * whole packet before anyone sees it, and aedes has no size option), at most `maxInflight` QoS 2
+ * publishes wait for their PUBREL, at most `maxQueued` packets wait for the session to start, and at
+ * most `maxConnections` connections are open. A client over a bound is disconnected and counted.
  */
 import { timingSafeEqual } from 'node:crypto'
 import { createServer } from 'node:net'
-import type { AddressInfo, Server } from 'node:net'
+import type { AddressInfo, Server, Socket } from 'node:net'
 import { Aedes } from 'aedes'
 import type { AuthenticateError, Client, PublishPacket, Subscription } from 'aedes'
 import { compileTopicFilter, filterCovers } from '../core/topic.ts'
+import type { Metrics } from '../server/metrics.ts'
 import type { BrokerUser } from './config.ts'
 import type { MessageHandler, MessageSource } from './source.ts'
 
@@ -15,6 +22,79 @@ export interface BrokerOptions {
   host: string
   port: number
   users: BrokerUser[]
+  /** Largest remaining length (everything after the fixed header) of a packet, bytes. */
+  maxPacket?: number
+  /** Most inbound QoS 2 publishes of one client awaiting PUBREL. */
+  maxInflight?: number
+  /** Most packets of one client queued before its session is established. */
+  maxQueued?: number
+  /** Most open client connections. */
+  maxConnections?: number
+}
+
+/** Room for a PUBLISH's topic, packet id and properties beside a payload of the largest size. */
+export const PACKET_HEADROOM = 64 * 1024
+
+/** Defaults of the bounds, as the edge's flags give them. */
+export const BROKER_LIMITS = { maxPacket: 64 * 1024 + PACKET_HEADROOM, maxInflight: 512, maxQueued: 32, maxConnections: 1024 }
+
+/** Why the broker closed a connection: the `reason` label of fogmesh_broker_connections_closed_total. */
+export type CloseReason = 'packet_too_large' | 'inflight_limit' | 'queue_limit' | 'max_connections'
+
+/**
+ * Follows the MQTT fixed headers in a connection's byte stream (type byte, then the remaining length
+ * in 1 to 4 bytes of 7 bits, least significant first) and skips each packet's body unread.
+ */
+export class PacketSizeGuard {
+  readonly #max: number
+  /** Body bytes of the current packet still to come. */
+  #skip = 0
+  /** Reading a remaining length (after a type byte). */
+  #inLength = false
+  #length = 0
+  #scale = 1
+  #lengthBytes = 0
+  /** A malformed length: mqtt-packet refuses it and aedes closes the connection, so stop following. */
+  #lost = false
+
+  constructor (max: number) {
+    this.#max = max
+  }
+
+  /**
+   * Takes the next bytes; returns the announced remaining length once it exceeds the limit (a lower
+   * bound while its last length bytes are still to come, so a huge packet is caught at once), else -1.
+   */
+  feed (chunk: Uint8Array): number {
+    let i = 0
+    while (i < chunk.length && !this.#lost) {
+      if (this.#skip > 0) {
+        const n = Math.min(this.#skip, chunk.length - i)
+        this.#skip -= n
+        i += n
+        continue
+      }
+      const byte = chunk[i++]
+      if (!this.#inLength) {
+        this.#inLength = true
+        this.#length = 0
+        this.#scale = 1
+        this.#lengthBytes = 0
+        continue
+      }
+      this.#length += (byte & 0x7f) * this.#scale
+      this.#scale *= 128
+      this.#lengthBytes++
+      if (this.#length > this.#max) return this.#length
+      if ((byte & 0x80) !== 0) {
+        if (this.#lengthBytes === 4) this.#lost = true
+        continue
+      }
+      this.#inLength = false
+      this.#skip = this.#length
+    }
+    return -1
+  }
 }
 
 function same (a: string, b: string): boolean {
@@ -31,6 +111,8 @@ export class EmbeddedBroker implements MessageSource {
   #url = ''
   /** Authentication and authorization failures, for metrics. */
   readonly denied = { connect: 0, publish: 0, subscribe: 0 }
+  /** Connections closed for going over a bound, for metrics. */
+  readonly closed: Record<CloseReason, number> = { packet_too_large: 0, inflight_limit: 0, queue_limit: 0, max_connections: 0 }
 
   constructor (options: BrokerOptions) {
     this.#options = options
@@ -45,7 +127,27 @@ export class EmbeddedBroker implements MessageSource {
   }
 
   async start (onMessage: MessageHandler): Promise<void> {
-    const broker = await Aedes.createBroker({ heartbeatInterval: 60_000, drainTimeout: 30_000, maxClientsIdLength: 128 })
+    const limits = { ...BROKER_LIMITS, ...definedOnly(this.#options) }
+    const broker = await Aedes.createBroker({
+      heartbeatInterval: 60_000,
+      drainTimeout: 30_000,
+      maxClientsIdLength: 128,
+      maxInflightInbound: limits.maxInflight,
+      queueLimit: limits.maxQueued
+    })
+    // aedes reports a client over its in-flight or queue bound only as an error (one per packet over
+    // it, when a read held several); it has closed the connection.
+    const counted = new WeakSet<Client>()
+    const onClientError = (client: Client, err: Error): void => {
+      const reason = err.message.startsWith('maxInflightInbound exceeded')
+        ? 'inflight_limit'
+        : err.message === 'Client queue limit reached' ? 'queue_limit' : undefined
+      if (reason === undefined || counted.has(client)) return
+      counted.add(client)
+      this.closed[reason]++
+    }
+    broker.on('clientError', onClientError)
+    broker.on('connectionError', onClientError)
     this.#broker = broker
     if (this.#users.size > 0) {
       broker.authenticate = (client: Client, username: string | undefined, password: Buffer | undefined, done: (err: AuthenticateError | null, ok: boolean) => void) => {
@@ -88,7 +190,13 @@ export class EmbeddedBroker implements MessageSource {
     broker.on('publish', (packet: PublishPacket, client: Client | null) => {
       if (client !== null) onMessage(packet.topic, packet.payload as Buffer, Date.now())
     })
-    const server = createServer(broker.handle)
+    const server = createServer(socket => {
+      guardPacketSize(socket, limits.maxPacket, () => { this.closed.packet_too_large++ })
+      broker.handle(socket)
+    })
+    server.maxConnections = limits.maxConnections
+    // Node closes a connection over maxConnections as soon as it is accepted.
+    server.on('drop', () => { this.closed.max_connections++ })
     this.#server = server
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject)
@@ -100,6 +208,11 @@ export class EmbeddedBroker implements MessageSource {
     const { port } = server.address() as AddressInfo
     const host = this.#options.host === '0.0.0.0' || this.#options.host === '::' ? '127.0.0.1' : this.#options.host
     this.#url = `mqtt://${host.includes(':') ? `[${host}]` : host}:${port}`
+  }
+
+  registerMetrics (m: Metrics): void {
+    m.counter('fogmesh_broker_connections_closed_total', 'Embedded broker connections closed for going over a bound, by bound', ['reason'],
+      () => Object.entries(this.closed).map(([reason, n]) => [{ reason }, n]))
   }
 
   #userOf (client: Client | null): BrokerUser & { canPublish: (topic: string) => boolean } | undefined {
@@ -125,5 +238,31 @@ export class EmbeddedBroker implements MessageSource {
         broker?.close()
       })
     }
+  }
+}
+
+function definedOnly<T extends object> (o: T): Partial<T> {
+  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>
+}
+
+/**
+ * Checks each chunk as the socket receives it, before it reaches the stream's buffer and aedes' parser,
+ * and destroys the socket at the first fixed header announcing more than `max` bytes. Readable.push is
+ * the one place every received chunk passes without switching the socket to flowing mode (aedes reads
+ * it paused); overriding it on the instance costs a header walk per chunk and no copy.
+ */
+function guardPacketSize (socket: Socket, max: number, onTooLarge: () => void): void {
+  const guard = new PacketSizeGuard(max)
+  const push = socket.push.bind(socket)
+  let tripped = false
+  socket.push = (chunk: unknown, encoding?: BufferEncoding): boolean => {
+    if (tripped) return false
+    if (chunk instanceof Uint8Array && guard.feed(chunk) >= 0) {
+      tripped = true
+      onTooLarge()
+      socket.destroy()
+      return false
+    }
+    return push(chunk, encoding)
   }
 }
