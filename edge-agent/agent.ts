@@ -12,7 +12,7 @@ import { windowValues } from '../core/windows/window.ts'
 import type { WindowState } from '../core/windows/window.ts'
 import { advertisedUrl } from '../server/advertise.ts'
 import { FileDeploymentStore } from '../server/deployment-store.ts'
-import { HttpService } from '../server/http.ts'
+import { HttpService, httpLimits } from '../server/http.ts'
 import type { HeartbeatInput } from '../server/mesh/mesh-node.ts'
 import { meshEnabled, RoleMesh, SOFTWARE_VERSION } from '../server/mesh/role-mesh.ts'
 import type { PipelineInfo, ServiceApi } from '../server/http.ts'
@@ -121,7 +121,7 @@ export class EdgeAgent implements ServiceApi {
       log.info('checkpoint.removed_stale', 'checkpoints are off: removed the checkpoint of an earlier run (it would be stale when they are back on)')
     }
     this.#actions = new LocalActions(async (topic, payload, qos, retain) => await this.#source.publish(topic, payload, qos, retain))
-    this.#http = new HttpService(this, [], { host: options.host, port: options.httpPort, maxBody: 1 << 20, log })
+    this.#http = new HttpService(this, [], { host: options.host, port: options.httpPort, maxBody: 1 << 20, ...httpLimits(options), log })
     this.membership = new RoleMesh(options, 'edge', () => this.#heartbeat())
     this.#follower = new DeploymentFollower({
       store: this.#deployments,

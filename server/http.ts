@@ -1,11 +1,17 @@
 /**
  * The HTTP API every tier serves (SPEC: /healthz, /v1/pipelines, /v1/aggregates, /v1/mesh, /metrics),
  * plus routes a tier adds. JSON in and out; every error is `{"error":{"code","message"}}`.
+ *
+ * A client cannot hold the server's resources indefinitely: its headers must arrive within
+ * headersTimeout and its whole request within requestTimeout (Node answers 408 and closes), an idle
+ * keep-alive connection closes after keepAliveTimeout, and connections beyond maxConnections are closed
+ * as they are accepted. Bodies are read only on demand and up to maxBody. Each drop is counted.
  */
 import { createServer } from 'node:http'
 import type { IncomingMessage, Server, ServerResponse } from 'node:http'
-import type { AddressInfo } from 'node:net'
-import { FogmeshError, HttpError } from '../core/errors.ts'
+import type { AddressInfo, Socket } from 'node:net'
+import type { Duplex } from 'node:stream'
+import { ConfigError, FogmeshError, HttpError } from '../core/errors.ts'
 import type { Logger } from './log.ts'
 import type { Metrics } from './metrics.ts'
 import { parseResultQuery } from './query.ts'
@@ -63,6 +69,13 @@ export interface HttpOptions {
   port: number
   /** Largest request body accepted, bytes. */
   maxBody: number
+  /** Longest wait for a request's headers, and for the whole request, ms; 0 = none. */
+  headersTimeout?: number
+  requestTimeout?: number
+  /** How long an idle keep-alive connection is kept, ms. */
+  keepAliveTimeout?: number
+  /** Most open connections; more are closed as they are accepted. */
+  maxConnections?: number
   log: Logger
 }
 
@@ -86,6 +99,17 @@ function clientAborted (req: IncomingMessage, err: unknown): boolean {
   const code = (err as NodeJS.ErrnoException | undefined)?.code
   return (req.destroyed || !req.complete) && typeof code === 'string' && ABORT_CODES.has(code)
 }
+
+/** Defaults of the connection bounds (the --http-* flags of every role). */
+export const HTTP_LIMITS = { headersTimeout: 10_000, requestTimeout: 30_000, keepAliveTimeout: 5_000, maxConnections: 1024 }
+
+/** The connection bounds from a role's options (--http-headers-timeout and the others). */
+export function httpLimits (o: { httpHeadersTimeout?: number, httpRequestTimeout?: number, httpKeepAliveTimeout?: number, httpMaxConnections?: number }): Partial<HttpOptions> {
+  return { headersTimeout: o.httpHeadersTimeout, requestTimeout: o.httpRequestTimeout, keepAliveTimeout: o.httpKeepAliveTimeout, maxConnections: o.httpMaxConnections }
+}
+
+/** Why a connection was dropped: the `reason` label of fogmesh_http_connections_dropped_total. */
+type DropReason = 'headers_timeout' | 'request_timeout' | 'max_connections' | 'malformed'
 
 function compile (path: string): RegExp {
   const pattern = path.replace(/[.*+?^$()|[\]\\]/g, '\\$&').replace(/\{(\w+)\}/g, '(?<$1>[^/]+)')
@@ -159,14 +183,51 @@ export class HttpService {
   readonly #routes: Array<Route & { pattern: RegExp }>
   readonly #options: HttpOptions
   #url = ''
+  readonly #dropped: Record<DropReason, number> = { headers_timeout: 0, request_timeout: 0, max_connections: 0, malformed: 0 }
+  /** The response to each connection's current request, once its headers are in. */
+  readonly #responding = new WeakMap<Socket, ServerResponse>()
 
   constructor (api: ServiceApi, extra: Route[], options: HttpOptions) {
     this.#options = options
     this.#routes = [...standardRoutes(api), ...extra].map(r => ({ ...r, pattern: compile(r.path) }))
-    this.#server = createServer((req, res) => { void this.#handle(req, res) })
-    this.#server.keepAliveTimeout = 5_000
-    this.#server.headersTimeout = 10_000
-    this.#server.requestTimeout = 30_000
+    const limits = { ...HTTP_LIMITS }
+    for (const k of Object.keys(HTTP_LIMITS) as Array<keyof typeof HTTP_LIMITS>) limits[k] = options[k] ?? HTTP_LIMITS[k]
+    if (limits.requestTimeout > 0 && limits.headersTimeout > limits.requestTimeout) {
+      throw new ConfigError(`--http-headers-timeout (${limits.headersTimeout} ms) must not be longer than --http-request-timeout (${limits.requestTimeout} ms)`)
+    }
+    const shortest = Math.min(...[limits.headersTimeout, limits.requestTimeout].filter(ms => ms > 0))
+    this.#server = createServer({
+      headersTimeout: limits.headersTimeout,
+      requestTimeout: limits.requestTimeout,
+      keepAliveTimeout: limits.keepAliveTimeout,
+      // Node checks the two timeouts on this interval (30 s by default), so a timeout of a few seconds
+      // needs a shorter one to be kept.
+      connectionsCheckingInterval: Number.isFinite(shortest) ? Math.max(100, Math.min(1_000, shortest / 4)) : 30_000
+    }, (req, res) => {
+      this.#responding.set(req.socket, res)
+      res.once('close', () => { if (this.#responding.get(req.socket) === res) this.#responding.delete(req.socket) })
+      void this.#handle(req, res)
+    })
+    this.#server.maxConnections = limits.maxConnections
+    this.#server.on('drop', () => { this.#dropped.max_connections++ })
+    // Node's own answer to a client error (408 for a timeout, 400 or 431 for a bad request), counted.
+    this.#server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => {
+      const timedOut = err.code === 'ERR_HTTP_REQUEST_TIMEOUT'
+      const res = this.#responding.get(socket as Socket)
+      const reason: DropReason = timedOut ? (res !== undefined ? 'request_timeout' : 'headers_timeout') : 'malformed'
+      if (err.code !== 'ECONNRESET') this.#dropped[reason]++
+      // An answer already under way (a 413 while the rest of the body is discarded) is not corrupted.
+      if (socket.writable && res?.headersSent !== true) {
+        socket.write(timedOut
+          ? 'HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n\r\n'
+          : err.code === 'HPE_HEADER_OVERFLOW'
+            ? 'HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\n\r\n'
+            : 'HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n')
+      }
+      socket.destroy()
+    })
+    api.metrics.counter('fogmesh_http_connections_dropped_total', 'HTTP connections dropped for going over a bound or a malformed request, by reason', ['reason'],
+      () => Object.entries(this.#dropped).map(([reason, n]) => [{ reason }, n]))
   }
 
   get url (): string {

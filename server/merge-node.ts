@@ -22,7 +22,7 @@ import type { ShardMapView } from '../core/upstream/shards.ts'
 import { advertisedUrl } from './advertise.ts'
 import { ContributionStore, windowId } from './contribution-store.ts'
 import type { BatchWrite, MergeWindow } from './contribution-store.ts'
-import { HttpService } from './http.ts'
+import { HttpService, httpLimits } from './http.ts'
 import { roleLogger } from './log.ts'
 import type { Logger } from './log.ts'
 import type { PipelineInfo, Request, Reply, Route, ServiceApi } from './http.ts'
@@ -167,7 +167,7 @@ export class MergeNode implements ServiceApi {
       { method: 'GET', path: '/v1/shards', handle: () => ({ body: this.shards() }) },
       ...routes
     ],
-      { host: options.host, port: options.httpPort, maxBody: options.maxBatch, log })
+      { host: options.host, port: options.httpPort, maxBody: options.maxBatch, ...httpLimits(options), log })
     this.membership = new RoleMesh(options, role, () => this.#heartbeat())
     this.#registerMetrics()
     this.membership.registerMetrics(this.metrics)

@@ -153,6 +153,10 @@ export const COMMON_OPTIONS: OptionTable = {
   host: { type: 'string', default: '127.0.0.1', help: 'address the HTTP API (and the mesh) listens on (0.0.0.0 for every interface)' },
   'advertise-url': { type: 'url', help: 'HTTP URL other nodes reach this one at (default: the listen URL; with --host 0.0.0.0 or ::, this machine\'s first external address)' },
   'http-port': { type: 'port', default: 0, help: 'HTTP API port; 0 picks any free port' },
+  'http-headers-timeout': { type: 'duration', default: '10s', help: 'a client must send a request\'s headers within this long, else it gets 408 and is disconnected; 0 = no limit' },
+  'http-request-timeout': { type: 'duration', default: '30s', help: 'a client must send a whole request (headers and body) within this long, else it gets 408 and is disconnected; 0 = no limit' },
+  'http-keep-alive-timeout': { type: 'duration', default: '5s', help: 'an idle keep-alive HTTP connection is closed after this long' },
+  'http-max-connections': { type: 'int', default: 1024, help: 'most open HTTP connections; further ones are closed as they are accepted' },
   'data-dir': { type: 'string', help: 'directory for durable state (default: ./data/<id>)' },
   pipelines: { type: 'string', help: 'pipelines file (YAML)' },
   retention: { type: 'duration', default: '7d', help: 'how long results are kept' },
@@ -172,6 +176,10 @@ export interface CommonOptions {
   host: string
   advertiseUrl?: string
   httpPort: number
+  httpHeadersTimeout?: number
+  httpRequestTimeout?: number
+  httpKeepAliveTimeout?: number
+  httpMaxConnections?: number
   dataDir: string
   pipelines?: string
   retention: number
