@@ -172,11 +172,15 @@ export async function metric (base: string, name: string, labels = ''): Promise<
   return (await fetchMetric(base, name)).get(labels) ?? 0
 }
 
+/** Windows starting in [from, to) are the main run's; the others (warm-up, hold, tail) are left out. */
+export interface Range { from: number, to: number }
+const MAIN: Range = { from: MAIN_FROM, to: MAIN_TO }
+
 /** Every difference between a tier's final results and `want`, pipeline by pipeline. */
-export async function differences (base: string, specs: PipelineSpec[], want: (pipeline: string) => TruthResult[], sources?: number): Promise<string[]> {
+export async function differences (base: string, specs: PipelineSpec[], want: (pipeline: string) => TruthResult[], sources?: number, range = MAIN): Promise<string[]> {
   const out: string[] = []
   for (const spec of specs) {
-    const served = (await fetchResults(base, spec.name)).filter(r => Date.parse(r.start) >= MAIN_FROM && Date.parse(r.start) < MAIN_TO)
+    const served = (await fetchResults(base, spec.name)).filter(r => Date.parse(r.start) >= range.from && Date.parse(r.start) < range.to)
     out.push(...compareResults(spec, served, want(spec.name), sources === undefined ? {} : { sources }))
   }
   return out
@@ -202,14 +206,14 @@ async function expectExact (t: Test, what: string, check: () => Promise<string[]
   t.same(shown, [], `${what} equal the ground truth`)
 }
 
-export async function expectEdgesExact (t: Test, mesh: Mesh, specs: PipelineSpec[], sim: SimSummary): Promise<void> {
+export async function expectEdgesExact (t: Test, mesh: Mesh, specs: PipelineSpec[], sim: SimSummary, range = MAIN): Promise<void> {
   for (const [i, edge] of mesh.edges.entries()) {
-    await expectExact(t, `edge e${i + 1}'s results`, () => differences(edge.http, specs, p => sim.truth!.pipelines[p].edges[mesh.brokers[i]].results, 1))
+    await expectExact(t, `edge e${i + 1}'s results`, () => differences(edge.http, specs, p => sim.truth!.pipelines[p].edges[mesh.brokers[i]].results, 1, range))
   }
 }
 
-export async function expectMergedExact (t: Test, tier: 'fog' | 'cloud', base: string, specs: PipelineSpec[], sim: SimSummary): Promise<void> {
-  await expectExact(t, `the ${tier}'s results`, () => differences(base, specs, p => sim.truth!.pipelines[p].merged!.results))
+export async function expectMergedExact (t: Test, tier: 'fog' | 'cloud', base: string, specs: PipelineSpec[], sim: SimSummary, range = MAIN): Promise<void> {
+  await expectExact(t, `the ${tier}'s results`, () => differences(base, specs, p => sim.truth!.pipelines[p].merged!.results, undefined, range))
 }
 
 export async function expectMergedExactOf (t: Test, tier: 'fog' | 'cloud', base: string, specs: PipelineSpec[], want: (pipeline: string) => TruthResult[]): Promise<void> {
