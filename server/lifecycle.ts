@@ -26,9 +26,9 @@ export async function runUntilSignal (node: Runnable, log: Logger): Promise<numb
         process.exit(1)
       }
       stoppingSince = Date.now()
-      log.info('node.stopping', `${signal}: stopping`, { signal })
+      log.info('node.stopping', 'stopping', { signal })
       node.stop().then(() => {
-        log.info('node.stopped', `stopped cleanly in ${Date.now() - stoppingSince} ms`, { ms: Date.now() - stoppingSince })
+        log.info('node.stopped', 'stopped cleanly', { durationMs: Date.now() - stoppingSince })
         resolve(0)
       }, (err: unknown) => {
         log.error('node.stop_failed', 'error while stopping', { err })
