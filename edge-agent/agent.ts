@@ -110,7 +110,7 @@ export class EdgeAgent implements ServiceApi {
         host: options.mqttHost,
         port: options.mqttPort,
         users: options.users,
-        maxPacket: options.maxPayload + PACKET_HEADROOM,
+        maxPacket: Math.max(options.mqttMaxPacket, options.maxPayload + PACKET_HEADROOM),
         maxInflight: options.mqttMaxInflight,
         maxQueued: options.mqttMaxQueued,
         maxConnections: options.mqttMaxConnections

@@ -35,8 +35,11 @@ export interface BrokerOptions {
 /** Room for a PUBLISH's topic, packet id and properties beside a payload of the largest size. */
 export const PACKET_HEADROOM = 64 * 1024
 
-/** Defaults of the bounds, as the edge's flags give them. */
-export const BROKER_LIMITS = { maxPacket: 64 * 1024 + PACKET_HEADROOM, maxInflight: 512, maxQueued: 32, maxConnections: 1024 }
+/**
+ * Defaults of the bounds, as the edge's flags give them. Packets somewhat over --max-payload are still
+ * read, so that the reading is refused and counted as too_large rather than the sensor disconnected.
+ */
+export const BROKER_LIMITS = { maxPacket: 256 * 1024, maxInflight: 512, maxQueued: 32, maxConnections: 1024 }
 
 /** Why the broker closed a connection: the `reason` label of fogmesh_broker_connections_closed_total. */
 export type CloseReason = 'packet_too_large' | 'inflight_limit' | 'queue_limit' | 'max_connections'

@@ -12,7 +12,8 @@ export const EDGE_OPTIONS: OptionTable = {
   'mqtt-url': { type: 'string', help: 'use an existing broker (mqtt://user:pass@host:1883) instead of the embedded one' },
   'mqtt-client-id': { type: 'string', help: 'client id at an existing broker; its persistent session keeps readings while the agent is away (default: fogmesh-<id>)' },
   users: { type: 'strings', fileOnly: true, help: 'embedded broker users: a list of { username, password, publish: [filters], subscribe: [filters] }; none = anonymous access' },
-  'max-payload': { type: 'bytes', default: '64kib', help: 'largest reading payload processed; larger ones are rejected as too_large. The embedded broker disconnects a client whose packet announces more than this plus 64 KiB, before reading it' },
+  'max-payload': { type: 'bytes', default: '64kib', help: 'largest reading payload processed; larger ones are rejected as too_large' },
+  'mqtt-max-packet': { type: 'bytes', default: '256kib', help: 'embedded broker: a client whose packet announces more than this (or --max-payload + 64 KiB, if larger) is disconnected before the packet is read; smaller packets with a payload over --max-payload are counted as too_large' },
   'mqtt-max-inflight': { type: 'int', default: 512, help: 'embedded broker: most QoS 2 publishes of one client awaiting PUBREL; a client sending more is disconnected' },
   'mqtt-max-queued': { type: 'int', default: 32, help: 'embedded broker: most packets of one client held before its session is established; a client sending more is disconnected' },
   'mqtt-max-connections': { type: 'int', default: 1024, help: 'embedded broker: most open client connections; further ones are closed at once' },
@@ -43,6 +44,7 @@ export interface EdgeOptions extends CommonOptions {
   mqttClientId: string
   users: BrokerUser[]
   maxPayload: number
+  mqttMaxPacket: number
   mqttMaxInflight: number
   mqttMaxQueued: number
   mqttMaxConnections: number
