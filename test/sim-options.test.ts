@@ -1,8 +1,11 @@
 // The simulator's options for realistic rates: rate lists and slow devices, pauses, bad clocks,
 // scenario presets, on the command line too.
+import { mkdtemp, rm, writeFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import t from 'tap'
 import { countSelect, pipelineSpec } from './helpers/specs.ts'
-import { parseSimArgs } from '../simulators/cli.ts'
+import { parseSimArgs, simCommand } from '../simulators/cli.ts'
 import { generate } from '../simulators/generator.ts'
 import { resolveSimOptions, SIM_SCENARIOS } from '../simulators/options.ts'
 import type { SimInput } from '../simulators/options.ts'
@@ -107,4 +110,27 @@ t.test('cli: the new flags', async t => {
   t.same(parseSimArgs(['--rate', '5']).input.rate, [5])
   t.throws(() => parseSimArgs(['--rate', '1,x']), /--rate must be a number/)
   t.throws(() => parseSimArgs(['--scenario', 'busy']), /--scenario must be one of/)
+})
+
+t.test('cli: an unexpected failure exits 1 with its message', async t => {
+  const dir = await mkdtemp(join(tmpdir(), 'fogmesh-sim-'))
+  t.teardown(() => rm(dir, { recursive: true, force: true }))
+  const pipelines = join(dir, 'pipelines.yaml')
+  await writeFile(pipelines, 'pipelines:\n  - name: n\n    from: sensors/+room/temperature\n    timestamp: ts\n    window: { tumbling: 10s }\n    select: { n: count() }\n')
+  const err: string[] = []
+  const out: string[] = []
+  const write = process.stdout.write
+  const writeErr = process.stderr.write
+  process.stdout.write = ((s: string) => { out.push(s); return true }) as typeof process.stdout.write
+  process.stderr.write = ((s: string) => { err.push(s); return true }) as typeof process.stderr.write
+  let code: number
+  try {
+    // the truth's path is a directory: writing it fails with EISDIR, which is no error of ours
+    code = await simCommand(['--dry-run', '--start', String(START), '--duration', '5s', '--pipelines', pipelines, '--truth', dir])
+  } finally {
+    process.stdout.write = write
+    process.stderr.write = writeErr
+  }
+  t.equal(code, 1)
+  t.match(err.join(''), /^fogmesh sim: .*EISDIR/)
 })
