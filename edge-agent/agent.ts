@@ -384,6 +384,7 @@ export class EdgeAgent implements ServiceApi {
     m.counter('fogmesh_windows_emitted_total', 'Windows closed and emitted, late revisions included', ['pipeline'], perPipeline(o => o.stats.emitted))
     m.gauge('fogmesh_watermark_seconds', 'Event-time watermark of each pipeline', ['pipeline'], () => ops().filter(o => Number.isFinite(o.watermark)).map(o => [{ pipeline: o.pipeline.spec.name }, o.watermark / 1000]))
     m.gauge('fogmesh_open_windows', 'Windows currently open', ['pipeline'], perPipeline(o => o.openCount))
+    // Each message refused as a whole (too large, undecodable) once, plus each reading a pipeline refused.
     m.counter('fogmesh_readings_rejected_total', 'Readings rejected, by reason', ['reason'], () => REASONS.map(reason => {
       let n = this.#runner.stats.rejected[reason] ?? 0
       for (const o of ops()) n += o.stats.rejected[reason] ?? 0
@@ -396,7 +397,6 @@ export class EdgeAgent implements ServiceApi {
     m.counter('fogmesh_actions_published_total', 'Local actions (emit: mqtt) published', [], () => [[{}, this.#actions.stats.published]])
     m.counter('fogmesh_actions_failed_total', 'Local actions that failed to publish', [], () => [[{}, this.#actions.stats.failed]])
     m.gauge('fogmesh_deployment_revision', 'Revision of the deployed pipeline set this edge runs', [], () => [[{}, this.#deployments.current().revision]])
-    // Each message refused as a whole (too large, undecodable) once, plus each reading a pipeline refused.
     m.counter('fogmesh_deployment_fetches_total', 'Fetches of a newer deployed set from a fog, by outcome', ['outcome'], () => [
       [{ outcome: 'applied' }, this.#follower.stats.applied], [{ outcome: 'failed' }, this.#follower.stats.failed]
     ])

@@ -4,7 +4,6 @@
  * data dir. What it serves afterwards is checked against the ground truth of the readings it kept.
  */
 import { join } from 'node:path'
-import mqtt from 'mqtt'
 import t from 'tap'
 import type { Test } from 'tap'
 import { loadPipelinesFile } from '../core/pipeline/parse.ts'
@@ -20,6 +19,7 @@ import { compareResults, fetchMetric, fetchResults } from './helpers/ground-trut
 import { sleep, startFogmesh, tmpDir, waitFor } from './helpers/process.ts'
 import type { RunningProcess } from './helpers/process.ts'
 import { startReceiver } from './helpers/receiver.ts'
+import { beforeTail, publishTail, TAIL_TOPIC, tailOf, tailPayload } from './helpers/tail.ts'
 
 const PIPELINES = new URL('fixtures/checkpoint-windows.yaml', import.meta.url).pathname
 const UPSTREAM = ['room-temp', 'device-hopping', 'sessions']
@@ -40,26 +40,12 @@ const RUN: SimInput = {
 
 type Truth = Record<string, EdgeTruth>
 
-/**
- * A reading an hour of event time after the run: it moves every pipeline's watermark past the run's
- * windows at once, where the wall clock would take up to a window's size after the last reading. Its
- * own windows stay open and are left out of the comparisons.
- */
-const TAIL = { topic: 'sensors/tail/temperature', ts: RUN.start! + 3_600_000 }
-
-async function publishTail (edge: RunningProcess): Promise<void> {
-  const c = await mqtt.connectAsync(edge.mqtt!)
-  try {
-    await c.publishAsync(TAIL.topic, JSON.stringify({ device: 'tail', room: 'tail', value: 0, humidity: 0, ts: TAIL.ts }), { qos: 1 })
-  } finally {
-    await c.endAsync()
-  }
-}
+const TAIL = tailOf(RUN.start!)
 
 /** The windows the tail reading alone leaves open, per pipeline. */
 function openByTail (specs: PipelineSpec[]): Map<string, number> {
   const runner = new PipelineRunner(specs, () => {}, 65_536)
-  runner.onMessage(TAIL.topic, Buffer.from(JSON.stringify({ device: 'tail', room: 'tail', value: 0, humidity: 0, ts: TAIL.ts })), TAIL.ts)
+  runner.onMessage(TAIL_TOPIC, tailPayload(TAIL), TAIL)
   return new Map([...runner.operators].map(([name, o]) => [name, o.openCount]))
 }
 
@@ -124,10 +110,10 @@ function emissions (truth: Truth): Map<string, number> {
   return new Map(Object.entries(truth).map(([name, e]) => [name, e.results.reduce((n, r) => n + r.revision + 1, 0)]))
 }
 
-/** Closes the run's windows (the tail), waits for every window of the truth, lists the differences. */
+/** Closes the run's windows (see helpers/tail.ts), waits for every window of the truth, lists the differences. */
 async function differences (edge: RunningProcess, specs: PipelineSpec[], truth: Truth): Promise<string[]> {
-  await publishTail(edge)
-  const results = async (name: string) => (await fetchResults(edge.http, name)).filter(r => Date.parse(r.start) < TAIL.ts)
+  await publishTail(edge.mqtt!, TAIL)
+  const results = async (name: string) => beforeTail(await fetchResults(edge.http, name), TAIL)
   for (const spec of specs) {
     const want = truth[spec.name].results.length
     await waitFor(async () => (await results(spec.name)).filter(r => r.final).length >= want, { timeoutMs: 10_000, message: `${spec.name}: ${want} final windows` })
@@ -268,7 +254,7 @@ t.test('upstream across a SIGKILL: no window arrives twice with other contents u
   t.ok(sum(await metric(third, 'fogmesh_readings_lost_total')) > 0, 'readings after it counted as lost')
   t.match(third.stderr.join('\n'), /windows emitted since it are not restored/, 'windows emitted after the checkpoint are recognized')
   await publish(third.mqtt!, messages.slice(cuts[1]))
-  await publishTail(third)
+  await publishTail(third.mqtt!, TAIL)
   // Count windows (batches) stay open until full; the others close by the tail's watermark.
   const open = async () => { const m = await metric(third, 'fogmesh_open_windows'); return UPSTREAM.reduce((n, p) => n + (m.get(p) ?? 0), 0) }
   const tailOnly = UPSTREAM.reduce((n, p) => n + openByTail(specs).get(p)!, 0)

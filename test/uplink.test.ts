@@ -22,10 +22,13 @@ import { fetchJson, freePort, startFogmesh, tmpDir, waitFor } from './helpers/pr
 import type { RunningProcess } from './helpers/process.ts'
 import { startReceiver } from './helpers/receiver.ts'
 import type { FakeReceiver, ReceiverOptions } from './helpers/receiver.ts'
+import { beforeTail, publishTail, tailOf } from './helpers/tail.ts'
 import { silentLogger } from '../server/log.ts'
 
 const ALL_WINDOWS = new URL('fixtures/all-windows.yaml', import.meta.url).pathname
 const START = Date.UTC(2026, 0, 1)
+/** Closes every window of a run at once (see helpers/tail.ts). */
+const TAIL = tailOf(START)
 /** Pipelines of all-windows.yaml that go upstream (count windows stay local), and those with late: drop. */
 const UPSTREAM = ['room-temp', 'device-hopping', 'sessions']
 const LATE_DROP = ['room-temp', 'sessions']
@@ -73,19 +76,22 @@ async function receiver (t: Test, opts?: ReceiverOptions): Promise<FakeReceiver>
 function problems (r: FakeReceiver, specs: PipelineSpec[], truth: TruthFile, names: string[]): string[] {
   return specs.filter(s => names.includes(s.name)).flatMap(spec => {
     const want = Object.values(truth.pipelines[spec.name].edges)[0].results
-    return compareResults(spec, r.results(spec.name), want, { sources: 1 })
+    return compareResults(spec, beforeTail(r.results(spec.name), TAIL), want, { sources: 1 })
   })
 }
 
 async function waitForTruth (r: FakeReceiver, specs: PipelineSpec[], truth: TruthFile, names: string[], what: string): Promise<void> {
-  await waitFor(() => problems(r, specs, truth, names).length === 0, { timeoutMs: 15_000, message: `${what}: ${problems(r, specs, truth, names).slice(0, 3).join('; ')}` })
+  let last: string[] = []
+  await waitFor(() => (last = problems(r, specs, truth, names)).length === 0, { timeoutMs: 15_000, message: what }).catch(err => {
+    throw new Error(`${(err as Error).message}: ${last.slice(0, 3).join('; ')}`)
+  })
 }
 
 /** Waits until the edge has closed every window the truth expects (its local results say so). */
 async function waitForWindows (edge: RunningProcess, truth: TruthFile, names: string[]): Promise<void> {
   for (const name of names) {
     const want = Object.values(truth.pipelines[name].edges)[0].results.length
-    await waitFor(async () => (await fetchResults(edge.http, name)).filter(r => r.final).length >= want, { timeoutMs: 15_000, message: `${name}: ${want} windows` })
+    await waitFor(async () => beforeTail(await fetchResults(edge.http, name), TAIL).filter(r => r.final).length >= want, { timeoutMs: 15_000, message: `${name}: ${want} windows` })
   }
 }
 
@@ -103,7 +109,7 @@ function offlineUplink (specs: PipelineSpec[], over: Partial<UplinkOptions> = {}
   const windows: { to?: Uplink } = {}
   const runner = new PipelineRunner(specs, (op, w) => windows.to!.onWindow(op, w), 65_536)
   const uplink = windows.to = new Uplink({ edge: 'e1', fog: ['http://127.0.0.1:9'], failoverAfter: 30_000, outboxMax: 1 << 20, requestTimeout: 1_000, retryMax: 1_000, log: silentLogger, ...over }, runner.operators.values())
-  const read = (room: string, ts: number) => runner.onMessage(`sensors/${room}/temperature`, Buffer.from(JSON.stringify({ value: 1, ts })), Date.now())
+  const read = (room: string, ts: number, arrival = Date.now()) => runner.onMessage(`sensors/${room}/temperature`, Buffer.from(JSON.stringify({ value: 1, ts })), arrival)
   return { uplink, runner, read }
 }
 
@@ -135,15 +141,16 @@ t.test('a pipeline is called idle only with nothing open and nothing waiting for
   const { uplink, runner, read } = offlineUplink([pipelineSpec({ key: ['room'], idle: 1 })])
   t.teardown(() => uplink.stop())
   const idle = (b: ReturnType<Uplink['build']>) => b.batch.watermarks.some(w => w.idle === true)
-  read('r1', START + 1_000)
-  read('r1', START + 15_000)
+  const arrival = Date.now()
+  read('r1', START + 1_000, arrival)
+  read('r1', START + 15_000, arrival)
   uplink.flush()
   t.notOk(idle(uplink.build([], { target: 'fog', drained: true })), 'a window is open')
-  await new Promise(resolve => setTimeout(resolve, 5))
-  runner.tick(Date.now())
+  // 5 s of wall clock without a reading: event time has moved on to 20 s, the end of the last window.
+  runner.tick(arrival + 5_000)
   uplink.flush()
   const items = uplink.outbox.pending('fog', 10)
-  t.equal(items.length, 2, 'idle closed the last window')
+  t.equal(items.length, 2, 'the wall clock closed the last window')
   t.notOk(idle(uplink.build(items.slice(0, 1), { target: 'fog', drained: false })), 'a window waits in the outbox')
   const all = uplink.build(items, { target: 'fog', drained: true })
   t.same(all.batch.watermarks, [{ pipeline: 'p', edge: 'e1', watermark: START + 20_000, idle: true }], 'the batch holds the last windows: idle')
@@ -206,6 +213,7 @@ t.test('closed windows reach the fog as the edge computed them; resends and 413 
   const edge = await rig.start(ALL_WINDOWS, ['--fog', fog.url])
   t.notMatch(edge.stderr.join('\n'), /no uplink/, 'no more "no uplink yet" notice')
   const sim = await runSimulator({ ...RUN, mqtt: [edge.mqtt!], pipelines: specs })
+  await publishTail(edge.mqtt!, TAIL)
   const truth = sim.truth!
 
   await waitForTruth(fog, specs, truth, UPSTREAM, 'the fog has every window')
@@ -236,6 +244,7 @@ t.test('fog down: the outbox keeps the windows across a SIGKILL and delivers the
   const args = ['--fog', down.url, '--uplink-retry-max', '500ms']
   const first = await rig.start(ALL_WINDOWS, args)
   const sim = await runSimulator({ ...RUN, mqtt: [first.mqtt!], pipelines: specs })
+  await publishTail(first.mqtt!, TAIL)
   const truth = sim.truth!
   await waitForWindows(first, truth, UPSTREAM)
   const emitted = await emittedUpstream(first)
@@ -265,6 +274,7 @@ t.test('failover: a fog that hangs for longer than failover-after hands over to 
   const rig = await edgeRig(t)
   const edge = await rig.start(ALL_WINDOWS, ['--fog', fog.url, '--cloud', cloud.url, '--failover-after', '1s', '--uplink-timeout', '300ms', '--uplink-retry-max', '500ms'])
   const sim = await runSimulator({ ...RUN, mqtt: [edge.mqtt!], pipelines: specs })
+  await publishTail(edge.mqtt!, TAIL)
   const truth = sim.truth!
 
   await waitForTruth(cloud, specs, truth, UPSTREAM, 'the cloud has every window')
