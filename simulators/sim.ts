@@ -183,6 +183,7 @@ export async function runSimulator (input: SimInput = {}): Promise<SimSummary> {
         generated: { readings: stats.readings, late: stats.late, future: stats.future, duplicates: stats.duplicates, malformed },
         warnings,
         ambiguities: oracle.ambiguities,
+        refused: oracle.refused,
         pipelines
       }
       for (const w of warnings.slice(0, 10)) o.log(`fogmesh sim: warning: ${w}`)

@@ -19,7 +19,9 @@
  * - max-future: a reading dated more than `maxFuture` after its arrival is rejected
  *   (`future_timestamp`) and, like a bad timestamp or an undecodable payload, moves neither the
  *   watermark nor the last arrival. Any other reading does, filtered or rejected later or not;
- * - the end of the stream closes every window (the wall clock closes them eventually).
+ * - the end of the stream closes every window (the wall clock closes them eventually);
+ * - a message is decoded once per payload format; one that does not decode for a pipeline it is for is
+ *   refused as a whole, counted once for its edge (`refused`), not in any pipeline's rejections.
  *
  * Arrivals are the nominal wall-clock times the simulator publishes at. Real ones stray from them a
  * little, so the oracle follows the watermark's lowest and highest values over arrivals within
@@ -49,7 +51,7 @@ import type { RejectReason } from '../core/errors.ts'
 import { compileExpression } from '../core/expr.ts'
 import type { Expression, Vars } from '../core/expr.ts'
 import { PAYLOAD_DECODERS } from '../core/payload.ts'
-import type { PayloadDecoder } from '../core/payload.ts'
+import type { Fields, PayloadDecoder } from '../core/payload.ts'
 import { SINGLE_KEY } from '../core/pipeline/spec.ts'
 import type { PipelineSpec, WindowSpec } from '../core/pipeline/spec.ts'
 import { toEventTime } from '../core/timestamp.ts'
@@ -83,7 +85,10 @@ export interface EdgeTruth {
    * counted in both `accepted` and `late`.
    */
   partiallyLate: number
-  /** Per reason; a payload that cannot be decoded counts once, whatever it would have carried. */
+  /**
+   * Readings this pipeline refused, per reason. A payload that does not decode is refused as a whole,
+   * once per message for the edge (TruthFile.refused), not here.
+   */
   rejected: Partial<Record<RejectReason, number>>
   /** Readings whose fate depends on arrivals straying from the schedule (each one is in the warnings). */
   ambiguous: number
@@ -409,18 +414,9 @@ class EdgeRun {
     this.counters.rejected[reason] = (this.counters.rejected[reason] ?? 0) + 1
   }
 
-  message (msg: OracleMessage): void {
-    const c = this.#c
-    const bound = c.filter.match(msg.topic)
-    if (bound === undefined) return
+  /** The readings of one message for this pipeline, decoded, with the topic's wildcard bindings. */
+  message (msg: OracleMessage, records: readonly Fields[], bound: Record<string, string>): void {
     if (this.#exact && msg.arrival !== undefined && this.#reporter.paced) this.#idle(msg.arrival)
-    let records
-    try {
-      records = c.decode(msg.payload)
-    } catch (err) {
-      this.#reject(reasonOf(err, 'parse'))
-      return
-    }
     for (const record of records) this.#reading({ ...record, ...bound, topic: msg.topic, payload: record }, msg.arrival)
   }
 
@@ -837,8 +833,9 @@ class PipelineRun {
     this.merged = mergeable ? new MergedRun(this.c, this.edges) : undefined
   }
 
-  message (edge: number, msg: OracleMessage): void {
-    this.edges[edge].message(msg)
+  /** `records` undefined: the message is not for this pipeline, or did not decode in its format. */
+  message (edge: number, msg: OracleMessage, records: readonly Fields[] | undefined, bound: Record<string, string> | undefined): void {
+    if (records !== undefined && bound !== undefined) this.edges[edge].message(msg, records, bound)
     const m = this.merged
     if (m === undefined) return
     if (this.c.spec.window.kind !== 'session') {
@@ -868,13 +865,21 @@ class PipelineRun {
  * (edges may interleave in any way: the truth is the same), then finish.
  */
 export class Oracle {
+  /** In the order an agent decodes in: by payload format. */
   readonly #runs: PipelineRun[]
+  readonly #names: string[]
+  /** The pipelines in the order given, which the truth keeps. */
+  readonly #order: string[]
+  readonly #refused: Array<Partial<Record<RejectReason, number>>>
   readonly #warnings: string[] = []
   readonly #maxWarnings: number
   #ambiguities = 0
 
   constructor (pipelines: readonly PipelineSpec[], edges: number, options: OracleOptions = {}) {
     const names = Array.from({ length: edges }, (_, i) => options.edgeNames?.[i] ?? String(i))
+    this.#names = names
+    this.#order = pipelines.map(p => p.name)
+    this.#refused = names.map(() => ({}))
     this.#maxWarnings = options.maxWarnings ?? 100
     const tolerance = options.tolerance ?? 1000
     const reporter: Reporter = {
@@ -889,10 +894,42 @@ export class Oracle {
       }
     }
     this.#runs = pipelines.map(spec => new PipelineRun(spec, names, reporter))
+      .sort((a, b) => a.c.spec.format.localeCompare(b.c.spec.format))
   }
 
   push (edge: number, msg: OracleMessage): void {
-    for (const run of this.#runs) run.message(edge, msg)
+    // As an agent does: each message decoded once per payload format (formats in order), and one that
+    // does not decode for a pipeline that wants it refused as a whole, counted once for the edge with
+    // the first reason, not per pipeline.
+    let decoded: Map<PayloadDecoder, Fields[] | undefined> | undefined
+    let refused: RejectReason | undefined
+    for (const run of this.#runs) {
+      const bound = run.c.filter.match(msg.topic)
+      let records: Fields[] | undefined
+      if (bound !== undefined) {
+        decoded ??= new Map()
+        if (decoded.has(run.c.decode)) {
+          records = decoded.get(run.c.decode)
+        } else {
+          try {
+            records = run.c.decode(msg.payload)
+          } catch (err) {
+            refused ??= reasonOf(err, 'parse')
+          }
+          decoded.set(run.c.decode, records)
+        }
+      }
+      run.message(edge, msg, records, bound)
+    }
+    if (refused !== undefined) {
+      const counts = this.#refused[edge]
+      counts[refused] = (counts[refused] ?? 0) + 1
+    }
+  }
+
+  /** Messages refused as a whole (a payload that does not decode), per edge and reason; each counted once. */
+  get refused (): Record<string, Partial<Record<RejectReason, number>>> {
+    return Object.fromEntries(this.#names.map((name, i) => [name, { ...this.#refused[i] }]))
   }
 
   /** Readings whose fate depends on arrivals straying from the schedule by up to the tolerance. */
@@ -909,7 +946,7 @@ export class Oracle {
   /** Ends every stream and returns the truth of each pipeline. */
   finish (): Record<string, PipelineTruth> {
     const out: Record<string, PipelineTruth> = {}
-    for (const run of this.#runs) out[run.c.spec.name] = run.finish()
+    for (const name of this.#order) out[name] = this.#runs.find(r => r.c.spec.name === name)!.finish()
     return out
   }
 }
@@ -950,6 +987,11 @@ export interface TruthFile {
   warnings: string[]
   /** How many readings are ambiguous (per pipeline and edge). */
   ambiguities: number
+  /**
+   * Per edge, messages refused as a whole, by reason: a payload that does not decode in the format of
+   * a pipeline it is for. Counted once per message, before any pipeline sees a reading in it.
+   */
+  refused: Record<string, Partial<Record<RejectReason, number>>>
   pipelines: Record<string, PipelineTruth>
 }
 

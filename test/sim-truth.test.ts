@@ -3,7 +3,7 @@ import { Encoder } from 'cbor-x'
 import t from 'tap'
 import type { PipelineSpec } from '../core/pipeline/spec.ts'
 import { countSelect as count, pipelineSpec as pipeline, select as sel } from './helpers/specs.ts'
-import { computeTruth } from '../simulators/truth.ts'
+import { computeTruth, Oracle } from '../simulators/truth.ts'
 import type { EdgeTruth, OracleMessage, PipelineTruth } from '../simulators/truth.ts'
 
 const T0 = Date.UTC(2024, 0, 1)
@@ -19,6 +19,13 @@ function json (fields: unknown, topic = TOPIC): OracleMessage {
 /** A reading `s` seconds after T0. */
 function r (s: number, value: unknown = 1, extra: Record<string, unknown> = {}, topic = TOPIC): OracleMessage {
   return json({ ts: at(s), value, device: 'd1', ...extra }, topic)
+}
+
+/** Messages an edge refused as a whole (payloads that did not decode), by reason. */
+function refused (ps: PipelineSpec[], messages: OracleMessage[]): Record<string, number | undefined> {
+  const oracle = new Oracle(ps, 1)
+  for (const m of messages) oracle.push(0, m)
+  return oracle.refused['0']
 }
 
 function truthOf (p: PipelineSpec, ...streams: OracleMessage[][]): PipelineTruth {
@@ -190,7 +197,7 @@ t.test('rejections by reason, in the order decode, timestamp, where, key, select
     select: [count(), sel('sum', 'value'), sel('distinct', 'label')]
   })
   const ok = { ts: at(1), value: 1, humidity: 50, device: 'd1', label: 'x' }
-  const e = edge(p, [
+  const messages = [
     { topic: TOPIC, payload: new Uint8Array([0xff, 0xfe, 0x00]) }, // parse
     json([1, 2]), // parse
     json({ ...ok, ts: 'yesterday' }), // bad_timestamp
@@ -210,8 +217,14 @@ t.test('rejections by reason, in the order decode, timestamp, where, key, select
     json({ ...ok, label: 7 }), // accepted: distinct takes numbers too
     json({ ...ok, device: 3 }), // accepted, key "3"
     json(ok, 'sensors/r1/humidity') // not this pipeline's topic: not counted at all
-  ])
-  t.same(e.rejected, { parse: 2, bad_timestamp: 3, missing_field: 4, type: 5 })
+  ]
+  const e = edge(p, messages)
+  t.same(e.rejected, { bad_timestamp: 3, missing_field: 4, type: 5 })
+  t.same(refused([p], messages), { parse: 2 }, 'payloads that do not decode are refused as a whole, once per message')
+  t.same(refused([p, { ...p, name: 'q' }], messages), { parse: 2 }, 'however many pipelines they are for')
+  const cbor = pipeline({ name: 'c', format: 'cbor' })
+  t.same(refused([p, cbor], [json([1, 2]), json(ok)]), { parse: 2 }, 'a payload one format cannot decode is refused once, read by the others')
+  t.equal(truthOf(cbor, [json(ok)]).edges['0'].accepted, 0)
   t.equal(e.filtered, 1)
   t.equal(e.accepted, 3)
   t.same(compact(e), [['3', 0, 10, 0, 1, 1, 1], ['d1', 0, 10, 0, 2, 2, 2]])
@@ -226,14 +239,17 @@ t.test('rejections: where must be a boolean, non-finite inputs, expression error
 
   const cbor = new Encoder({ useRecords: false, mapsAsObjects: true })
   const c = (fields: unknown): OracleMessage => ({ topic: TOPIC, payload: new Uint8Array(cbor.encode(fields)) })
-  const e = edge(pipeline({ format: 'cbor', select: [sel('sum', 'value'), sel('last', 'label')] }), [
+  const p = pipeline({ format: 'cbor', select: [sel('sum', 'value'), sel('last', 'label')] })
+  const messages = [
     c({ ts: at(1), value: NaN, label: 'a' }),
     c({ ts: at(1), value: Infinity, label: 'a' }),
     c({ ts: at(1), value: 1, label: -Infinity }),
     c({ ts: NaN, value: 1, label: 'a' }),
     c({ ts: at(1), value: 1, label: 'a' })
-  ])
-  t.same([e.accepted, e.rejected], [1, { non_finite: 4 }])
+  ]
+  const e = edge(p, messages)
+  // CBOR carries non-finite numbers, and its decoder refuses them: the message as a whole
+  t.same([e.accepted, e.rejected, refused([p], messages)], [1, {}, { non_finite: 4 }])
 })
 
 t.test('rejected and filtered readings still move the watermark', async t => {
@@ -249,9 +265,10 @@ t.test('senml: the device is in the record name, the room in the topic', async t
   const p = pipeline({ format: 'senml', timestamp: 'time', key: ['room', 'name'] })
   const senml = (device: string, s: number, v: unknown): OracleMessage =>
     json([{ bn: `${device}:`, bt: at(s) / 1000, n: 'temp', u: 'Cel', v }])
-  const e = edge(p, [senml('d1', 1, 20.5), senml('d2', 2, -1.25), senml('d1', 3.5, 21), json([{ bn: 'd1:', bt: 'x', v: 1 }])])
+  const messages = [senml('d1', 1, 20.5), senml('d2', 2, -1.25), senml('d1', 3.5, 21), json([{ bn: 'd1:', bt: 'x', v: 1 }])]
+  const e = edge(p, messages)
   t.same(compact(e), [['r1/d1:temp', 0, 10, 0, 2, 41.5], ['r1/d2:temp', 0, 10, 0, 1, -1.25]])
-  t.same(e.rejected, { non_finite: 1 })
+  t.same([e.rejected, refused([p], messages)], [{}, { non_finite: 1 }], 'a base time that is not a number: the decoder refuses the pack')
 })
 
 t.test('merged view: readings of every edge per window, overlapping sessions merged', async t => {
