@@ -10,6 +10,7 @@ const COMMANDS: Record<string, { help: string, run: () => Promise<(argv: string[
   chaos: { help: 'a fog cluster under injected faults, checked against the ground truth', run: async () => (await import('../simulators/chaos-cli.ts')).chaosCommand },
   validate: { help: 'check a pipelines file', run: async () => (await import('./validate.ts')).validateCommand },
   keygen: { help: 'write a new mesh key file (--mesh-key)', run: async () => (await import('./keygen.ts')).keygenCommand },
+  cert: { help: 'make a site CA and node certificates (--tls-cert)', run: async () => (await import('./cert.ts')).certCommand },
   query: { help: 'print results from any tier', run: async () => (await import('./query.ts')).queryCommand }
 }
 
