@@ -99,7 +99,7 @@ export function checkDays (days: number): number {
 const DNS_NAME = /^(\*\.)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$/
 
 /** A `--host` as a SAN entry: an IP address (v4 or v6) or a DNS name (a leading `*.` wildcard allowed). */
-export function hostName (host: string): x509.JsonGeneralName {
+export function sanEntry (host: string): x509.JsonGeneralName {
   if (isIP(host) !== 0) return { type: 'ip', value: host }
   if (host.length <= 253 && DNS_NAME.test(host)) return { type: 'dns', value: host.replace(/\.$/, '') }
   throw new ConfigError(`--host: ${JSON.stringify(host)} is neither an IP address nor a DNS name`)
@@ -235,7 +235,7 @@ export async function issueLeafCert (ca: CertAndKey, opts: LeafOptions): Promise
       new x509.BasicConstraintsExtension(false, undefined, true),
       new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature | x509.KeyUsageFlags.keyAgreement, true),
       new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.serverAuth, x509.ExtendedKeyUsage.clientAuth]),
-      new x509.SubjectAlternativeNameExtension((opts.hosts ?? DEFAULT_HOSTS).map(hostName)),
+      new x509.SubjectAlternativeNameExtension((opts.hosts ?? DEFAULT_HOSTS).map(sanEntry)),
       await x509.SubjectKeyIdentifierExtension.create(keys.publicKey),
       ski !== null
         ? new x509.AuthorityKeyIdentifierExtension(ski.keyId)
@@ -254,7 +254,7 @@ export async function issueNodeCert (ca: CertAndKey, opts: NodeCertOptions): Pro
   const role = checkRole(opts.role)
   const id = checkNodeId(opts.id)
   const hosts = opts.hosts === undefined || opts.hosts.length === 0 ? DEFAULT_HOSTS : opts.hosts
-  hosts.forEach(hostName)
+  hosts.forEach(sanEntry)
   return await issueLeafCert(ca, { ...opts, cn: id, ou: role, hosts })
 }
 
