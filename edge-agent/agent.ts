@@ -21,12 +21,14 @@ import type { Logger } from '../server/log.ts'
 import { Metrics } from '../server/metrics.ts'
 import type { Sample } from '../server/metrics.ts'
 import { ResultStore } from '../server/result-store.ts'
+import { NodeSecurity } from '../server/security.ts'
 import { withLive } from '../server/results.ts'
 import type { ResultQuery, WindowResult } from '../server/results.ts'
 import { LocalActions } from './actions.ts'
 import { EmbeddedBroker, PACKET_HEADROOM } from './broker.ts'
 import { Checkpointer } from './checkpoint.ts'
 import { removeCheckpoint } from './checkpoint-db.ts'
+import { ConfigError } from '../core/errors.ts'
 import { DeploymentFollower } from './deployment-follower.ts'
 import type { EdgeOptions } from './config.ts'
 import { PipelineRunner } from './pipelines.ts'
@@ -50,6 +52,8 @@ export class EdgeAgent implements ServiceApi {
   readonly #source: MessageSource
   readonly #actions: LocalActions
   readonly #http: HttpService
+  /** TLS and the API token; every call to a fog or the cloud goes through its client (this edge's certificate). */
+  readonly #security: NodeSecurity
   /** Undefined without --fog, --cloud and the mesh: then nothing is queued for upstream (see README). */
   readonly #uplink: Uplink | undefined
   /** Undefined with --checkpoint-every 0. */
@@ -75,6 +79,11 @@ export class EdgeAgent implements ServiceApi {
     this.#options = options
     this.#log = log
     this.id = options.id
+    // The embedded broker listens on --mqtt-host: exposed there, it needs TLS (or --insecure) as the API does.
+    this.#security = new NodeSecurity(options, [{ flag: '--host', host: options.host },
+      ...options.mqttUrl === undefined ? [{ flag: '--mqtt-host', host: options.mqttHost }] : []])
+    const tls = this.#security.server
+    if (options.mqttTlsPort !== undefined && tls === undefined) throw new ConfigError('--mqtt-tls-port needs --tls-cert and --tls-key: the broker serves MQTT over TLS with that certificate')
     this.#local = new Set(specs.map(s => s.name))
     // The deployed pipelines this edge ran last run from its start, before any fog is heard from:
     // their checkpoints are restored with the others'.
@@ -100,12 +109,13 @@ export class EdgeAgent implements ServiceApi {
         requestTimeout: options.uplinkTimeout,
         retryMax: options.uplinkRetryMax,
         log,
+        client: this.#security.client,
         // The shipper appends too, before each batch: the store follows at once (see #commit).
         afterAppend: () => this.#store.flush()
       }, this.#runner.operators.values())
       : undefined
     this.#source = options.mqttUrl !== undefined
-      ? new BrokerSubscriber({ url: options.mqttUrl, clientId: options.mqttClientId, filters: () => this.#runner.filters(), connectTimeout: 10_000, log })
+      ? new BrokerSubscriber({ url: options.mqttUrl, clientId: options.mqttClientId, filters: () => this.#runner.filters(), connectTimeout: 10_000, log, tls: this.#security.clientTls })
       : new EmbeddedBroker({
         host: options.mqttHost,
         port: options.mqttPort,
@@ -113,7 +123,9 @@ export class EdgeAgent implements ServiceApi {
         maxPacket: Math.max(options.mqttMaxPacket, options.maxPayload + PACKET_HEADROOM),
         maxInflight: options.mqttMaxInflight,
         maxQueued: options.mqttMaxQueued,
-        maxConnections: options.mqttMaxConnections
+        maxConnections: options.mqttMaxConnections,
+        tlsPort: options.mqttTlsPort,
+        tls
       })
     if (checkpoints) {
       this.#checkpoints = new Checkpointer({ dataDir: options.dataDir, log }, { operators: this.#runner.operators, store: this.#store, uplink: this.#uplink })
@@ -121,13 +133,14 @@ export class EdgeAgent implements ServiceApi {
       log.info('checkpoint.removed_stale', 'checkpoints are off: removed the checkpoint of an earlier run (it would be stale when they are back on)')
     }
     this.#actions = new LocalActions(async (topic, payload, qos, retain) => await this.#source.publish(topic, payload, qos, retain))
-    this.#http = new HttpService(this, [], { host: options.host, port: options.httpPort, maxBody: 1 << 20, ...httpLimits(options), log })
+    this.#http = new HttpService(this, [], { host: options.host, port: options.httpPort, maxBody: 1 << 20, ...httpLimits(options), tls, apiToken: this.#security.apiToken, log })
     this.membership = new RoleMesh(options, 'edge', () => this.#heartbeat())
     this.#follower = new DeploymentFollower({
       store: this.#deployments,
       apply: set => { this.#applyDeployed(set) },
       timeout: options.uplinkTimeout,
-      log
+      log,
+      client: this.#security.client
     })
     this.#registerMetrics()
     this.membership.registerMetrics(this.metrics)
@@ -179,6 +192,17 @@ export class EdgeAgent implements ServiceApi {
     await this.#http.close()
     this.#store.close()
     this.#checkpoints?.close()
+    this.#security.close()
+  }
+
+  /** SIGHUP: the certificate files are read again; new connections (HTTP, MQTT over TLS, calls out) use them. */
+  reload (): void {
+    const tls = this.#security.reload()
+    if (tls !== undefined) {
+      this.#http.setTls(tls)
+      if (this.#source instanceof EmbeddedBroker) this.#source.setTls(tls)
+    }
+    this.#log.info('tls.reloaded', `certificates read again from ${this.#security.files.join(', ') || '(no TLS files)'}`, { files: this.#security.files })
   }
 
   #tick (): void {
@@ -348,7 +372,9 @@ export class EdgeAgent implements ServiceApi {
   }
 
   readyLine (): string {
-    return `ready edge ${this.id} http=${this.httpUrl} mqtt=${this.mqttUrl}${this.membership.readySuffix()}`
+    // mqtts= after the others: readers of the older line (http=, mqtt=, mesh=) still match it.
+    const mqtts = this.#source instanceof EmbeddedBroker && this.#source.tlsUrl !== undefined ? ` mqtts=${this.#source.tlsUrl}` : ''
+    return `ready edge ${this.id} http=${this.httpUrl} mqtt=${this.mqttUrl}${this.membership.readySuffix()}${mqtts}`
   }
 
   #heartbeat (): HeartbeatInput {

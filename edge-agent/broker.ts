@@ -7,14 +7,20 @@
  * whole packet before anyone sees it, and aedes has no size option), at most `maxInflight` QoS 2
  * publishes wait for their PUBREL, at most `maxQueued` packets wait for the session to start, and at
  * most `maxConnections` connections are open. A client over a bound is disconnected and counted.
+ *
+ * With `tls` and `tlsPort` the broker also listens for MQTT over TLS there, with the node's
+ * certificate; the same users, rules and bounds apply to both listeners (aedes sees one broker).
  */
 import { timingSafeEqual } from 'node:crypto'
 import { createServer } from 'node:net'
 import type { AddressInfo, Server, Socket } from 'node:net'
+import { createServer as createTlsServer } from 'node:tls'
+import type { Server as TlsServer } from 'node:tls'
 import { Aedes } from 'aedes'
 import type { AuthenticateError, Client, PublishPacket, Subscription } from 'aedes'
 import { compileTopicFilter, filterCovers } from '../core/topic.ts'
 import type { Metrics } from '../server/metrics.ts'
+import type { ServerTls } from '../server/tls.ts'
 import type { BrokerUser } from './config.ts'
 import type { MessageHandler, MessageSource } from './source.ts'
 
@@ -28,8 +34,11 @@ export interface BrokerOptions {
   maxInflight?: number
   /** Most packets of one client queued before its session is established. */
   maxQueued?: number
-  /** Most open client connections. */
+  /** Most open client connections (of each listener). */
   maxConnections?: number
+  /** Port of the MQTT-over-TLS listener (0: any free port); none without it. Needs `tls`. */
+  tlsPort?: number
+  tls?: ServerTls
 }
 
 /** Room for a PUBLISH's topic, packet id and properties beside a payload of the largest size. */
@@ -111,7 +120,9 @@ export class EmbeddedBroker implements MessageSource {
   readonly #users: Map<string, BrokerUser & { canPublish: (topic: string) => boolean }>
   #broker?: Aedes
   #server?: Server
+  #tlsServer?: TlsServer
   #url = ''
+  #tlsUrl: string | undefined
   /** Authentication and authorization failures, for metrics. */
   readonly denied = { connect: 0, publish: 0, subscribe: 0 }
   /** Connections closed for going over a bound, for metrics. */
@@ -127,6 +138,16 @@ export class EmbeddedBroker implements MessageSource {
 
   get url (): string {
     return this.#url
+  }
+
+  /** The mqtts:// URL of the TLS listener, if any. */
+  get tlsUrl (): string | undefined {
+    return this.#tlsUrl
+  }
+
+  /** A rotated certificate: new TLS connections use it. */
+  setTls (tls: ServerTls): void {
+    this.#tlsServer?.setSecureContext({ cert: tls.cert, key: tls.key })
   }
 
   async start (onMessage: MessageHandler): Promise<void> {
@@ -193,24 +214,35 @@ export class EmbeddedBroker implements MessageSource {
     broker.on('publish', (packet: PublishPacket, client: Client | null) => {
       if (client !== null) onMessage(packet.topic, packet.payload as Buffer, Date.now())
     })
-    const server = createServer(socket => {
+    const handle = (socket: Socket): void => {
       guardPacketSize(socket, limits.maxPacket, () => { this.closed.packet_too_large++ })
       broker.handle(socket)
-    })
-    server.maxConnections = limits.maxConnections
+    }
+    const server = createServer(handle)
+    this.#server = server
+    this.#url = await this.#listen(server, this.#options.port, 'mqtt', limits.maxConnections)
+    const tls = this.#options.tls
+    if (this.#options.tlsPort !== undefined && tls !== undefined) {
+      const tlsServer = createTlsServer({ cert: tls.cert, key: tls.key }, handle)
+      this.#tlsServer = tlsServer
+      this.#tlsUrl = await this.#listen(tlsServer, this.#options.tlsPort, 'mqtts', limits.maxConnections)
+    }
+  }
+
+  async #listen (server: Server, port: number, scheme: string, maxConnections: number): Promise<string> {
+    server.maxConnections = maxConnections
     // Node closes a connection over maxConnections as soon as it is accepted.
     server.on('drop', () => { this.closed.max_connections++ })
-    this.#server = server
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject)
-      server.listen(this.#options.port, this.#options.host, () => {
+      server.listen(port, this.#options.host, () => {
         server.off('error', reject)
         resolve()
       })
     })
-    const { port } = server.address() as AddressInfo
+    const bound = (server.address() as AddressInfo).port
     const host = this.#options.host === '0.0.0.0' || this.#options.host === '::' ? '127.0.0.1' : this.#options.host
-    this.#url = `mqtt://${host.includes(':') ? `[${host}]` : host}:${port}`
+    return `${scheme}://${host.includes(':') ? `[${host}]` : host}:${bound}`
   }
 
   registerMetrics (m: Metrics): void {
@@ -235,12 +267,11 @@ export class EmbeddedBroker implements MessageSource {
   async stop (): Promise<void> {
     const server = this.#server
     const broker = this.#broker
-    if (server !== undefined) {
-      await new Promise<void>(resolve => {
-        server.close(() => resolve())
-        broker?.close()
-      })
-    }
+    // Both listeners stop accepting first; closing the broker then ends their clients' connections,
+    // which is what the servers' close waits for.
+    const closed = [server, this.#tlsServer].filter(s => s !== undefined).map(s => new Promise<void>(resolve => s.close(() => resolve())))
+    if (server !== undefined) broker?.close()
+    await Promise.all(closed)
   }
 }
 

@@ -9,6 +9,7 @@ export const EDGE_OPTIONS: OptionTable = {
   ...COMMON_OPTIONS,
   'mqtt-port': { type: 'port', default: 1883, help: 'port of the embedded MQTT broker; 0 picks any free port' },
   'mqtt-host': { type: 'string', default: '127.0.0.1', help: 'address the embedded broker listens on (0.0.0.0 for sensors on the LAN)' },
+  'mqtt-tls-port': { type: 'port', help: 'embedded broker: also listen for MQTT over TLS on this port of --mqtt-host, with the --tls-cert certificate; users and their topic rules apply there too; 0 picks any free port (default: no TLS listener)' },
   'mqtt-url': { type: 'string', help: 'use an existing broker (mqtt://user:pass@host:1883) instead of the embedded one' },
   'mqtt-client-id': { type: 'string', help: 'client id at an existing broker; its persistent session keeps readings while the agent is away (default: fogmesh-<id>)' },
   users: { type: 'strings', fileOnly: true, help: 'embedded broker users: a list of { username, password, publish: [filters], subscribe: [filters] }; none = anonymous access' },
@@ -40,6 +41,7 @@ export interface BrokerUser {
 export interface EdgeOptions extends CommonOptions {
   mqttPort: number
   mqttHost: string
+  mqttTlsPort?: number
   mqttUrl?: string
   mqttClientId: string
   users: BrokerUser[]

@@ -10,6 +10,7 @@ import type { DeployedSet } from '../core/pipeline/deployment.ts'
 import type { DeploymentStore } from '../server/deployment-store.ts'
 import type { Logger } from '../server/log.ts'
 import type { MeshPeer } from '../server/mesh/mesh-node.ts'
+import { PeerClient } from '../server/peer-client.ts'
 
 export interface FollowerOptions {
   store: DeploymentStore
@@ -18,6 +19,8 @@ export interface FollowerOptions {
   /** Longest a fetch may take, ms. */
   timeout: number
   log: Logger
+  /** How fogs are called (TLS trust, this edge's certificate, which lets it past an API token). Default: a plain client. */
+  client?: PeerClient
 }
 
 /** Largest deployed set accepted from a fog, bytes of JSON (64 pipelines of 16 KiB, and room to spare). */
@@ -27,6 +30,7 @@ const RETRY_AFTER = 2_000
 
 export class DeploymentFollower {
   readonly #o: FollowerOptions
+  readonly #client: PeerClient
   #fetching = false
   #retryAt = 0
   #failing = false
@@ -34,6 +38,7 @@ export class DeploymentFollower {
 
   constructor (options: FollowerOptions) {
     this.#o = options
+    this.#client = options.client ?? new PeerClient()
   }
 
   get revision (): number {
@@ -55,10 +60,9 @@ export class DeploymentFollower {
 
   async #fetch (base: string): Promise<void> {
     try {
-      const res = await fetch(new URL('/v1/deployments', base), { signal: AbortSignal.timeout(this.#o.timeout) })
-      if (!res.ok) throw new Error(`HTTP ${res.status}`)
-      const text = await res.text()
-      if (text.length > MAX_BODY) throw new Error(`a deployed set of ${text.length} bytes is over the ${MAX_BODY}-byte bound`)
+      const res = await this.#client.request(new URL('/v1/deployments', base), { signal: AbortSignal.timeout(this.#o.timeout), maxBody: MAX_BODY })
+      if (res.status !== 200) throw new Error(`HTTP ${res.status}`)
+      const text = res.text
       const set = readDeployedSet(JSON.parse(text))
       if (this.#failing) this.#o.log.info('deploy.fetch_recovered', `${base} answers again`, { url: base })
       this.#failing = false

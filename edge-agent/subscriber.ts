@@ -6,6 +6,7 @@
 import mqtt from 'mqtt'
 import type { MqttClient } from 'mqtt'
 import type { Logger } from '../server/log.ts'
+import type { ClientTls } from '../server/tls.ts'
 import type { MessageHandler, MessageSource } from './source.ts'
 
 export interface SubscriberOptions {
@@ -15,6 +16,8 @@ export interface SubscriberOptions {
   filters: () => string[]
   connectTimeout: number
   log: Logger
+  /** For an mqtts:// broker: the CA that verifies it (default: the system's), and this edge's certificate. */
+  tls?: ClientTls
 }
 
 export class BrokerSubscriber implements MessageSource {
@@ -39,7 +42,11 @@ export class BrokerSubscriber implements MessageSource {
       clientId: this.#options.clientId,
       clean: false,
       reconnectPeriod: 1_000,
-      connectTimeout: this.#options.connectTimeout
+      connectTimeout: this.#options.connectTimeout,
+      // mqtt.js verifies an mqtts:// broker's certificate (rejectUnauthorized) against these CAs.
+      ...this.#options.tls?.ca !== undefined ? { ca: this.#options.tls.ca } : {},
+      ...this.#options.tls?.cert !== undefined ? { cert: this.#options.tls.cert, key: this.#options.tls.key } : {},
+      rejectUnauthorized: true
     })
     this.#client = client
     client.on('message', (topic, payload) => onMessage(topic, payload, Date.now()))

@@ -30,6 +30,7 @@ import type { Logger } from '../server/log.ts'
 import type { Metrics } from '../server/metrics.ts'
 import { BatchDefinitions, Outbox, OutboxDefinitions } from '../server/outbox.ts'
 import type { OutboxItem } from '../server/outbox.ts'
+import type { PeerClient } from '../server/peer-client.ts'
 import { FAILURE_REASONS, SHIPPER_DEFAULTS, Shipper } from '../server/shipper.ts'
 import type { BatchContext, ShipperStatus } from '../server/shipper.ts'
 
@@ -54,6 +55,8 @@ export interface UplinkOptions {
   requestTimeout: number
   retryMax: number
   log: Logger
+  /** How fogs and the cloud are called (TLS trust, this edge's certificate). Default: a plain client. */
+  client?: PeerClient
   /**
    * Called right after each append to the outbox, whoever flushed (the agent's tick or the shipper
    * before a batch): the edge commits its result store there, so that the store never lags the
@@ -147,7 +150,8 @@ export class Uplink {
       failoverAfter: options.failoverAfter,
       requestTimeout: options.requestTimeout,
       retryMax: options.retryMax,
-      log: this.#log
+      log: this.#log,
+      client: options.client
     })
   }
 

@@ -1,6 +1,5 @@
 /** Options of the fog coordinator (`fogmesh fog`), with their defaults. */
-import { readFileSync } from 'node:fs'
-import { ConfigError } from '../core/errors.ts'
+import { readTokenFile, strongToken } from '../server/bearer.ts'
 import { MERGE_OPTIONS, readMergeOptions } from '../server/merge-options.ts'
 import type { MergeOptions } from '../server/merge-options.ts'
 import { COMMON_OPTIONS } from '../server/options.ts'
@@ -59,21 +58,12 @@ export function fogOptions (argv: string[]): FogOptions & { help: boolean } {
   }
 }
 
-/** Shortest admin token taken: anything shorter can be guessed by trying. */
-const MIN_TOKEN = 16
-
 function adminToken (token: string | undefined): string | undefined {
-  if (token !== undefined && token.length < MIN_TOKEN) throw new ConfigError(`--admin-token: use at least ${MIN_TOKEN} characters (e.g. openssl rand -hex 16)`)
-  return token
+  return token === undefined ? undefined : strongToken('--admin-token', token)
 }
 
 function tokenFile (path: string | undefined): string | undefined {
-  if (path === undefined) return undefined
-  try {
-    return readFileSync(path, 'utf8').trim()
-  } catch (err) {
-    throw new ConfigError(`--admin-token-file: cannot read ${path}: ${(err as Error).message}`, { cause: err })
-  }
+  return path === undefined ? undefined : readTokenFile('--admin-token-file', path)
 }
 
 function nonEmpty (s: string | undefined): string | undefined {

@@ -10,6 +10,7 @@ import { FileDeploymentStore } from '../server/deployment-store.ts'
 import { roleLogger } from '../server/log.ts'
 import type { Logger } from '../server/log.ts'
 import { MergeNode } from '../server/merge-node.ts'
+import { NodeSecurity } from '../server/security.ts'
 import { FogCluster } from './cluster.ts'
 import type { WindowRef } from './cluster-layout.ts'
 import type { FogOptions } from './config.ts'
@@ -24,9 +25,12 @@ export class FogCoordinator implements Runnable {
   readonly deployments: Deployments
   /** Undefined without --cloud: final windows stay here. */
   readonly forwarder: Forwarder | undefined
+  /** TLS and the API token; the forwarder calls the cloud with its client (this fog's certificate). */
+  readonly security: NodeSecurity
 
   /** `log` defaults to the node's own, from its options (--log-level, --log-format). */
   constructor (options: FogOptions, specs: PipelineSpec[], log: Logger = roleLogger('fog', options)) {
+    this.security = new NodeSecurity(options, [{ flag: '--host', host: options.host }])
     this.cluster = options.etcd === undefined
       ? undefined
       : new FogCluster({
@@ -51,7 +55,7 @@ export class FogCoordinator implements Runnable {
       onChange: deployed => { this.node.setDeployed(deployed) },
       log
     })
-    this.node = new MergeNode('fog', nodeOptions, specs, this.cluster, this.deployments.routes(), log)
+    this.node = new MergeNode('fog', nodeOptions, specs, this.cluster, this.deployments.routes(), log, this.security)
     this.node.setDeployed(this.deployments.specs())
     this.node.deployedRevision = () => Math.max(0, this.deployments.revision)
     this.deployments.registerMetrics(this.node.metrics)
@@ -67,6 +71,7 @@ export class FogCoordinator implements Runnable {
         requestTimeout: options.uplinkTimeout,
         retryMax: options.uplinkRetryMax,
         log,
+        client: this.security.client,
         // The replicated marks of what the cloud has: a coordinator taking over a shard forwards the rest.
         onDelivered: cluster === undefined ? undefined : windows => { cluster.forwarded(windows).catch(() => {}) }
       })
@@ -91,6 +96,11 @@ export class FogCoordinator implements Runnable {
     await this.node.stop()
     await this.cluster?.stop()
     await this.forwarder?.stop()
+    this.security.close()
+  }
+
+  reload (): void {
+    this.node.reload()
   }
 
   readyLine (): string {

@@ -37,6 +37,7 @@ import type { MergeNode } from '../server/merge-node.ts'
 import type { Metrics } from '../server/metrics.ts'
 import { BatchDefinitions, Outbox, OutboxDefinitions } from '../server/outbox.ts'
 import type { OutboxItem } from '../server/outbox.ts'
+import type { PeerClient } from '../server/peer-client.ts'
 import { FAILURE_REASONS, SHIPPER_DEFAULTS, Shipper } from '../server/shipper.ts'
 import type { BatchContext } from '../server/shipper.ts'
 
@@ -52,6 +53,8 @@ export interface ForwarderOptions {
   requestTimeout: number
   retryMax: number
   log: Logger
+  /** How the cloud is called (TLS trust, this fog's certificate). Default: a plain client. */
+  client?: PeerClient
   /** The cloud acknowledged these windows at these revisions (a cluster clears its "to forward" marks). */
   onDelivered?: (windows: Array<{ ref: { pipeline: string, key: string, start: number, end: number }, revision: number }>) => void
 }
@@ -90,7 +93,8 @@ export class Forwarder {
       tiers: [{ name: TARGET, urls: [options.cloud] }],
       requestTimeout: options.requestTimeout,
       retryMax: options.retryMax,
-      log: this.#log
+      log: this.#log,
+      client: options.client
     })
     this.#onDelivered = options.onDelivered
     this.#removeListener = node.onFinal(entries => { this.forward(entries) })

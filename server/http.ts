@@ -6,12 +6,28 @@
  * headersTimeout and its whole request within requestTimeout (Node answers 408 and closes), an idle
  * keep-alive connection closes after keepAliveTimeout, and connections beyond maxConnections are closed
  * as they are accepted. Bodies are read only on demand and up to maxBody. Each drop is counted.
+ *
+ * With `tls` the API is served over HTTPS only (a plain request to the port fails its TLS handshake
+ * and is dropped, counted as tls_handshake); with a client CA it asks every client for a certificate
+ * but lets the handshake succeed without one (rejectUnauthorized: false), so that a route can answer a
+ * client without a valid one with a 401 of its own: each request carries its peer (server/tls.ts).
+ * With `apiToken` every GET under /v1/ and /metrics needs the bearer token, or a client certificate
+ * verified against the client CA (nodes of the site fetch shard maps and deployed sets that way);
+ * /healthz stays open for load balancers and supervisors. Every refusal is an AccessDenied, counted in
+ * fogmesh_auth_denied_total by reason.
  */
 import { createServer } from 'node:http'
 import type { IncomingMessage, Server, ServerResponse } from 'node:http'
+import { createServer as createHttpsServer } from 'node:https'
+import type { Server as HttpsServer } from 'node:https'
 import type { AddressInfo, Socket } from 'node:net'
 import type { Duplex } from 'node:stream'
 import { ConfigError, FogmeshError, HttpError } from '../core/errors.ts'
+import type { BearerToken } from './bearer.ts'
+import { DENY_REASONS } from './partials-auth.ts'
+import type { Denial, DenyReason } from './partials-auth.ts'
+import { peerOf } from './tls.ts'
+import type { Peer, ServerTls } from './tls.ts'
 import type { Logger } from './log.ts'
 import type { Metrics } from './metrics.ts'
 import { parseResultQuery } from './query.ts'
@@ -45,6 +61,8 @@ export interface Request {
   params: Record<string, string>
   query: URLSearchParams
   headers: IncomingMessage['headers']
+  /** Who sent it, as far as TLS tells (undefined from in-process callers: as a plain connection). */
+  peer?: Peer
   /** The body, read on demand and bounded by `maxBody`. */
   body: () => Promise<Buffer>
 }
@@ -76,7 +94,21 @@ export interface HttpOptions {
   keepAliveTimeout?: number
   /** Most open connections; more are closed as they are accepted. */
   maxConnections?: number
+  /** Serve HTTPS only, with this certificate (and ask clients for one signed by clientCa). */
+  tls?: ServerTls
+  /** Bearer token every GET under /v1/ and /metrics needs (see the top). */
+  apiToken?: BearerToken
   log: Logger
+}
+
+/** A request refused for who sent it: 401 or 403, counted by reason (see the top). */
+export class AccessDenied extends HttpError {
+  readonly reason: DenyReason
+
+  constructor (denial: Denial) {
+    super(denial.status, denial.code, denial.message)
+    this.reason = denial.reason
+  }
 }
 
 /**
@@ -109,7 +141,7 @@ export function httpLimits (o: { httpHeadersTimeout?: number, httpRequestTimeout
 }
 
 /** Why a connection was dropped: the `reason` label of fogmesh_http_connections_dropped_total. */
-type DropReason = 'headers_timeout' | 'request_timeout' | 'max_connections' | 'malformed'
+type DropReason = 'headers_timeout' | 'request_timeout' | 'max_connections' | 'malformed' | 'tls_handshake'
 
 function compile (path: string): RegExp {
   const pattern = path.replace(/[.*+?^$()|[\]\\]/g, '\\$&').replace(/\{(\w+)\}/g, '(?<$1>[^/]+)')
@@ -178,12 +210,18 @@ function standardRoutes (api: ServiceApi): Route[] {
   ]
 }
 
+/** Whether a request needs the API token (see the top). */
+function guarded (method: string | undefined, path: string): boolean {
+  return (method === 'GET' || method === 'HEAD') && (path.startsWith('/v1/') || path === '/metrics')
+}
+
 export class HttpService {
-  readonly #server: Server
+  readonly #server: Server | HttpsServer
   readonly #routes: Array<Route & { pattern: RegExp }>
   readonly #options: HttpOptions
   #url = ''
-  readonly #dropped: Record<DropReason, number> = { headers_timeout: 0, request_timeout: 0, max_connections: 0, malformed: 0 }
+  readonly #dropped: Record<DropReason, number> = { headers_timeout: 0, request_timeout: 0, max_connections: 0, malformed: 0, tls_handshake: 0 }
+  readonly #denied = Object.fromEntries(DENY_REASONS.map(r => [r, 0])) as Record<DenyReason, number>
   /** The response to each connection's current request, once its headers are in. */
   readonly #responding = new WeakMap<Socket, ServerResponse>()
 
@@ -196,18 +234,28 @@ export class HttpService {
       throw new ConfigError(`--http-headers-timeout (${limits.headersTimeout} ms) must not be longer than --http-request-timeout (${limits.requestTimeout} ms)`)
     }
     const shortest = Math.min(...[limits.headersTimeout, limits.requestTimeout].filter(ms => ms > 0))
-    this.#server = createServer({
+    const serverOptions = {
       headersTimeout: limits.headersTimeout,
       requestTimeout: limits.requestTimeout,
       keepAliveTimeout: limits.keepAliveTimeout,
       // Node checks the two timeouts on this interval (30 s by default), so a timeout of a few seconds
       // needs a shorter one to be kept.
       connectionsCheckingInterval: Number.isFinite(shortest) ? Math.max(100, Math.min(1_000, shortest / 4)) : 30_000
-    }, (req, res) => {
+    }
+    const onRequest = (req: IncomingMessage, res: ServerResponse): void => {
       this.#responding.set(req.socket, res)
       res.once('close', () => { if (this.#responding.get(req.socket) === res) this.#responding.delete(req.socket) })
       void this.#handle(req, res)
-    })
+    }
+    const tls = options.tls
+    if (tls === undefined) {
+      this.#server = createServer(serverOptions, onRequest)
+    } else {
+      this.#server = createHttpsServer({ ...serverOptions, ...secureContext(tls), requestCert: tls.clientCa !== undefined, rejectUnauthorized: false }, onRequest)
+      // A client that is not speaking TLS (plain HTTP to this port), or whose handshake fails otherwise:
+      // Node closes the connection; nothing was read as a request.
+      this.#server.on('tlsClientError', () => { this.#dropped.tls_handshake++ })
+    }
     this.#server.maxConnections = limits.maxConnections
     this.#server.on('drop', () => { this.#dropped.max_connections++ })
     // Node's own answer to a client error (408 for a timeout, 400 or 431 for a bad request), counted.
@@ -228,6 +276,22 @@ export class HttpService {
     })
     api.metrics.counter('fogmesh_http_connections_dropped_total', 'HTTP connections dropped for going over a bound or a malformed request, by reason', ['reason'],
       () => Object.entries(this.#dropped).map(([reason, n]) => [{ reason }, n]))
+    api.metrics.counter('fogmesh_auth_denied_total', 'Requests refused for who sent them (401, 403), by reason; nothing of a refused request is stored', ['reason'],
+      () => Object.entries(this.#denied).map(([reason, n]) => [{ reason }, n]))
+  }
+
+  /** Whether the API is served over HTTPS. */
+  get secure (): boolean {
+    return this.#options.tls !== undefined
+  }
+
+  /**
+   * New certificate material (a rotation): new connections use it; open ones keep theirs. The client
+   * CA cannot be added or removed this way (whether clients are asked for a certificate is fixed).
+   */
+  setTls (tls: ServerTls): void {
+    if (!('setSecureContext' in this.#server)) throw new ConfigError('this server was started without TLS: restart it to turn TLS on')
+    this.#server.setSecureContext(secureContext(tls))
   }
 
   get url (): string {
@@ -244,7 +308,7 @@ export class HttpService {
     })
     const { port } = this.#server.address() as AddressInfo
     const host = this.#options.host === '0.0.0.0' || this.#options.host === '::' ? '127.0.0.1' : this.#options.host
-    this.#url = `http://${host.includes(':') ? `[${host}]` : host}:${port}`
+    this.#url = `${this.secure ? 'https' : 'http'}://${host.includes(':') ? `[${host}]` : host}:${port}`
     return this.#url
   }
 
@@ -265,6 +329,7 @@ export class HttpService {
         res.destroy()
         return
       }
+      if (err instanceof AccessDenied) this.#denied[err.reason]++
       if (!(err instanceof FogmeshError)) {
         this.#options.log.error('http.internal_error', 'internal error serving a request', { method: req.method, path: pathOf(req), err })
       }
@@ -288,6 +353,20 @@ export class HttpService {
     } catch {
       throw new HttpError(400, 'bad_request', 'malformed request URL')
     }
+    const peer = peerOf(req.socket)
+    const token = this.#options.apiToken
+    // A verified site certificate is as good as the token: nodes call each other's GET routes with one.
+    if (token !== undefined && guarded(req.method, url.pathname) && peer.kind !== 'verified') {
+      const check = token.check(req.headers.authorization)
+      if (!check.ok) {
+        throw new AccessDenied({
+          status: 401,
+          code: 'unauthenticated',
+          reason: check.reason,
+          message: check.reason === 'bad_token' ? 'the bearer token is not valid' : `${req.method ?? 'GET'} ${url.pathname} needs the header "Authorization: Bearer <API token>"`
+        })
+      }
+    }
     let pathMatched = false
     for (const route of this.#routes) {
       const m = route.pattern.exec(url.pathname)
@@ -308,12 +387,17 @@ export class HttpService {
         params,
         query: url.searchParams,
         headers: req.headers,
+        peer,
         body: async () => await readBody(req, this.#options.maxBody)
       })
     }
     if (pathMatched) throw new HttpError(405, 'method_not_allowed', `${req.method ?? ''} is not allowed on ${url.pathname}`)
     throw new HttpError(404, 'not_found', `no such endpoint: ${url.pathname}`)
   }
+}
+
+function secureContext (tls: ServerTls): { cert: Buffer, key: Buffer, ca?: Buffer } {
+  return tls.clientCa === undefined ? { cert: tls.cert, key: tls.key } : { cert: tls.cert, key: tls.key, ca: tls.clientCa }
 }
 
 /** The path of a request, without its query (which may hold anything). */

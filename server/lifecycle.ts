@@ -1,6 +1,8 @@
 /**
  * Runs a server role until SIGTERM or SIGINT: starts it, prints the `ready …` line on stdout, and on a
- * signal stops it cleanly (state flushed) and exits 0. A second signal exits at once.
+ * signal stops it cleanly (state flushed) and exits 0. A second signal exits at once. SIGHUP asks the
+ * node to read its certificate files again (a rotation), without stopping anything; a reload that
+ * fails is logged and changes nothing.
  */
 import type { Logger } from './log.ts'
 
@@ -8,6 +10,8 @@ export interface Runnable {
   start: () => Promise<void>
   stop: () => Promise<void>
   readyLine: () => string
+  /** Reads the node's certificate files again (SIGHUP); throws, changing nothing, if one is bad. */
+  reload?: () => void
 }
 
 export async function runUntilSignal (node: Runnable, log: Logger): Promise<number> {
@@ -35,6 +39,13 @@ export async function runUntilSignal (node: Runnable, log: Logger): Promise<numb
         resolve(1)
       })
     }
+    process.on('SIGHUP', () => {
+      try {
+        node.reload?.()
+      } catch (err) {
+        log.error('tls.reload_failed', `SIGHUP: keeping the certificates in use (${(err as Error).message})`, { reason: (err as Error).message })
+      }
+    })
     process.on('SIGTERM', onSignal)
     process.on('SIGINT', onSignal)
   })

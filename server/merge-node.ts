@@ -9,6 +9,10 @@
  * by two routes change nothing); and a contribution that arrives after its window was finalized is
  * merged in and the window finalized again with revision + 1, never dropped. Edges apply a pipeline's
  * `late` policy to late readings, so a partial arriving after finalization is a delayed delivery.
+ *
+ * With --tls-client-ca, only the site's nodes write, each only what its role may (server/partials-auth.ts):
+ * the sender is authenticated before the body is read, and the decoded batch authorized as a whole
+ * before any of it is admitted, so a refused batch leaves no trace but the refusal's count.
  */
 import type { PipelineSpec } from '../core/pipeline/spec.ts'
 import { pipelineToPlain } from '../core/pipeline/format.ts'
@@ -22,13 +26,15 @@ import type { ShardMapView } from '../core/upstream/shards.ts'
 import { advertisedUrl } from './advertise.ts'
 import { ContributionStore, windowId } from './contribution-store.ts'
 import type { BatchWrite, MergeWindow } from './contribution-store.ts'
-import { HttpService, httpLimits } from './http.ts'
+import { AccessDenied, HttpService, httpLimits } from './http.ts'
 import { roleLogger } from './log.ts'
 import type { Logger } from './log.ts'
 import type { PipelineInfo, Request, Reply, Route, ServiceApi } from './http.ts'
 import { RoleMesh, SOFTWARE_VERSION } from './mesh/role-mesh.ts'
 import type { HeartbeatInput } from './mesh/mesh-node.ts'
 import { Metrics } from './metrics.ts'
+import { authenticate, authorizeBatch } from './partials-auth.ts'
+import { NodeSecurity } from './security.ts'
 import type { Sample } from './metrics.ts'
 import type { MergeOptions } from './merge-options.ts'
 import type { ReplicatedChange, Replication } from './replication.ts'
@@ -87,6 +93,9 @@ export class MergeNode implements ServiceApi {
   readonly #results: ResultStore
   readonly #finalizer: Finalizer
   readonly #http: HttpService
+  readonly #security: NodeSecurity
+  /** The security was made here (from the options), so it is closed here. */
+  readonly #ownsSecurity: boolean
   /** Pipelines from --pipelines, by name. */
   readonly #fileSpecs: Map<string, PipelineSpec>
   /** Pipelines from --pipelines and deployed ones, by name (shown as specs by /v1/pipelines). */
@@ -136,7 +145,9 @@ export class MergeNode implements ServiceApi {
    * `log` defaults to the node's own, from its options (--log-level, --log-format).
    */
   constructor (role: 'fog' | 'cloud', options: MergeOptions, specs: PipelineSpec[], replication?: Replication, routes: Route[] = [],
-    log: Logger = roleLogger(role, options)) {
+    log: Logger = roleLogger(role, options), security?: NodeSecurity) {
+    this.#ownsSecurity = security === undefined
+    this.#security = security ?? new NodeSecurity(options, [{ flag: '--host', host: options.host }])
     this.role = role
     this.id = options.id
     this.#options = options
@@ -167,7 +178,7 @@ export class MergeNode implements ServiceApi {
       { method: 'GET', path: '/v1/shards', handle: () => ({ body: this.shards() }) },
       ...routes
     ],
-      { host: options.host, port: options.httpPort, maxBody: options.maxBatch, ...httpLimits(options), log })
+      { host: options.host, port: options.httpPort, maxBody: options.maxBatch, ...httpLimits(options), tls: this.#security.server, apiToken: this.#security.apiToken, log })
     this.membership = new RoleMesh(options, role, () => this.#heartbeat())
     this.#registerMetrics()
     this.membership.registerMetrics(this.metrics)
@@ -201,6 +212,14 @@ export class MergeNode implements ServiceApi {
     await this.#exclusive.drained()
     this.#results.close()
     this.#store.close()
+    if (this.#ownsSecurity) this.#security.close()
+  }
+
+  /** SIGHUP: the certificate files are read again; new connections use them. */
+  reload (): void {
+    const tls = this.#security.reload()
+    if (tls !== undefined) this.#http.setTls(tls)
+    this.#log.info('tls.reloaded', `certificates read again from ${this.#security.files.join(', ') || '(no TLS files)'}`, { files: this.#security.files })
   }
 
   readyLine (): string {
@@ -281,6 +300,9 @@ export class MergeNode implements ServiceApi {
 
   async #receive (req: Request): Promise<Reply> {
     try {
+      // Before anything else: who is not of the site gets nothing decoded, and no hint about the state.
+      const who = this.#security.clientCertificates ? authenticate(req.peer ?? { kind: 'plain' }) : undefined
+      if (who !== undefined && !who.ok) throw new AccessDenied(who.denial)
       if (!this.#ready) throw new HttpError(503, 'unavailable', `this ${this.role} is starting or stopping; send the batch again later`)
       const type = String(req.headers['content-type'] ?? '').split(';')[0].trim().toLowerCase()
       if (type !== 'application/cbor') {
@@ -305,6 +327,8 @@ export class MergeNode implements ServiceApi {
         if (err instanceof WireError) throw new HttpError(400, 'bad_batch', err.message)
         throw err
       }
+      const denial = who?.ok === true ? authorizeBatch(who, batch) : undefined
+      if (denial !== undefined) throw new AccessDenied(denial)
       this.#replication?.admit(batch)
       const ack = await this.#enqueue(batch, Date.now())
       this.#queueFinalize()

@@ -7,7 +7,8 @@ import type { CommonOptions, OptionTable } from './options.ts'
 export const MERGE_OPTIONS: OptionTable = {
   'finalize-after': { type: 'duration', default: '60s', help: 'longest wait for a silent edge before a window is finalized without it' },
   'max-batch': { type: 'bytes', default: '16mib', help: 'largest partial batch body accepted (POST /v1/partials); larger ones get 413 batch_too_large' },
-  tick: { type: 'duration', default: '250ms', help: 'how often windows are checked for finalization' }
+  tick: { type: 'duration', default: '250ms', help: 'how often windows are checked for finalization' },
+  'tls-client-ca': { type: 'string', help: 'CA certificates (PEM) of the site: POST /v1/partials then needs a client certificate they signed, and takes from it only what its role may send (see README, Securing a site); needs --tls-cert (default: anyone who reaches the port may send partials)' }
 }
 
 export interface MergeOptions extends CommonOptions {

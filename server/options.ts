@@ -10,6 +10,7 @@ import { formatDuration, parseDuration } from '../core/duration.ts'
 import { ConfigError } from '../core/errors.ts'
 import { LOG_FORMATS, LOG_LEVELS } from './log.ts'
 import type { LogFormat, LogLevel } from './log.ts'
+import type { TlsOptions } from './tls.ts'
 
 export type OptionType = 'string' | 'strings' | 'url' | 'urls' | 'int' | 'port' | 'duration' | 'bool' | 'bytes'
 
@@ -166,12 +167,17 @@ export const COMMON_OPTIONS: OptionTable = {
   'mesh-key': { type: 'string', help: 'mesh key file (fogmesh keygen): only nodes with the same key can join; without one the mesh is open to anyone who can connect' },
   'mesh-heartbeat': { type: 'duration', help: 'time between mesh heartbeats (default: 2s)' },
   'mesh-expiry': { type: 'duration', help: 'a mesh peer not heard from for this long is expired (default: 3 heartbeats + 4s)' },
+  'tls-cert': { type: 'string', help: 'this node\'s certificate (PEM, from fogmesh cert issue): the HTTP API is served over HTTPS only, and the node presents it as its client certificate to fogs and the cloud (default: plain HTTP); SIGHUP re-reads it' },
+  'tls-key': { type: 'string', help: 'the private key of --tls-cert (PEM)' },
+  'tls-ca': { type: 'string', help: 'CA certificates (PEM) that verify the fogs, clouds and mqtts:// broker this node calls (default: the system\'s CAs)' },
+  'api-token-file': { type: 'string', help: 'file holding a bearer token (16 characters or more) that every GET /v1/... and /metrics needs; a client certificate verified by --tls-client-ca also passes; /healthz stays open (default: no token)' },
+  insecure: { type: 'bool', default: false, help: 'serve plain HTTP (and MQTT) on a --host (or --mqtt-host) that is not a loopback address; without it such a node refuses to start without --tls-cert and --tls-key' },
   mdns: { type: 'bool', default: false, help: 'also find mesh peers on the LAN by mDNS (multicast on every interface; turns the mesh on)' },
   'log-level': { type: 'string', choices: LOG_LEVELS, default: 'info', help: 'least severe log lines written to stderr' },
   'log-format': { type: 'string', choices: LOG_FORMATS, default: 'auto', help: 'log lines as json (one object per line), pretty (for people), or auto: pretty when stderr is a terminal, else json' }
 }
 
-export interface CommonOptions {
+export interface CommonOptions extends TlsOptions {
   id: string
   host: string
   advertiseUrl?: string
@@ -190,6 +196,8 @@ export interface CommonOptions {
   meshHeartbeat?: number
   meshExpiry?: number
   mdns?: boolean
+  /** File of the bearer token GET /v1/… and /metrics need. */
+  apiTokenFile?: string
   /** Least severe log level written; default info. */
   logLevel?: LogLevel
   /** Default auto: readable on a terminal, JSON lines otherwise. */

@@ -20,6 +20,7 @@ import { shardOf, parseShardMap } from '../core/upstream/shards.ts'
 import type { ShardMapView } from '../core/upstream/shards.ts'
 import type { Batch, WindowEntry } from '../core/upstream/batch.ts'
 import type { Logger } from './log.ts'
+import { PeerClient } from './peer-client.ts'
 
 export interface ShardRouterOptions {
   /** Longest a `GET /v1/shards` may take, ms. Default 2 000: a refresh must not hold up delivery. */
@@ -30,9 +31,11 @@ export interface ShardRouterOptions {
   name: string
   /** Where adopted maps and bad answers are reported. */
   log: Logger
+  /** How coordinators are called (TLS trust, this node's certificate). Default: a plain client. */
+  client: PeerClient
 }
 
-export const SHARD_ROUTER_DEFAULTS: Omit<ShardRouterOptions, 'log'> = {
+export const SHARD_ROUTER_DEFAULTS: Omit<ShardRouterOptions, 'log' | 'client'> = {
   timeout: 2_000,
   refreshEvery: 10_000,
   name: 'fog'
@@ -91,7 +94,7 @@ export class ShardRouter {
 
   constructor (seeds: string[], options: Partial<ShardRouterOptions> & Pick<ShardRouterOptions, 'log'>) {
     this.#seeds = seeds.map(base)
-    this.#options = { ...SHARD_ROUTER_DEFAULTS, ...options }
+    this.#options = { ...SHARD_ROUTER_DEFAULTS, client: options.client ?? new PeerClient(), ...options }
   }
 
   /** The map held, or undefined before any coordinator answered. */
@@ -223,9 +226,9 @@ export class ShardRouter {
     let text: string
     try {
       const signal = AbortSignal.any([this.#abort.signal, AbortSignal.timeout(this.#options.timeout)])
-      const res = await fetch(url + '/v1/shards', { signal })
+      const res = await this.#options.client.request(url + '/v1/shards', { signal })
       status = res.status
-      text = await res.text()
+      text = res.text
     } catch {
       this.stats.unanswered++
       return undefined

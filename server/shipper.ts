@@ -35,6 +35,7 @@ import { parseShardMap } from '../core/upstream/shards.ts'
 import type { ShardMapView } from '../core/upstream/shards.ts'
 import type { Outbox, OutboxItem } from './outbox.ts'
 import type { Logger } from './log.ts'
+import { PeerClient } from './peer-client.ts'
 import { ShardRouter } from './shard-router.ts'
 import type { Plan } from './shard-router.ts'
 
@@ -78,6 +79,8 @@ export interface ShipperOptions {
   heartbeatEvery: number
   /** Where state changes and refusals are reported. */
   log: Logger
+  /** How tiers are called (TLS trust, this node's certificate as its identity). Default: a plain client. */
+  client?: PeerClient
 }
 
 /** Defaults of the options a deployment rarely changes (the edge exposes the others as flags). */
@@ -92,7 +95,7 @@ export const SHIPPER_DEFAULTS = {
   probeItems: 64,
   idleEvery: 1_000,
   heartbeatEvery: 10_000
-} satisfies Omit<ShipperOptions, 'tiers' | 'log'>
+} satisfies Omit<ShipperOptions, 'tiers' | 'log' | 'client'>
 
 export interface BatchContext {
   /** The tier the batch is for. */
@@ -221,6 +224,7 @@ export class Shipper {
   readonly #outbox: Outbox
   readonly #source: BatchSource
   readonly #options: ShipperOptions
+  readonly #client: PeerClient
   readonly #lanes: Lane[]
   readonly #abort = new AbortController()
   /** Sleeps a notify (new items, a failover) cuts short; backoffs are not among them. */
@@ -239,6 +243,7 @@ export class Shipper {
     this.#outbox = outbox
     this.#source = source
     this.#options = options
+    this.#client = options.client ?? new PeerClient()
     const retryMin = Math.min(options.retryMin, options.retryMax)
     this.#lanes = options.tiers.map((tier, i) => {
       if (tier.urls.length === 0 && tier.discovered !== true) throw new ConfigError(`tier ${tier.name} has no URL`)
@@ -246,7 +251,7 @@ export class Shipper {
       this.stats.failed[tier.name] = {}
       const router = tier.route instanceof ShardRouter
         ? tier.route
-        : tier.route === true ? new ShardRouter(tier.urls, { name: tier.name, timeout: Math.min(2_000, options.requestTimeout), log: options.log }) : undefined
+        : tier.route === true ? new ShardRouter(tier.urls, { name: tier.name, timeout: Math.min(2_000, options.requestTimeout), log: options.log, client: this.#client }) : undefined
       // A copy: addUrl grows it, and the caller's list is not the shipper's to change.
       tier = { ...tier, urls: [...tier.urls] }
       return { tier, primary: i === 0, router, url: 0, delay: retryMin, limit: options.maxBatchItems, failingSince: undefined, lastAckAt: 0, acked: new Map(), lastProblem: undefined, lagging: new Map() }
@@ -451,9 +456,9 @@ export class Shipper {
     let status: number
     let text: string
     try {
-      const res = await fetch(partialsUrl(url), { method: 'POST', headers, body, signal })
+      const res = await this.#client.request(partialsUrl(url), { method: 'POST', headers, body, signal })
       status = res.status
-      text = await res.text()
+      text = res.text
     } catch (err) {
       return transportFailure(err)
     }
