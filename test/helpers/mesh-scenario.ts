@@ -65,12 +65,17 @@ export interface MeshOptions {
   mesh?: string[]
   /** Runs after every node is up and before the warm-up (e.g. deploys pipelines). */
   beforeWarmUp?: (mesh: Mesh) => Promise<void>
-  /** Extra flags, after (and overriding) the defaults below. */
+  /** Extra flags, after (and overriding) the defaults below; the edges' may differ per edge (0, 1). */
   cloud?: string[]
   fog?: string[]
-  edge?: string[]
+  edge?: string[] | ((i: number) => string[])
   /** After the warm-up, stop the fog (SIGTERM): the test brings it back with `startFog`. */
   fogAway?: boolean
+  /**
+   * Scheme of the fog and cloud URLs the nodes are given: https when the role flags give them
+   * certificates (the test process must then trust the site CA for its own reads). Default http.
+   */
+  scheme?: 'http' | 'https'
 }
 
 export interface Mesh {
@@ -109,8 +114,9 @@ export async function startMesh (t: Test, opts: MeshOptions = {}): Promise<Mesh>
     return p
   }
   const [cloudPort, fogPort] = await Promise.all([freePort(), freePort()])
-  const cloudUrl = `http://127.0.0.1:${cloudPort}`
-  const fogUrl = `http://127.0.0.1:${fogPort}`
+  const scheme = opts.scheme ?? 'http'
+  const cloudUrl = `${scheme}://127.0.0.1:${cloudPort}`
+  const fogUrl = `${scheme}://127.0.0.1:${fogPort}`
   // The cloud learns the pipelines from the fog's batches; the fog and the edges read the file. The
   // merge tiers' --finalize-after is longer than any tier stays away here: windows are final by
   // watermarks (the cloud, on failover, by the fog's), never by giving up on a tier.
@@ -123,7 +129,7 @@ export async function startMesh (t: Test, opts: MeshOptions = {}): Promise<Mesh>
     '--cloud', cloudUrl, '--tick', '100ms', '--finalize-after', '30s', '--uplink-retry-max', '500ms', ...opts.mesh ?? [], ...opts.fog ?? []]
   const edgeArgs = (i: number) => ['edge', '--id', `e${i + 1}`, '--pipelines', pipelines, '--mqtt-port', '0', '--http-port', '0',
     '--data-dir', join(dir.path, `e${i + 1}`), '--fog', fogUrl, '--cloud', cloudUrl, '--failover-after', '2s', '--uplink-retry-max', '500ms',
-    ...meshArgs(), ...opts.edge ?? []]
+    ...meshArgs(), ...typeof opts.edge === 'function' ? opts.edge(i) : opts.edge ?? []]
   const mesh = {
     dir: dir.path,
     edges: [] as RunningProcess[],
