@@ -1,5 +1,13 @@
-/** `fogmesh query URL PIPELINE`: prints results from any tier as a table, or JSON with --json. */
+/**
+ * `fogmesh query URL PIPELINE`: prints results from any tier as a table, or JSON with --json. A tier
+ * with --api-token-file takes the token from `--token-file` (a file, so that ps does not show it); an
+ * https tier of a site is verified against `--ca` (the site CA; default the system's CAs).
+ */
+import { readFileSync } from 'node:fs'
 import { parseArgs } from 'node:util'
+import { readTokenFile } from '../server/bearer.ts'
+import { PeerClient } from '../server/peer-client.ts'
+import type { PeerResponse } from '../server/peer-client.ts'
 import type { ResultJson } from '../server/results.ts'
 
 function cell (v: unknown): string {
@@ -16,13 +24,22 @@ export function formatTable (results: ResultJson[]): string {
 }
 
 export async function queryCommand (argv: string[]): Promise<number> {
-  const usage = 'usage: fogmesh query URL PIPELINE [--key K] [--from T] [--to T] [--limit N] [--json]\n'
+  const usage = 'usage: fogmesh query URL PIPELINE [--key K] [--from T] [--to T] [--limit N] [--json] [--token-file FILE] [--ca FILE]\n'
   let parsed
   try {
     parsed = parseArgs({
       args: argv,
       allowPositionals: true,
-      options: { key: { type: 'string' }, from: { type: 'string' }, to: { type: 'string' }, limit: { type: 'string' }, json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } }
+      options: {
+        key: { type: 'string' },
+        from: { type: 'string' },
+        to: { type: 'string' },
+        limit: { type: 'string' },
+        json: { type: 'boolean' },
+        'token-file': { type: 'string' },
+        ca: { type: 'string' },
+        help: { type: 'boolean', short: 'h' }
+      }
     })
   } catch (err) {
     process.stderr.write(`${(err as Error).message}\n${usage}`)
@@ -45,18 +62,40 @@ export async function queryCommand (argv: string[]): Promise<number> {
     const v = values[k]
     if (v !== undefined) url.searchParams.set(k, v)
   }
-  let res: Response
+  const headers: Record<string, string> = {}
+  let client: PeerClient
   try {
-    res = await fetch(url, { signal: AbortSignal.timeout(30_000) })
+    if (values['token-file'] !== undefined) headers.authorization = `Bearer ${readTokenFile('--token-file', values['token-file'])}`
+    client = new PeerClient(values.ca === undefined ? {} : { ca: readCa(values.ca) })
   } catch (err) {
-    process.stderr.write(`cannot reach ${url.origin}: ${(err as Error).cause instanceof Error ? ((err as Error).cause as Error).message : (err as Error).message}\n`)
-    return 1
+    process.stderr.write(`${(err as Error).message}\n`)
+    return 2
   }
-  const body = await res.json().catch(() => undefined) as { results?: ResultJson[], error?: { code: string, message: string } } | undefined
-  if (!res.ok || body?.results === undefined) {
+  let res: PeerResponse
+  try {
+    res = await client.request(url, { headers, signal: AbortSignal.timeout(30_000) })
+  } catch (err) {
+    process.stderr.write(`cannot reach ${url.origin}: ${(err as Error).message}\n`)
+    return 1
+  } finally {
+    client.close()
+  }
+  let body: { results?: ResultJson[], error?: { code: string, message: string } } | undefined
+  try {
+    body = JSON.parse(res.text) as typeof body
+  } catch {}
+  if (res.status !== 200 || body?.results === undefined) {
     process.stderr.write(`${res.status}: ${body?.error?.message ?? 'unexpected answer'}\n`)
     return 1
   }
   process.stdout.write(values.json === true ? JSON.stringify(body, null, 2) + '\n' : formatTable(body.results) + '\n')
   return 0
+}
+
+function readCa (path: string): Buffer {
+  try {
+    return readFileSync(path)
+  } catch (err) {
+    throw new Error(`--ca ${path}: cannot read the file (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`, { cause: err })
+  }
 }

@@ -5,6 +5,7 @@
  * before and after) and fogmesh_auth_denied_total counted under its reason. Then what is allowed: an
  * edge's own batch, and a fog forwarding finals and other edges' contributions to the cloud.
  */
+import { execFile } from 'node:child_process'
 import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import t from 'tap'
@@ -16,7 +17,7 @@ import type { PeerResponse } from '../server/peer-client.ts'
 import { readFileSync } from 'node:fs'
 import { makeSite } from './helpers/certs.ts'
 import type { NodeFiles } from './helpers/certs.ts'
-import { startFogmesh, tmpDir, waitFor } from './helpers/process.ts'
+import { fogmeshBin, repoRoot, startFogmesh, tmpDir, waitFor } from './helpers/process.ts'
 import type { RunningProcess } from './helpers/process.ts'
 
 const TOKEN = 'a-read-token-of-32-characters-xx'
@@ -165,4 +166,18 @@ t.test('partials and reads at a fog with client certificates and an API token', 
   await waitFor(async () => (JSON.parse((await get(cloud.http, '/v1/aggregates/p')).text).results as Array<{ start: string, final: boolean }>)
     .some(x => x.final && Date.parse(x.start) === 50_000), { message: 'the fog\'s final window at the cloud' })
   await refused('an edge certificate at the cloud sending a final', cloud.http, 'final_from_edge', partial(clients.e1, batch({ sender: 'e1', windows: [win(60_000, [['e1', 2]], 0)] }), cloud.http), forbidden)
+
+  // fogmesh query with the token from a file and the site CA.
+  const query = async (...args: string[]): Promise<{ code: number, stdout: string, stderr: string }> => await new Promise(resolve => {
+    execFile(process.execPath, [fogmeshBin, 'query', fog.http, 'p', ...args], { cwd: repoRoot, timeout: 20_000 }, (err, stdout, stderr) => {
+      resolve({ code: err === null ? 0 : Number((err as { code?: number }).code ?? 1), stdout, stderr })
+    })
+  })
+  const ok = await query('--token-file', tokenFile, '--ca', site.caCert, '--json')
+  t.equal(ok.code, 0, 'fogmesh query --token-file --ca: exit 0')
+  t.equal(JSON.parse(ok.stdout).results.length, 1, '… with the results')
+  const noToken = await query('--ca', site.caCert)
+  t.same([noToken.code, /^401: /.test(noToken.stderr)], [1, true], 'without --token-file: exit 1, the 401 shown')
+  const noCa = await query('--token-file', tokenFile)
+  t.same([noCa.code, /cannot reach/.test(noCa.stderr)], [1, true], 'without --ca the site\'s certificate is not trusted')
 })
