@@ -4,29 +4,23 @@
  * two edges. Every tier is checked against the simulator's ground truth: each edge against its own
  * readings, the fog and the cloud against the merge of both (final results, exact, `sources` equal).
  * Then the same with a tier failing in the middle: the fog killed and restarted, the fog away long
- * enough for the edges to fail over to the cloud, the cloud away, an edge restarted.
+ * enough for the edges to fail over to the cloud, the cloud away. (Edges going quiet: mesh-quiet.test.ts.)
  */
 import t from 'tap'
 import { loadPipelinesFile } from '../core/pipeline/parse.ts'
 import type { PipelineSpec } from '../core/pipeline/spec.ts'
 import { runSimulator } from '../simulators/sim.ts'
-import type { SimInput } from '../simulators/options.ts'
 import type { SimSummary } from '../simulators/sim.ts'
 import type { TruthFile } from '../simulators/truth.ts'
 import { fetchMetric, fetchResults } from './helpers/ground-truth.ts'
 import {
-  expectEdgesExact, expectMergedExact, expectMergedExactOf, MAIN_FROM, MAIN_TO, MESH, metric, RUN, simulate, START, startMesh
+  expectEdgesExact, expectMergedExact, MAIN_FROM, MAIN_TO, MESH, metric, RUN, simulate, startMesh
 } from './helpers/mesh-scenario.ts'
 import type { Mesh } from './helpers/mesh-scenario.ts'
 import { fetchJson, waitFor } from './helpers/process.ts'
 
 /** Event time per wall-clock time where a tier fails while readings flow: publishing takes about 4.5 s. */
 const SLOW = 8
-/**
- * Readings on e2 alone after the main run, while e1 gets none (and goes idle). No late readings: the
- * truth of a run starts from nothing, and e2 does not.
- */
-const E2_ALONE: SimInput = { start: START + 60_000, devices: 8, rooms: 3, rate: 4, duration: 24_000, seed: 5, jitter: 1_500 }
 /**
  * Each scenario takes 4-9 s, twice that on a loaded machine. Six of these stay under the file's
  * timeout (120 s) in practice: a subtest that times out still stops its processes, the file being killed does not.
@@ -177,59 +171,4 @@ t.test('cloud away: the fog keeps final windows in its outbox and delivers them 
   await expectMergedExact(t, 'cloud', mesh.cloud.http, specs, sim)
   await outboxEmpty(fog, 'the fog')
   t.equal(await metric(fog, 'fogmesh_outbox_dropped_total'), 0)
-})
-
-t.test('an edge restarted after its windows closed delivers its outbox: every tier exact', { timeout: SUBTEST_TIMEOUT }, async t => {
-  const specs = await loadPipelinesFile(MESH)
-  // The fog is away while the readings flow and until the edge has restarted, so that the restarted
-  // edge has an outbox to deliver; the edges wait for the fog rather than fail over.
-  const mesh = await startMesh(t, { fogAway: true, edge: ['--failover-after', '60s'] })
-  const sim = await simulate(mesh, specs)
-  await expectEdgesExact(t, mesh, specs, sim)
-
-  const e1 = mesh.edges[0]
-  // Every window closed (the tail's too, by idle): each one is in the outbox, once (late: drop).
-  await waitFor(async () => [...(await fetchMetric(e1.http, 'fogmesh_open_windows')).values()].every(n => n === 0), { timeoutMs: 5_000, message: 'e1\'s windows closed' })
-  const held = await metric(e1.http, 'fogmesh_outbox_items')
-  const main = specs.reduce((n, s) => n + sim.truth!.pipelines[s.name].edges[mesh.brokers[0]].results.length, 0)
-  t.ok(held > main, `e1's outbox holds ${held} windows: the run's ${main} and the tail's`)
-  t.equal(await e1.stop(), 0, 'SIGTERM stops the edge cleanly')
-  const again = await mesh.startEdge(0)
-  t.equal(await metric(again.http, 'fogmesh_outbox_items'), held, 'they are all still in the outbox after the restart')
-
-  await mesh.startFog()
-  await expectMergedExact(t, 'fog', mesh.fog.http, specs, sim)
-  await expectMergedExact(t, 'cloud', mesh.cloud.http, specs, sim)
-  await expectEdgesExact(t, mesh, specs, sim)
-  for (const edge of mesh.edges) await outboxEmpty(edge.http, 'an edge')
-  await outboxEmpty(mesh.fog.http, 'the fog')
-})
-
-t.test('an edge whose readings stop goes idle: the other edge\'s windows are final within seconds, not --finalize-after', { timeout: SUBTEST_TIMEOUT }, async t => {
-  const specs = await loadPipelinesFile(MESH)
-  // No tier gives up on an edge within the test: a window final here is final by watermarks.
-  const mesh = await startMesh(t, { fog: ['--finalize-after', '60s'], cloud: ['--finalize-after', '60s'] })
-  await mesh.release()
-  const both = await runSimulator({ ...RUN, mqtt: mesh.brokers, pipelines: specs })
-  const alone: SimInput = { ...E2_ALONE, speed: SLOW, mqtt: [mesh.brokers[1]], pipelines: specs }
-  const planned = await runSimulator({ ...alone, dryRun: true })
-  let published = false
-  const done = runSimulator(alone).finally(() => { published = true })
-  done.catch(() => {})
-
-  // Windows e2 closes while it still publishes: final at once, though e1's watermark stopped in the main run.
-  const ofAlone = (r: { start: string }) => Date.parse(r.start) >= E2_ALONE.start!
-  await waitFor(async () => (await fetchResults(mesh.fog.http, 'room-temp')).some(r => r.final && ofAlone(r)),
-    { timeoutMs: 10_000, intervalMs: 50, message: 'a window of e2 alone final at the fog' })
-  t.notOk(published, 'a window of e2 alone was final at the fog while e2 still published')
-  const sim = await done
-  t.same(planned.truth!.pipelines['room-temp'].merged!.results, sim.truth!.pipelines['room-temp'].merged!.results, 'the run was as planned')
-  const end = Date.now()
-  const want = (p: string) => [...both.truth!.pipelines[p].merged!.results, ...sim.truth!.pipelines[p].merged!.results]
-  await expectMergedExactOf(t, 'fog', mesh.fog.http, specs, want)
-  await expectMergedExactOf(t, 'cloud', mesh.cloud.http, specs, want)
-  const took = Date.now() - end
-  t.ok(took < 15_000, `the fog and the cloud were exact ${took} ms after the last reading, not after --finalize-after (60 s)`)
-  const edges = (await fetchJson(`${mesh.fog.http}/v1/mesh`)).body.edges as Array<{ id: string }>
-  t.same(edges.map(e => e.id), ['e1', 'e2'], 'the fog still knows e1')
 })

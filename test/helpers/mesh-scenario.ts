@@ -48,7 +48,7 @@ const WARM_UP: SimInput = { start: START - 3_600_000, devices: 8, rooms: 3, rate
  * and edges idle when the main run is published all at once would race (see simulators/hold.ts).
  */
 const HOLD: SimInput = { start: WARM_UP.start! + WARM_UP.duration!, devices: 8, rooms: 3, rate: 4, seed: 97 }
-const TAIL: SimInput = { start: START + 3_600_000, devices: 8, rooms: 3, rate: 4, duration: 2_000, seed: 98 }
+export const TAIL: SimInput = { start: START + 3_600_000, devices: 8, rooms: 3, rate: 4, duration: 2_000, seed: 98 }
 /** Longest wait for a tier to equal the truth. */
 const EXACT_WITHIN = 10_000
 /** Results of the main run start in [MAIN_FROM, MAIN_TO) (its late readings go back 20 s at most). */
