@@ -335,7 +335,8 @@ export function median (xs: number[]): number {
 // ---------------------------------------------------------------------------------------------
 // MQTT 3.1.1 packets (the publisher writes them directly so that it costs next to nothing per message)
 
-function remainingLength (n: number): number[] {
+/** MQTT's Remaining Length: 7 bits a byte, low bits first, the top bit saying more follow. */
+export function remainingLength (n: number): number[] {
   const out: number[] = []
   do {
     let byte = n % 128

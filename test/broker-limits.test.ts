@@ -13,18 +13,12 @@ import { PacketSizeGuard } from '../edge-agent/broker.ts'
 import { fetchMetric } from './helpers/ground-truth.ts'
 import { sleep, startFogmesh, tmpDir, waitFor } from './helpers/process.ts'
 import type { RunningProcess } from './helpers/process.ts'
+import { remainingLength } from '../bench/lib.ts'
 
 const PIPELINES = new URL('fixtures/all-windows.yaml', import.meta.url).pathname
 
 function varint (n: number): Buffer {
-  const out: number[] = []
-  do {
-    let byte = n % 128
-    n = Math.floor(n / 128)
-    if (n > 0) byte |= 0x80
-    out.push(byte)
-  } while (n > 0)
-  return Buffer.from(out)
+  return Buffer.from(remainingLength(n))
 }
 
 function str (s: string): Buffer {
