@@ -5,10 +5,15 @@
  * A message is decoded once per payload format its pipelines use, not once per pipeline. A message
  * refused before any pipeline sees a reading in it (too large, or a payload that does not decode) is
  * one rejection, counted here; each operator counts the rejections of the readings it evaluates.
+ *
+ * Each format's decoder is made once per runner and lives as long as it (see core/formats/format.ts):
+ * a stateful format (Sparkplug's alias tables) keeps its state across redeployments of its pipelines,
+ * and the decoder counts the single readings it refuses here, as the runner counts whole messages.
  */
 import { ReadingRejected } from '../core/errors.ts'
 import type { RejectReason } from '../core/errors.ts'
-import type { Fields, PayloadDecoder } from '../core/payload.ts'
+import { createDecoder } from '../core/formats/index.ts'
+import type { DecoderContext, Fields, PayloadDecoder, PayloadFormat } from '../core/formats/index.ts'
 import { compilePipeline } from '../core/pipeline/compile.ts'
 import type { PipelineSpec } from '../core/pipeline/spec.ts'
 import { WindowOperator } from '../core/windows/operator.ts'
@@ -34,12 +39,16 @@ export class PipelineRunner {
   readonly #onWindow: WindowHandler
   readonly #maxPayload: number
   readonly #routes = new Map<string, Route>()
+  readonly #decoders = new Map<PayloadFormat, PayloadDecoder>()
+  readonly #context: DecoderContext
   /** Messages no pipeline wanted, and rejections before any pipeline saw the message. */
   readonly stats = { messages: 0, unmatched: 0, rejected: {} as Partial<Record<RejectReason, number>> }
 
-  constructor (specs: PipelineSpec[], onWindow: WindowHandler, maxPayload: number) {
+  /** `publish` sends on the broker the runner reads from (a Sparkplug rebirth request); none: not sent. */
+  constructor (specs: PipelineSpec[], onWindow: WindowHandler, maxPayload: number, publish?: (topic: string, payload: Uint8Array) => void) {
     this.#onWindow = onWindow
     this.#maxPayload = maxPayload
+    this.#context = { reject: reason => { this.#reject(reason) }, publish, now: Date.now }
     for (const spec of specs) this.add(spec)
   }
 
@@ -83,6 +92,16 @@ export class PipelineRunner {
     return this.#operators
   }
 
+  /** The decoder of `format` this runner uses, made on first use. */
+  decoder (format: PayloadFormat): PayloadDecoder {
+    let d = this.#decoders.get(format)
+    if (d === undefined) {
+      d = createDecoder(format, this.#context)
+      this.#decoders.set(format, d)
+    }
+    return d
+  }
+
   /** Plain MQTT filters of all pipelines, for subscribing at an external broker. */
   filters (): string[] {
     return [...new Set([...this.#operators.values()].map(o => o.pipeline.topic.mqtt))]
@@ -107,7 +126,7 @@ export class PipelineRunner {
       if (r.decode !== decode) {
         decode = r.decode
         try {
-          records = decode(payload)
+          records = decode(payload, topic)
         } catch (err) {
           records = undefined
           if (!refused) this.#reject(err instanceof ReadingRejected ? err.reason : 'parse')
@@ -132,7 +151,7 @@ export class PipelineRunner {
       route = []
       for (const operator of this.#operators.values()) {
         const bindings = operator.pipeline.topic.match(topic)
-        if (bindings !== undefined) route.push({ operator, bindings, decode: operator.pipeline.decode })
+        if (bindings !== undefined) route.push({ operator, bindings, decode: this.decoder(operator.pipeline.spec.format) })
       }
       route.sort((a, b) => a.operator.pipeline.spec.format.localeCompare(b.operator.pipeline.spec.format))
       if (this.#routes.size >= ROUTE_CACHE_SIZE) this.#routes.clear()

@@ -50,8 +50,8 @@ import { ReadingRejected } from '../core/errors.ts'
 import type { RejectReason } from '../core/errors.ts'
 import { compileExpression } from '../core/expr.ts'
 import type { Expression, Vars } from '../core/expr.ts'
-import { PAYLOAD_DECODERS } from '../core/payload.ts'
-import type { Fields, PayloadDecoder } from '../core/payload.ts'
+import { createDecoder } from '../core/formats/index.ts'
+import type { Fields, PayloadDecoder, PayloadFormat } from '../core/formats/index.ts'
 import { SINGLE_KEY } from '../core/pipeline/spec.ts'
 import type { PipelineSpec, WindowSpec } from '../core/pipeline/spec.ts'
 import { toEventTime } from '../core/timestamp.ts'
@@ -170,7 +170,6 @@ interface Select {
 interface Compiled {
   spec: PipelineSpec
   filter: TopicFilter
-  decode: PayloadDecoder
   timestamp?: Expression
   where?: Expression
   key: Expression[]
@@ -190,7 +189,6 @@ function compile (spec: PipelineSpec): Compiled {
   return {
     spec,
     filter: compileTopicFilter(spec.from),
-    decode: PAYLOAD_DECODERS[spec.format],
     timestamp: spec.timestamp === undefined ? undefined : compileExpression(spec.timestamp),
     where: spec.where === undefined ? undefined : compileExpression(spec.where),
     key: spec.key.map(compileExpression),
@@ -871,6 +869,8 @@ export class Oracle {
   /** The pipelines in the order given, which the truth keeps. */
   readonly #order: string[]
   readonly #refused: Array<Partial<Record<RejectReason, number>>>
+  /** Per edge, its decoder of each format: stateful formats keep per-edge state, as each agent does. */
+  readonly #decoders: Array<Map<PayloadFormat, PayloadDecoder>>
   readonly #warnings: string[] = []
   readonly #maxWarnings: number
   #ambiguities = 0
@@ -880,6 +880,7 @@ export class Oracle {
     this.#names = names
     this.#order = pipelines.map(p => p.name)
     this.#refused = names.map(() => ({}))
+    this.#decoders = names.map(() => new Map())
     this.#maxWarnings = options.maxWarnings ?? 100
     const tolerance = options.tolerance ?? 1000
     const reporter: Reporter = {
@@ -901,22 +902,23 @@ export class Oracle {
     // As an agent does: each message decoded once per payload format (formats in order), and one that
     // does not decode for a pipeline that wants it refused as a whole, counted once for the edge with
     // the first reason, not per pipeline.
-    let decoded: Map<PayloadDecoder, Fields[] | undefined> | undefined
+    let decoded: Map<PayloadFormat, Fields[] | undefined> | undefined
     let refused: RejectReason | undefined
     for (const run of this.#runs) {
       const bound = run.c.filter.match(msg.topic)
       let records: Fields[] | undefined
       if (bound !== undefined) {
         decoded ??= new Map()
-        if (decoded.has(run.c.decode)) {
-          records = decoded.get(run.c.decode)
+        const format = run.c.spec.format
+        if (decoded.has(format)) {
+          records = decoded.get(format)
         } else {
           try {
-            records = run.c.decode(msg.payload)
+            records = this.#decoder(edge, format)(msg.payload, msg.topic)
           } catch (err) {
             refused ??= reasonOf(err, 'parse')
           }
-          decoded.set(run.c.decode, records)
+          decoded.set(format, records)
         }
       }
       run.message(edge, msg, records, bound)
@@ -925,6 +927,18 @@ export class Oracle {
       const counts = this.#refused[edge]
       counts[refused] = (counts[refused] ?? 0) + 1
     }
+  }
+
+  #decoder (edge: number, format: PayloadFormat): PayloadDecoder {
+    const decoders = this.#decoders[edge]
+    let d = decoders.get(format)
+    if (d === undefined) {
+      // Single readings a decoder refuses count with the messages refused as a whole, as the agent's runner counts them.
+      const counts = this.#refused[edge]
+      d = createDecoder(format, { reject: reason => { counts[reason] = (counts[reason] ?? 0) + 1 }, now: Date.now })
+      decoders.set(format, d)
+    }
+    return d
   }
 
   /** Messages refused as a whole (a payload that does not decode), per edge and reason; each counted once. */

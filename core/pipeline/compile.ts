@@ -34,6 +34,10 @@ export interface CompiledEmit {
 export interface CompiledPipeline {
   readonly spec: PipelineSpec
   readonly topic: TopicFilter
+  /**
+   * The shared decoder of the pipeline's format, for decoding on its own (WindowOperator.ingest). A
+   * runner decodes with its own (see createDecoder), where stateful formats keep their state.
+   */
   readonly decode: PayloadDecoder
   readonly selects: readonly CompiledSelect[]
   readonly emits: readonly CompiledEmit[]

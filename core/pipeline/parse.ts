@@ -11,12 +11,12 @@ import { parseDuration } from '../duration.ts'
 import { PipelineError } from '../errors.ts'
 import type { PipelineProblem } from '../errors.ts'
 import { checkExpression } from '../expr.ts'
+import { FORMAT_NAMES, isPayloadFormat } from '../formats/index.ts'
 import { checkTopicFilter } from '../topic.ts'
 import { PIPELINE_DEFAULTS, PIPELINE_NAME } from './spec.ts'
-import type { EmitSpec, LatePolicy, PayloadFormat, PipelineSpec, SelectSpec, WindowSpec } from './spec.ts'
+import type { EmitSpec, LatePolicy, PipelineSpec, SelectSpec, WindowSpec } from './spec.ts'
 
 const FIELD = /^[A-Za-z_][A-Za-z0-9_]*$/
-const FORMATS: readonly PayloadFormat[] = ['json', 'cbor', 'text', 'senml']
 const PIPELINE_FIELDS = new Set(['name', 'from', 'format', 'timestamp', 'where', 'key', 'window', 'lateness', 'idle', 'max-future', 'late', 'late-horizon', 'select', 'emit', 'version', 'description'])
 const CALL = /^\s*([A-Za-z_][A-Za-z0-9_]*)\s*\(([\s\S]*)\)\s*$/
 
@@ -299,8 +299,8 @@ function parsePipeline (map: Node | null, problems: Problems, at: Node): Pipelin
   const formatField = get('format')
   if (formatField !== undefined) {
     const f = scalarString(formatField.value, 'format', problems, formatField.keyNode)
-    if (f !== undefined && !FORMATS.includes(f as PayloadFormat)) problems.add(formatField.value, `format must be one of ${FORMATS.join(', ')}`)
-    else if (f !== undefined) format = f as PayloadFormat
+    if (f !== undefined && !isPayloadFormat(f)) problems.add(formatField.value, `format must be one of ${FORMAT_NAMES.join(', ')}`)
+    else if (f !== undefined) format = f
   }
   const optionalExpr = (k: string) => {
     const f = get(k)

@@ -2,7 +2,9 @@
  * The validated, normalized form of one pipeline from a pipelines file. `parse.ts` builds it from YAML;
  * `compile.ts` turns it into the runnable form. Durations are milliseconds, expressions are CEL source.
  */
-export type PayloadFormat = 'json' | 'cbor' | 'text' | 'senml'
+import type { PayloadFormat } from '../formats/index.ts'
+
+export type { PayloadFormat } from '../formats/index.ts'
 
 export type WindowSpec =
   | { kind: 'tumbling', size: number }

@@ -101,7 +101,7 @@ export class WindowOperator {
   ingest (payload: Uint8Array, topic: string, bindings: Record<string, string>, arrival: number): void {
     let records
     try {
-      records = this.pipeline.decode(payload)
+      records = this.pipeline.decode(payload, topic)
     } catch (err) {
       this.reject(err)
       return
