@@ -24,6 +24,7 @@ import type { AddressInfo, Socket } from 'node:net'
 import type { Duplex } from 'node:stream'
 import { ConfigError, FogmeshError, HttpError } from '../core/errors.ts'
 import type { BearerToken } from './bearer.ts'
+import { consoleRoutes } from './console.ts'
 import { DENY_REASONS } from './partials-auth.ts'
 import type { Denial, DenyReason } from './partials-auth.ts'
 import { peerOf } from './tls.ts'
@@ -206,7 +207,9 @@ function standardRoutes (api: ServiceApi): Route[] {
       method: 'GET',
       path: '/metrics',
       handle: async () => ({ raw: { contentType: api.metrics.contentType, data: await api.metrics.text() } })
-    }
+    },
+    // The web console (server/console.ts): open, like /healthz; the data it shows comes from the routes above.
+    ...consoleRoutes()
   ]
 }
 
@@ -337,7 +340,7 @@ export class HttpService {
     }
     if (res.headersSent || res.destroyed) return
     if (reply.raw !== undefined) {
-      res.writeHead(reply.status ?? 200, { 'content-type': reply.raw.contentType })
+      res.writeHead(reply.status ?? 200, { ...reply.headers, 'content-type': reply.raw.contentType })
       res.end(reply.raw.data)
       return
     }
