@@ -51,6 +51,9 @@ export type RejectReason =
   | 'future_timestamp' // the event time is further ahead of the node's clock than `max-future`
   | 'type' // a value has the wrong type (e.g. sum() of a string, a non-boolean where)
   | 'expression' // any other error while evaluating an expression
+  | 'sparkplug_topic' // a `format: sparkplug` message on a topic outside the Sparkplug B namespace
+  | 'sparkplug_alias' // a Sparkplug DATA metric with an alias its node's or device's last BIRTH did not declare
+  | 'sparkplug_no_birth' // Sparkplug DATA from a node or device whose BIRTH was not seen
 
 /** Thrown inside the per-reading path; the pipeline catches it and counts it by `reason`. */
 export class ReadingRejected extends FogmeshError {

@@ -3,6 +3,7 @@
  * results into a local store and local actions, and the HTTP API over all of it.
  */
 import type { RejectReason } from '../core/errors.ts'
+import { sparkplugState } from '../core/formats/sparkplug.ts'
 import { deployedSpec, incompatibility, sameSpec } from '../core/pipeline/deployment.ts'
 import type { DeployedSet } from '../core/pipeline/deployment.ts'
 import { pipelineToPlain } from '../core/pipeline/format.ts'
@@ -39,7 +40,8 @@ import type { UplinkStatus } from './uplink.ts'
 
 /** How often results past retention are pruned. */
 const PRUNE_EVERY = 60_000
-const REASONS: RejectReason[] = ['too_large', 'parse', 'missing_field', 'non_finite', 'bad_timestamp', 'future_timestamp', 'type', 'expression']
+const REASONS: RejectReason[] = ['too_large', 'parse', 'missing_field', 'non_finite', 'bad_timestamp', 'future_timestamp', 'type', 'expression',
+  'sparkplug_topic', 'sparkplug_alias', 'sparkplug_no_birth']
 
 export class EdgeAgent implements ServiceApi {
   readonly role = 'edge' as const
@@ -92,7 +94,12 @@ export class EdgeAgent implements ServiceApi {
     const checkpoints = options.checkpointEvery > 0
     // The change log tells a restart which windows were emitted after its checkpoint.
     this.#store = new ResultStore({ dataDir: options.dataDir, retention: options.retention, maxResultsPerPipeline: options.maxResults, changeLog: checkpoints })
-    this.#runner = new PipelineRunner(specs, (op, w) => this.#onWindow(op, w), options.maxPayload)
+    // Sparkplug rebirth requests go to the broker the readings come from, as a host application's do.
+    this.#runner = new PipelineRunner(specs, (op, w) => this.#onWindow(op, w), options.maxPayload, (topic, payload) => {
+      this.#source.publish(topic, Buffer.from(payload), 0, false).catch((err: unknown) => {
+        this.#log.warn('sparkplug.rebirth_failed', `cannot ask for a Sparkplug rebirth on ${topic} (${(err as Error).message})`, { topic, reason: (err as Error).message })
+      })
+    })
     // Without --fog, an edge in the mesh finds its fogs there (#discoverFogs) and queues for them
     // meanwhile, as it would for a --fog that is down.
     const discoverFog = options.fog.length === 0 && meshEnabled(options)
@@ -426,6 +433,11 @@ export class EdgeAgent implements ServiceApi {
     m.counter('fogmesh_deployment_fetches_total', 'Fetches of a newer deployed set from a fog, by outcome', ['outcome'], () => [
       [{ outcome: 'applied' }, this.#follower.stats.applied], [{ outcome: 'failed' }, this.#follower.stats.failed]
     ])
+    const sparkplug = () => sparkplugState(this.#runner.decoders.get('sparkplug'))
+    m.gauge('fogmesh_sparkplug_online', 'Sparkplug B nodes and devices seen: 1 online (born), 0 after their DEATH', ['group', 'node', 'device'], () =>
+      (sparkplug()?.status() ?? []).map((s): Sample => [{ group: s.group, node: s.node, device: s.device }, s.online ? 1 : 0]))
+    m.counter('fogmesh_sparkplug_seq_gaps_total', 'Sparkplug B messages whose seq did not follow the previous one of their node', [], () => [[{}, sparkplug()?.stats.seqGaps ?? 0]])
+    m.counter('fogmesh_sparkplug_rebirth_requests_total', 'Sparkplug B rebirth requests (NCMD Node Control/Rebirth) sent', [], () => [[{}, sparkplug()?.stats.rebirthRequests ?? 0]])
     this.#uplink?.registerMetrics(m)
     this.#checkpoints?.registerMetrics(m)
     if (this.#source instanceof EmbeddedBroker) {

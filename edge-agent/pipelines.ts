@@ -92,6 +92,11 @@ export class PipelineRunner {
     return this.#operators
   }
 
+  /** The decoders made so far, by format. */
+  get decoders (): ReadonlyMap<PayloadFormat, PayloadDecoder> {
+    return this.#decoders
+  }
+
   /** The decoder of `format` this runner uses, made on first use. */
   decoder (format: PayloadFormat): PayloadDecoder {
     let d = this.#decoders.get(format)

@@ -9,8 +9,15 @@
  *   decoder resolves it to `{name: "<device>:temp", value, unit: "Cel", time: <seconds>}`, so the
  *   device is the part of `name` before ":" and the room comes from a named topic wildcard
  *   (`sensors/+room/temperature`); pipelines use `timestamp: time`. Humidity is not sent.
+ * - sparkplug: each room is a Sparkplug Edge Node of group SPARKPLUG_GROUP and each device one of its
+ *   devices (topic `spBv1.0/sim/DDATA/<room>/<device>`). Each publisher (broker) first sends the NBIRTH
+ *   of every room with devices on it and the DBIRTH of each such device (`temperature` alias 1 and
+ *   `humidity` alias 2, both Double, null values: births carry no readings), then one alias-only
+ *   DDATA per reading: `temperature` with its own timestamp, `humidity` with the payload's (both ts).
+ *   Pipelines use `timestamp: timestamp`, `where: name == "temperature"`, `key: node` for the room.
  */
 import { Encoder } from 'cbor-x'
+import { DataType, encodeSparkplug, sparkplugTopic } from '../core/formats/sparkplug-wire.ts'
 import type { PayloadFormat } from '../core/pipeline/spec.ts'
 import type { Rng } from './random.ts'
 
@@ -37,13 +44,81 @@ export type MalformedKind =
   | 'future_timestamp' // the timestamp is in the year 3000
   | 'not_a_number' // text that is not a number
   | 'empty' // an empty payload
+  | 'unknown_alias' // Sparkplug DDATA with an alias the device's DBIRTH did not declare
 
 /** The malformed kinds that make sense per format; the generator picks uniformly among them. */
 export const MALFORMED_KINDS: Record<PayloadFormat, readonly MalformedKind[]> = {
   json: ['garbage', 'truncated', 'wrong_shape', 'missing_value', 'string_value', 'bad_timestamp', 'future_timestamp', 'empty'],
   cbor: ['garbage', 'truncated', 'wrong_shape', 'missing_value', 'string_value', 'nan', 'infinity', 'bad_timestamp', 'future_timestamp', 'empty'],
   text: ['garbage', 'not_a_number', 'nan', 'infinity', 'empty'],
-  senml: ['garbage', 'truncated', 'wrong_shape', 'missing_value', 'string_value', 'bad_timestamp', 'future_timestamp', 'empty']
+  senml: ['garbage', 'truncated', 'wrong_shape', 'missing_value', 'string_value', 'bad_timestamp', 'future_timestamp', 'empty'],
+  // An empty Sparkplug payload is a valid message without metrics, so not malformed.
+  sparkplug: ['garbage', 'truncated', 'unknown_alias']
+}
+
+/** The Sparkplug group of simulated nodes (one node per room). */
+export const SPARKPLUG_GROUP = 'sim'
+/** The metrics of a simulated Sparkplug device: name and alias. */
+const SPARKPLUG_METRICS = [['temperature', 1], ['humidity', 2]] as const
+
+export function sparkplugDataTopic (room: string, device: string): string {
+  return sparkplugTopic(SPARKPLUG_GROUP, 'DDATA', room, device)
+}
+
+/** The NBIRTH of a simulated room node (seq 0, bdSeq 0) and its topic. */
+export function sparkplugNodeBirth (room: string, ts: number): { topic: string, payload: Uint8Array } {
+  return {
+    topic: sparkplugTopic(SPARKPLUG_GROUP, 'NBIRTH', room),
+    payload: encodeSparkplug({
+      timestamp: ts,
+      seq: 0,
+      metrics: [
+        { name: 'bdSeq', datatype: DataType.Int64, longValue: 0 },
+        { name: 'Node Control/Rebirth', datatype: DataType.Boolean, booleanValue: false }
+      ]
+    })
+  }
+}
+
+/** The DBIRTH of a simulated device: its metrics' names, aliases and datatypes, with null values. */
+export function sparkplugDeviceBirth (room: string, device: string, ts: number, seq: number): { topic: string, payload: Uint8Array } {
+  return {
+    topic: sparkplugTopic(SPARKPLUG_GROUP, 'DBIRTH', room, device),
+    payload: encodeSparkplug({
+      timestamp: ts,
+      seq,
+      metrics: SPARKPLUG_METRICS.map(([name, alias]) => ({ name, alias, datatype: DataType.Double, isNull: true }))
+    })
+  }
+}
+
+function sparkplugData (r: Reading, aliasOffset = 0): Uint8Array {
+  // Alias-only, without datatypes (Sparkplug: DATA should leave them out), as plants send them.
+  return encodeSparkplug({
+    timestamp: r.ts,
+    metrics: [
+      { alias: SPARKPLUG_METRICS[0][1] + aliasOffset, timestamp: r.ts, doubleValue: r.value },
+      { alias: SPARKPLUG_METRICS[1][1] + aliasOffset, doubleValue: r.humidity }
+    ]
+  })
+}
+
+/**
+ * A Sparkplug payload with `seq` (field 3, a varint) appended: protobuf takes fields in any order, and
+ * the generator knows the seq only when it orders each publisher's messages.
+ */
+export function withSeq (payload: Uint8Array, seq: number): Uint8Array {
+  const out = new Uint8Array(payload.length + 3)
+  out.set(payload)
+  let n = payload.length
+  out[n++] = 0x18
+  let v = seq
+  while (v >= 0x80) {
+    out[n++] = (v & 0x7f) | 0x80
+    v >>>= 7
+  }
+  out[n++] = v
+  return out.slice(0, n)
 }
 
 // Plain maps, no record extension: the agent decodes with useRecords: false.
@@ -72,6 +147,8 @@ export function encodeReading (r: Reading, format: PayloadFormat): Uint8Array {
       return utf8.encode(String(r.value))
     case 'senml':
       return utf8.encode(JSON.stringify([senmlRecord(r)]))
+    case 'sparkplug':
+      return sparkplugData(r)
   }
 }
 
@@ -87,6 +164,12 @@ export function encodeMalformed (r: Reading, format: PayloadFormat, kind: Malfor
     }
     case 'truncated': {
       const whole = encodeReading(r, format)
+      if (format === 'sparkplug') {
+        // Cut inside the first metric (after the payload timestamp): a length then promises more than
+        // is there, so it never decodes by luck, whatever is appended after.
+        const head = encodeSparkplug({ timestamp: r.ts }).length
+        return whole.slice(0, head + 3)
+      }
       return whole.slice(0, Math.max(1, Math.floor(whole.length / 2)))
     }
     case 'empty':
@@ -99,6 +182,8 @@ export function encodeMalformed (r: Reading, format: PayloadFormat, kind: Malfor
       const v = rng.chance(0.5) ? Infinity : -Infinity
       return format === 'text' ? utf8.encode(String(v)) : objectPayload(format, { ...fields(r), value: v })
     }
+    case 'unknown_alias':
+      return sparkplugData(r, 100)
     default:
       break
   }

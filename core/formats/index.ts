@@ -7,11 +7,12 @@ import { cbor } from './cbor.ts'
 import type { DecoderContext, PayloadDecoder } from './format.ts'
 import { json } from './json.ts'
 import { senml } from './senml.ts'
+import { sparkplug } from './sparkplug.ts'
 import { text } from './text.ts'
 
 export type { DecoderContext, Fields, PayloadDecoder, PayloadFormatDef } from './format.ts'
 
-const LIST = [json, cbor, text, senml] as const
+const LIST = [json, cbor, text, senml, sparkplug] as const
 
 export type PayloadFormat = typeof LIST[number]['name']
 
