@@ -15,8 +15,8 @@
  * the demo stops the rest and exits 1; if the demo itself is killed outright, the nodes notice their
  * parent is gone and stop themselves (cli/node-process.ts).
  */
-import { randomBytes } from 'node:crypto'
-import { mkdir, writeFile } from 'node:fs/promises'
+import { randomBytes, X509Certificate } from 'node:crypto'
+import { mkdir, readFile, writeFile } from 'node:fs/promises'
 import { createServer } from 'node:net'
 import { constants } from 'node:os'
 import { relative, resolve } from 'node:path'
@@ -25,6 +25,9 @@ import { parseArgs } from 'node:util'
 import { ConfigError } from '../core/errors.ts'
 import { generateSwarmKey } from '../core/mesh/swarm-key.ts'
 import { loadPipelinesFile } from '../core/pipeline/parse.ts'
+import { writeFileAtomic } from '../server/atomic-file.ts'
+import { createCa, issueNodeCert, keyMatchesCert, readCertIdentity } from '../server/certs.ts'
+import type { CertAndKey, Role } from '../server/certs.ts'
 import { LOG_LEVELS } from '../server/log.ts'
 import type { LogLevel } from '../server/log.ts'
 import { runSimulator } from '../simulators/sim.ts'
@@ -59,6 +62,10 @@ simulator publishing to both brokers in real time. Ctrl-C stops everything.
   --rate N           readings per second per device (default 2)
   --log-level LEVEL  the nodes' log level: trace, debug, info, warn, error, fatal or silent (default info);
                      their log lines are shown prefixed with the node's name, readable on a terminal
+  --secure           every node on HTTPS with its own certificate of a site CA made for the demo (in
+                     DIR/tls, kept for the next runs); the fog and the cloud take partials only from
+                     nodes with a certificate of that CA (mutual TLS). The simulator still publishes
+                     plain MQTT to the edges, on loopback
   -h, --help         this help
 `
 
@@ -79,6 +86,9 @@ const DEFAULT_PORTS: Ports = {
 const MESH_KEY = 'mesh.key'
 /** The fog's admin token (pipeline deployment), in the demo's data dir. */
 const ADMIN_TOKEN = 'admin.token'
+/** With --secure: the site CA and every node's certificate, in this dir of the demo's data dir. */
+const TLS_DIR = 'tls'
+const NODE_ROLES: Record<NodeName, Role> = { cloud: 'cloud', fog: 'fog', 'edge-1': 'edge', 'edge-2': 'edge' }
 
 export function demoPorts (base: number | undefined): Ports {
   if (base === undefined) return DEFAULT_PORTS
@@ -98,6 +108,7 @@ interface DemoOptions {
   rooms: number
   rate: number
   logLevel: LogLevel
+  secure: boolean
 }
 
 function readDemoOptions (argv: string[]): DemoOptions | undefined {
@@ -113,6 +124,7 @@ function readDemoOptions (argv: string[]): DemoOptions | undefined {
         rooms: { type: 'string', default: '5' },
         rate: { type: 'string', default: '2' },
         'log-level': { type: 'string', default: 'info' },
+        secure: { type: 'boolean', default: false },
         help: { type: 'boolean', short: 'h' }
       }
     }).values
@@ -137,7 +149,8 @@ function readDemoOptions (argv: string[]): DemoOptions | undefined {
     devices: int('devices', values.devices, 1, 100_000),
     rooms: int('rooms', values.rooms, 1, 10_000),
     rate,
-    logLevel
+    logLevel,
+    secure: values.secure === true
   }
 }
 
@@ -204,6 +217,69 @@ async function demoSecret (dataDir: string, name: string, make: () => string): P
   return file
 }
 
+/** Paths of the demo's TLS files (--secure). */
+export interface DemoTls {
+  caCert: string
+  nodes: Record<NodeName, { cert: string, key: string }>
+}
+
+/** The id a demo node runs as: the CN of its certificate too. */
+const nodeId = (name: NodeName): string => `demo-${name}`
+
+/** A CA that can still sign, from an earlier run; undefined when there is none (or it cannot). */
+async function readDemoCa (certFile: string, keyFile: string): Promise<CertAndKey | undefined> {
+  try {
+    const ca = { cert: await readFile(certFile, 'utf8'), key: await readFile(keyFile, 'utf8') }
+    const x = new X509Certificate(ca.cert)
+    return x.ca && keyMatchesCert(ca.cert, ca.key) && x.validToDate.getTime() > Date.now() + 86_400_000 ? ca : undefined
+  } catch {
+    return undefined
+  }
+}
+
+/** Whether the node files of an earlier run still serve: signed by `ca`, naming this node, valid a day longer, with their key. */
+async function usableNodeCert (ca: CertAndKey, name: NodeName, certFile: string, keyFile: string): Promise<boolean> {
+  try {
+    const cert = await readFile(certFile, 'utf8')
+    const x = new X509Certificate(cert)
+    const who = readCertIdentity(cert)
+    return x.verify(new X509Certificate(ca.cert).publicKey) && who.id === nodeId(name) && who.role === NODE_ROLES[name] &&
+      x.validToDate.getTime() > Date.now() + 86_400_000 && keyMatchesCert(cert, await readFile(keyFile, 'utf8'))
+  } catch {
+    return false
+  }
+}
+
+/**
+ * The demo's site (--secure), in DIR/tls: a CA (ca.crt, ca.key) and per node NAME.crt and NAME.key
+ * (CN = the node id, OU = its role, SANs localhost and 127.0.0.1), as `fogmesh cert` makes them. Made
+ * at the first run and kept: a later run reuses the CA, so a client that trusts it keeps working, and
+ * issues again only what is missing, expiring or not of that CA. Keys are 0600.
+ */
+export async function demoTls (dataDir: string): Promise<DemoTls> {
+  const dir = resolve(dataDir, TLS_DIR)
+  await mkdir(dir, { recursive: true, mode: 0o700 })
+  const caCert = resolve(dir, 'ca.crt')
+  const caKey = resolve(dir, 'ca.key')
+  let ca = await readDemoCa(caCert, caKey)
+  if (ca === undefined) {
+    ca = await createCa({ name: 'fogmesh demo CA' })
+    await writeFileAtomic(caKey, ca.key, 0o600)
+    await writeFileAtomic(caCert, ca.cert, 0o644)
+  }
+  const nodes = {} as DemoTls['nodes']
+  for (const name of Object.keys(NODE_ROLES) as NodeName[]) {
+    const files = { cert: resolve(dir, `${name}.crt`), key: resolve(dir, `${name}.key`) }
+    if (!await usableNodeCert(ca, name, files.cert, files.key)) {
+      const issued = await issueNodeCert(ca, { role: NODE_ROLES[name], id: nodeId(name), hosts: ['localhost', '127.0.0.1'] })
+      await writeFileAtomic(files.key, issued.key, 0o600)
+      await writeFileAtomic(files.cert, issued.cert, 0o644)
+    }
+    nodes[name] = files
+  }
+  return { caCert, nodes }
+}
+
 export async function demoCommand (argv: string[]): Promise<number> {
   const o = readDemoOptions(argv)
   if (o === undefined) {
@@ -220,6 +296,12 @@ export async function demoCommand (argv: string[]): Promise<number> {
 
   const meshKey = await demoSecret(o.dataDir, MESH_KEY, generateSwarmKey)
   const adminToken = await demoSecret(o.dataDir, ADMIN_TOKEN, () => randomBytes(16).toString('hex') + '\n')
+  const tls = o.secure ? await demoTls(o.dataDir) : undefined
+  /** A node's TLS flags with --secure: its certificate, the site CA for the tiers it calls, and for a merge tier the CA its clients need. */
+  const tlsFlags = (name: NodeName): string[] => tls === undefined
+    ? []
+    : ['--tls-cert', tls.nodes[name].cert, '--tls-key', tls.nodes[name].key, '--tls-ca', tls.caCert,
+        ...NODE_ROLES[name] === 'edge' ? [] : ['--tls-client-ca', tls.caCert]]
 
   let requestStop: (s: Stop) => void = () => {}
   const stopRequested = new Promise<Stop>(resolve => { requestStop = resolve })
@@ -253,7 +335,7 @@ export async function demoCommand (argv: string[]): Promise<number> {
   const start = async (name: NodeName, role: string, args: string[]) => {
     // The nodes' stderr is a pipe to here: readable lines if they end up on a terminal, JSON lines otherwise.
     const logs = ['--log-level', o.logLevel, '--log-format', process.stderr.isTTY ? 'pretty' : 'json']
-    const node = new MeshNode(name, role, [...args, '--id', `demo-${name}`, '--data-dir', resolve(o.dataDir, name), '--pipelines', o.pipelines, ...logs])
+    const node = new MeshNode(name, role, [...args, '--id', nodeId(name), '--data-dir', resolve(o.dataDir, name), '--pipelines', o.pipelines, ...tlsFlags(name), ...logs])
     nodes.push(node)
     let isReady = false
     // Before its ready line, a node's failure is told by `ready` rejecting (with the reason, if known).
@@ -285,7 +367,7 @@ export async function demoCommand (argv: string[]): Promise<number> {
         // An edge that dies closes the simulator's connection first: give its exit the time to be the news.
         setTimeout(() => stop({ code: 1, message: `the simulator stopped: ${err.message}; stopping the rest` }), 1_000)
       })
-      process.stdout.write(banner(o, { cloud: cloud.http, fog: fog.http, 'edge-1': edge1.http, 'edge-2': edge2.http }, [edge1.mqtt, edge2.mqtt]))
+      process.stdout.write(banner(o, { cloud: cloud.http, fog: fog.http, 'edge-1': edge1.http, 'edge-2': edge2.http }, [edge1.mqtt, edge2.mqtt], tls))
     }
   } catch (err) {
     stop({ code: 1, message: (err as Error).message })
@@ -341,8 +423,12 @@ function display (path: string): string {
   return rel.startsWith('..') ? path : rel
 }
 
-function banner (o: DemoOptions, http: Record<NodeName, string>, mqtt: string[]): string {
+function banner (o: DemoOptions, http: Record<NodeName, string>, mqtt: string[], tls: DemoTls | undefined): string {
   const dir = (name: NodeName) => display(resolve(o.dataDir, name))
+  // With --secure, every command verifies the nodes with the demo's CA.
+  const ca = tls === undefined ? '' : display(tls.caCert)
+  const curl = tls === undefined ? 'curl' : `curl --cacert ${ca}`
+  const query = (url: string) => `npx fogmesh query ${url} room-temp${tls === undefined ? '' : ` --ca ${ca}`}`
   const rows: Array<[string, string, string, string]> = [
     ['node', 'HTTP API', 'MQTT', 'data dir'],
     ['edge-1', http['edge-1'], mqtt[0], dir('edge-1')],
@@ -361,19 +447,29 @@ function banner (o: DemoOptions, http: Record<NodeName, string>, mqtt: string[])
     '',
     ...table,
     '',
+    ...tls === undefined
+      ? []
+      : [
+          `Secure: every node serves HTTPS only, with its own certificate of the demo's CA ${ca} (the nodes'`,
+          'certificates and keys are beside it), and the fog and the cloud take partials only from nodes that',
+          'present one. The simulator publishes plain MQTT to the edges, on loopback.',
+          ''
+        ],
     'room-temp windows close every 10 s at the edges (2 s lateness), and are final at the fog and then at the',
     'cloud a fraction of a second later. Try:',
     '',
-    `  npx fogmesh query ${http['edge-1']} room-temp    # edge-1: its own sensors (sources 1)`,
-    `  npx fogmesh query ${http.fog} room-temp    # the fog: both edges merged (sources 2)`,
-    `  npx fogmesh query ${http.cloud} room-temp    # the cloud: what the fog forwarded`,
-    `  curl '${http.cloud}/v1/aggregates/building-humidity?limit=5'`,
-    `  curl ${http.fog}/v1/mesh    # every node of the mesh, and the edges' watermarks, as the fog sees them`,
-    `  curl ${http['edge-1']}/metrics`,
+    `  ${query(http['edge-1'])}    # edge-1: its own sensors (sources 1)`,
+    `  ${query(http.fog)}    # the fog: both edges merged (sources 2)`,
+    `  ${query(http.cloud)}    # the cloud: what the fog forwarded`,
+    ...tls === undefined ? [] : [`  ${curl} '${http.fog}/v1/aggregates/room-temp?limit=5'`],
+    `  ${curl} '${http.cloud}/v1/aggregates/building-humidity?limit=5'`,
+    `  ${curl} ${http.fog}/v1/mesh    # every node of the mesh, and the edges' watermarks, as the fog sees them`,
+    `  ${curl} ${http['edge-1']}/metrics`,
+    ...tls === undefined ? [] : [`  ${curl} -X POST ${http.fog}/v1/partials    # refused (401): no client certificate`],
     '',
     'Deploy a pipeline once, at the fog, and both edges run it within seconds (then query device-temp):',
     '',
-    `  curl -X PUT -H "Authorization: Bearer $(cat ${display(resolve(o.dataDir, ADMIN_TOKEN))})" \\`,
+    `  ${curl} -X PUT -H "Authorization: Bearer $(cat ${display(resolve(o.dataDir, ADMIN_TOKEN))})" \\`,
     `       --data-binary @${display(DEPLOYABLE)} ${http.fog}/v1/pipelines/device-temp`,
     '',
     'Ctrl-C stops everything: the simulator, the edges, the fog, the cloud.',
