@@ -90,6 +90,9 @@ export class Deployments {
     return [
       { method: 'PUT', path: '/v1/pipelines/{name}', handle: async req => await this.#serially(async () => await this.#put(req)) },
       { method: 'DELETE', path: '/v1/pipelines/{name}', handle: async req => await this.#serially(async () => await this.#delete(req)) },
+      // A dry run of PUT (the web console checks a pipeline before it deploys it): the same checks and
+      // answers (400 pipeline_invalid with every problem's line and column, 409 …), nothing stored.
+      { method: 'POST', path: '/v1/pipelines/{name}/validate', handle: async req => await this.#validate(req) },
       { method: 'GET', path: '/v1/deployments', handle: () => ({ body: this.#set }) }
     ]
   }
@@ -128,7 +131,14 @@ export class Deployments {
     return name
   }
 
-  async #put (req: Request): Promise<Reply> {
+  async #validate (req: Request): Promise<Reply> {
+    const { name, spec, current } = await this.#check(req)
+    const version = current !== undefined && sameSpec(current, spec) ? current.version : Math.max(spec.version, (current?.version ?? 0) + 1)
+    return { body: { valid: true, pipeline: this.#info({ ...spec, name, version }), changed: current === undefined || !sameSpec(current, spec) } }
+  }
+
+  /** The checks of a PUT, up to the change itself. */
+  async #check (req: Request): Promise<{ name: string, yaml: string, spec: PipelineSpec, current: PipelineSpec | undefined }> {
     this.#authorize(req)
     const name = this.#name(req)
     const body = await req.body()
@@ -155,7 +165,6 @@ export class Deployments {
     if (current !== undefined) {
       const why = incompatibility(current, spec)
       if (why !== undefined) throw new HttpError(409, 'incompatible_change', why)
-      if (sameSpec(current, spec)) return { body: { pipeline: this.#info(current), revision: this.#set.revision, changed: false } }
     } else {
       const known = this.#o.definition(name)
       if (known !== undefined && !sameSelects(known, pipelineDef(spec))) {
@@ -165,6 +174,12 @@ export class Deployments {
     if (current === undefined && this.#set.pipelines.length >= DEPLOYMENT_LIMITS.pipelines) {
       throw new HttpError(409, 'too_many_pipelines', `at most ${DEPLOYMENT_LIMITS.pipelines} pipelines can be deployed; delete one first`)
     }
+    return { name, yaml, spec, current }
+  }
+
+  async #put (req: Request): Promise<Reply> {
+    const { name, yaml, spec, current } = await this.#check(req)
+    if (current !== undefined && sameSpec(current, spec)) return { body: { pipeline: this.#info(current), revision: this.#set.revision, changed: false } }
     // A version given in the YAML is kept when it is ahead; otherwise each deployment counts up.
     const version = Math.max(spec.version, (current?.version ?? 0) + 1)
     const next = changeSet(this.#set, { put: { name, version, yaml } })
