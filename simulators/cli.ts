@@ -24,11 +24,15 @@ Devices and readings:
   --duration D           event time covered, e.g. 30s, 5m (default 30s)
   --topic T              topic template, {room} and {device} substituted
                          (default ${SIM_DEFAULTS.topic})
-  --format F             json | cbor | text | senml (default json)
+  --format F             json | cbor | text | senml | sparkplug (default json)
                            json, cbor: {device, room, value, humidity, ts} with ts in epoch ms
                            text: just the value; no event time, room or device in the payload
                            senml: [{"bn":"<device>:","bt":<seconds>,"n":"temp","u":"Cel","v":<value>}];
                                   the room comes from the topic
+                           sparkplug: Sparkplug B, group "sim", one Edge Node per room, one device
+                                  per device: NBIRTH and DBIRTHs first, then alias-only DDATA on
+                                  spBv1.0/sim/DDATA/<room>/<device> (metrics temperature, humidity);
+                                  --topic is not used
   --seed N               seed; the same options and seed give the same messages (default ${SIM_DEFAULTS.seed})
   --scenario S           a realistic preset; options given explicitly override it:
                            slow: one reading per 10 s or per minute (alternate devices), 10m

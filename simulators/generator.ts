@@ -16,7 +16,7 @@
  *   its original.
  */
 import type { SimOptions } from './options.ts'
-import { encodeMalformed, encodeReading, MALFORMED_KINDS } from './payloads.ts'
+import { encodeMalformed, encodeReading, MALFORMED_KINDS, sparkplugDataTopic, sparkplugDeviceBirth, sparkplugNodeBirth, withSeq } from './payloads.ts'
 import type { MalformedKind, Reading } from './payloads.ts'
 import { createRng } from './random.ts'
 import type { Rng } from './random.ts'
@@ -39,6 +39,8 @@ export interface Message {
   future?: boolean
   /** This is the second copy of the message before it. */
   duplicate: boolean
+  /** A Sparkplug NBIRTH or DBIRTH, sent before the readings: no reading of its own (`reading` is a placeholder). */
+  control?: true
 }
 
 export interface GenerationStats {
@@ -126,7 +128,7 @@ class Device {
     this.#aux = createRng(o.seed, AUX_STREAM + i)
     this.#device = deviceName(i)
     this.#room = roomName(i, o.rooms)
-    this.#topic = topicFor(o.topic, this.#device, this.#room)
+    this.#topic = o.format === 'sparkplug' ? sparkplugDataTopic(this.#room, this.#device) : topicFor(o.topic, this.#device, this.#room)
     this.#broker = i % o.brokers
     const rate = rateOf(o, i)
     this.#period = 1000 / rate
@@ -253,6 +255,7 @@ export function emptyStats (): GenerationStats {
 
 export function countMessage (stats: GenerationStats, msg: Message): void {
   stats.messages++
+  if (msg.control === true) return
   if (msg.duplicate) {
     stats.duplicates++
   } else if (msg.malformed !== undefined) {
@@ -274,13 +277,61 @@ export function * messages (o: GenOptions, origin: number, stats: GenerationStat
     const d = new Device(i, o, origin)
     if (d.head !== undefined) heap.push(d)
   }
+  const seqs = o.format === 'sparkplug' ? new SparkplugSeqs() : undefined
+  if (seqs !== undefined) {
+    for (const msg of sparkplugBirths(o, origin, seqs)) {
+      countMessage(stats, msg)
+      yield msg
+    }
+  }
   while (heap.size > 0) {
     const d = heap.peek()
-    const msg = d.head!
+    let msg = d.head!
     d.advance()
     heap.settleTop()
+    if (seqs !== undefined && msg.malformed !== 'garbage' && msg.malformed !== 'truncated') {
+      // A duplicate is the same MQTT message sent twice: the same seq.
+      msg = { ...msg, payload: withSeq(msg.payload, seqs.next(msg.broker, msg.reading.room, msg.duplicate)) }
+    }
     countMessage(stats, msg)
     yield msg
+  }
+}
+
+/** Sparkplug seq per publisher (broker) and node (room): 0 for the NBIRTH, then +1 per message, wrapping at 256. */
+class SparkplugSeqs {
+  readonly #last = new Map<string, number>()
+
+  next (broker: number, room: string, again = false): number {
+    const key = `${broker}/${room}`
+    const last = this.#last.get(key)
+    const seq = last === undefined ? 0 : again ? last : (last + 1) % 256
+    this.#last.set(key, seq)
+    return seq
+  }
+}
+
+/**
+ * The births each publisher sends first: the NBIRTH of every room that has devices on its broker, each
+ * followed by the DBIRTH of those devices.
+ */
+function * sparkplugBirths (o: GenOptions, origin: number, seqs: SparkplugSeqs): Generator<Message> {
+  for (let broker = 0; broker < o.brokers; broker++) {
+    const rooms = new Map<string, string[]>()
+    for (let i = broker; i < o.devices; i += o.brokers) {
+      const room = roomName(i, o.rooms)
+      rooms.set(room, [...rooms.get(room) ?? [], deviceName(i)])
+    }
+    for (const [room, devices] of rooms) {
+      const placeholder = (device: string): Reading => ({ device, room, value: 0, humidity: 0, ts: origin })
+      const node = sparkplugNodeBirth(room, origin)
+      seqs.next(broker, room)
+      yield { ...node, broker, device: devices[0], due: origin, reading: placeholder(devices[0]), late: false, duplicate: false, control: true }
+      for (const device of devices) {
+        const birth = sparkplugDeviceBirth(room, device, origin, seqs.next(broker, room))
+        yield { ...birth, broker, device, due: origin, reading: placeholder(device), late: false, duplicate: false, control: true }
+      }
+    }
   }
 }
 

@@ -4,9 +4,11 @@
  * fills in options the caller left out, so an explicit option always wins.
  */
 import { ConfigError } from '../core/errors.ts'
+import { FORMAT_NAMES } from '../core/formats/index.ts'
 import type { PayloadFormat, PipelineSpec } from '../core/pipeline/spec.ts'
 
-export const SIM_FORMATS: readonly PayloadFormat[] = ['json', 'cbor', 'text', 'senml']
+/** Every payload format: the simulator can send each (see payloads.ts). */
+export const SIM_FORMATS: readonly PayloadFormat[] = FORMAT_NAMES
 
 /** What callers may pass; everything left out takes the default in SIM_DEFAULTS. */
 export interface SimInput {
@@ -21,7 +23,7 @@ export interface SimInput {
   rate?: number | number[]
   /** How much event time the run covers, ms. */
   duration?: number
-  /** Topic template; `{room}` and `{device}` are substituted. */
+  /** Topic template; `{room}` and `{device}` are substituted. Not used by sparkplug (spBv1.0/sim/DDATA/<room>/<device>). */
   topic?: string
   format?: PayloadFormat
   /** Event-time origin, epoch ms. Undefined: the wall clock when the run starts. */
