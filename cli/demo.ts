@@ -447,6 +447,10 @@ function banner (o: DemoOptions, http: Record<NodeName, string>, mqtt: string[],
     '',
     ...table,
     '',
+    'The web console of each node (mesh, pipelines, live charts; at the fog, deploy pipelines with the admin token):',
+    '',
+    ...(['edge-1', 'edge-2', 'fog', 'cloud'] as const).map(name => `  ${name.padEnd(6)}   ${http[name]}/`),
+    '',
     ...tls === undefined
       ? []
       : [
