@@ -26,8 +26,10 @@ export interface MeshPeerJson {
   state: string
   lastSeen: string
   http: string
-  /** The pipelines the peer runs (edges) or serves (fogs), with the versions, as it last gossiped. */
-  pipelines: Array<{ name: string, version: number }>
+  /** The pipelines the peer runs (edges) or serves (fogs), with the versions and watermarks, as it last gossiped. */
+  pipelines: Array<{ name: string, version: number, watermark: string | null }>
+  /** Closed windows waiting in the peer's outbox for a fog or the cloud (edges; 0 elsewhere). */
+  outbox: number
 }
 
 export interface MeshSelfJson {
@@ -119,7 +121,8 @@ export class RoleMesh {
         state: p.state,
         lastSeen: new Date(p.lastSeen).toISOString(),
         http: p.http,
-        pipelines: p.heartbeat.pipelines.map(({ name, version }) => ({ name, version }))
+        pipelines: p.heartbeat.pipelines.map(({ name, version, watermark }) => ({ name, version, watermark: watermark === null ? null : new Date(watermark).toISOString() })),
+        outbox: p.heartbeat.outbox
       }))
     }
   }
