@@ -13,7 +13,9 @@
  * both processes is reported too: it is the same comparison, less disturbed by other load. With the
  * agent below the throughput goal (or with --profile) one more run of each under --cpu-prof shows
  * where the time goes. Upstream (bench/upstream.ts): bytes sent upstream per reading and close-to-final
- * latency at the fog and the cloud, on a mesh of real processes. Cluster (bench/cluster.ts, needs
+ * latency at the fog and the cloud, on a mesh of real processes, and (bench/upstream-tls.ts) the same
+ * mesh on mutual TLS against plain HTTP in interleaved rounds: the ratios TLS/plain of close-to-final
+ * latency and of the nodes' CPU time per batch (--rounds N: N pairs of rounds). Cluster (bench/cluster.ts, needs
  * etcd): committed partial batches per second and commit latency through a fog cluster of three
  * coordinators on a 3-member etcd, against raw etcd writes in alternating rounds, and failover times;
  * `--only cluster-long [--long 5m]` samples etcd's size under a steady load instead. Mesh
@@ -35,6 +37,7 @@ import {
 } from './lib.ts'
 import type { Child, Rate } from './lib.ts'
 import { runUpstreamBench, upstreamRows } from './upstream.ts'
+import { runUpstreamTlsBench, upstreamTlsRows } from './upstream-tls.ts'
 import { clusterLongRows, clusterRows, runClusterBench, runClusterLongBench } from './cluster.ts'
 import { meshRows, runMeshBench } from './mesh.ts'
 import { parseDuration } from '../core/duration.ts'
@@ -542,7 +545,11 @@ async function main (): Promise<void> {
   log(`fogmesh bench${quick ? ' (quick)' : ''}${args.only !== undefined ? ` (only ${args.only})` : ''}: ${machine.cpus} cpus (${machine.cpuModel}), node ${machine.node}, load ${machine.loadavgAtStart.join(' ')}`)
   const edge = parts.edge ? await edgeBench(log) : undefined
   const edgeSeconds = Math.round((performance.now() - started) / 100) / 10
-  const upstream = parts.upstream ? await runUpstreamBench({ workDir, quick, log }) : undefined
+  const upstreamPlain = parts.upstream ? await runUpstreamBench({ workDir, quick, log }) : undefined
+  const upstreamTls = parts.upstream
+    ? await runUpstreamTlsBench({ workDir, log, pairs: args.rounds === undefined ? (quick ? 2 : 4) : opts.rounds, keys: 100, pollMs: 20 })
+    : undefined
+  const upstream = upstreamPlain === undefined ? undefined : { ...upstreamPlain, tls: upstreamTls, warnings: [...upstreamPlain.warnings, ...upstreamTls?.warnings ?? []] }
   const cluster = parts.cluster && etcdAvailable(log) ? await runClusterBench({ workDir, quick, log, rounds: args.rounds === undefined ? undefined : opts.rounds }) : undefined
   const clusterLong = parts.clusterLong ? await runClusterLongBench({ workDir, durationMs: longMs, log }) : undefined
   const mesh = parts.mesh ? await runMeshBench({ quick, log, rounds: args.rounds === undefined ? undefined : opts.rounds }) : undefined
@@ -569,6 +576,7 @@ async function main (): Promise<void> {
     ['machine', `${machine.cpus} cpus, ${machine.cpuModel}, node ${machine.node}`],
     ...(edge?.rows ?? []),
     ...(upstream !== undefined ? upstreamRows(upstream) : []),
+    ...(upstreamTls !== undefined ? upstreamTlsRows(upstreamTls) : []),
     ...(cluster !== undefined ? clusterRows(cluster) : []),
     ...(clusterLong !== undefined ? clusterLongRows(clusterLong) : []),
     ...(mesh !== undefined ? meshRows(mesh) : []),

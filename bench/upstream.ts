@@ -34,11 +34,11 @@ import type { Crossing, RecordingProxy } from './proxy.ts'
 import { makeReadings, rawSizes } from './upstream-workload.ts'
 import type { RawSizes, Reading } from './upstream-workload.ts'
 
-const PIPELINE = 'up'
-const EDGES = 2
-const LATENESS = 1_000
+export const PIPELINE = 'up'
+export const EDGES = 2
+export const LATENESS = 1_000
 /** Wall-clock time between window closes, ms (see above). */
-const CLOSE_EVERY = 1_154.5
+export const CLOSE_EVERY = 1_154.5
 
 export interface UpstreamOptions {
   workDir: string
@@ -53,7 +53,7 @@ export interface UpstreamOptions {
   pollMs?: number
 }
 
-function pipelinesYaml (windowSeconds: number): string {
+export function pipelinesYaml (windowSeconds: number): string {
   return `pipelines:
   - name: ${PIPELINE}
     from: sensors/+room/temperature
@@ -81,7 +81,7 @@ export interface Distribution {
 }
 
 /** Nearest-rank percentiles, ms (one decimal). */
-function distribution (xs: number[]): Distribution | null {
+export function distribution (xs: number[]): Distribution | null {
   if (xs.length === 0) return null
   const s = [...xs].sort((a, b) => a - b)
   const rank = (q: number) => s[Math.max(0, Math.ceil(q * s.length) - 1)]
@@ -186,7 +186,7 @@ async function startMesh (dir: string, edgeFog: RecordingProxy, fogCloud: Record
  * Publishes the readings on the event-time schedule (origin at `t0`, `speed` event ms per wall ms) and
  * notes, per window end, when each edge got its first reading at or past end + lateness.
  */
-async function publishPaced (clients: MqttClient[], readings: Reading[], origin: number, speed: number, ends: number[]): Promise<number[]> {
+export async function publishPaced (clients: MqttClient[], readings: Reading[], origin: number, speed: number, ends: number[]): Promise<number[]> {
   const closedAt = ends.map(() => new Array<number>(clients.length).fill(NaN))
   const next = new Array<number>(clients.length).fill(0)
   const t0 = performance.now()
@@ -208,7 +208,8 @@ async function publishPaced (clients: MqttClient[], readings: Reading[], origin:
  * Polls a tier's results until every window (all keys final) is seen final or the deadline passes;
  * a window's time is the middle between the poll that first saw it and the one before.
  */
-async function watchFinals (url: string, starts: number[], keys: number, end: number, pollMs: number, deadline: () => number): Promise<Map<number, number>> {
+export async function watchFinals (url: string, starts: number[], keys: number, end: number, pollMs: number, deadline: () => number,
+  get: (url: string) => Promise<string> = getText): Promise<Map<number, number>> {
   const seen = new Map<number, number>()
   let before = performance.now()
   while (seen.size < starts.length && performance.now() < deadline()) {
@@ -216,7 +217,7 @@ async function watchFinals (url: string, starts: number[], keys: number, end: nu
     const asked = performance.now()
     let text: string
     try {
-      text = await getText(`${url}/v1/aggregates/${PIPELINE}?from=${from}&to=${end}&limit=10000`, 5_000)
+      text = await get(`${url}/v1/aggregates/${PIPELINE}?from=${from}&to=${end}&limit=10000`)
     } catch {
       await sleep(pollMs)
       continue
