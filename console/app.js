@@ -178,6 +178,10 @@ class PipelineCard {
       ['open windows', metricValue(M, 'fogmesh_open_windows', { pipeline: p.name }), 'fogmesh_open_windows'],
       ['pending windows', metricValue(M, 'fogmesh_pending_windows', { pipeline: p.name }), 'fogmesh_pending_windows']
     ].filter(([, , metric]) => M.has(metric))
+    // Rejected readings of this pipeline by reason, where the node counts them per pipeline.
+    for (const s of M.get('fogmesh_pipeline_readings_rejected_total') ?? []) {
+      if (s.labels.pipeline === p.name && s.value > 0) c.push([`rejected ${s.labels.reason}`, s.value, 'fogmesh_pipeline_readings_rejected_total'])
+    }
     const spans = c.map(([label, v]) => el('span', { 'data-counter': label }, `${label} `, el('b', { text: num(v) })))
     const sig = JSON.stringify(c)
     if (this.counters.dataset.sig !== sig) {
@@ -320,16 +324,11 @@ async function pollResults (p) {
   if (card !== undefined && (changed || state.charts[p.name] === undefined)) card.draw()
 }
 
-// ---- edge: broker and rejected readings ------------------------------------------------------
+// ---- edge: rejected readings ------------------------------------------------------
 
 const rejectHistory = []
 function renderEdge () {
   if (state.role !== 'edge') return
-  const clients = state.mesh?.broker?.clients ?? []
-  syncRows($('clients-table').tBodies[0], clients.map(c => ({
-    key: c.id,
-    cells: [c.id, c.address ?? '', c.user ?? '', ago(c.connectedAt)]
-  })))
   const now = Date.now()
   const samples = state.metrics.get('fogmesh_readings_rejected_total') ?? []
   rejectHistory.push({ at: now, by: Object.fromEntries(samples.map(s => [s.labels.reason, s.value])) })

@@ -120,6 +120,14 @@ t.test('the fog\'s console in Chromium: mesh, pipelines, chart = API, deploy fro
   t.same(diffs, [], `the chart's ${compared} points equal the API's values`)
   t.ok(compared >= 3)
 
+  // The Grafana (Infinity) query of the README: from/to as Grafana's ${__from}/${__to}, epoch ms.
+  // (The scenario's event time is around 2026-01-01: a dashboard range of December to February.)
+  const grafana = await fetchJson(`${mesh.fog.http}/v1/aggregates/room-temp?from=${Date.UTC(2025, 11, 1)}&to=${Date.UTC(2026, 1, 1)}&limit=10000`)
+  t.equal(grafana.status, 200, 'the Grafana query is answered')
+  const table = grafana.body.results as Array<{ start: string, key: string, final: boolean, values: Record<string, unknown> }>
+  t.ok(table.length > 0 && table.every(r => !Number.isNaN(Date.parse(r.start)) && typeof r.key === 'string' && typeof r.values.mean === 'number'),
+    'results[] with start, key and values.mean: the columns of the README\'s Infinity query')
+
   // An invalid pipeline: its problems at their lines, nothing deployed.
   await page.goto(`${origin}/#deploy`)
   await page.waitForSelector('#deploy-yaml', { visible: true })
