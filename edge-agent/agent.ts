@@ -33,6 +33,7 @@ import { ConfigError } from '../core/errors.ts'
 import { DeploymentFollower } from './deployment-follower.ts'
 import type { EdgeOptions } from './config.ts'
 import { PipelineRunner } from './pipelines.ts'
+import { SparkplugNode } from './sparkplug-node.ts'
 import type { MessageSource } from './source.ts'
 import { BrokerSubscriber } from './subscriber.ts'
 import { Uplink } from './uplink.ts'
@@ -75,6 +76,10 @@ export class EdgeAgent implements ServiceApi {
   readonly #skipped = new Set<string>()
   #ready = false
   #timers: NodeJS.Timeout[] = []
+  /** The Sparkplug Edge Nodes of `emit: sparkplug`, by group/node; made when the broker is up. */
+  readonly #sparkplugNodes = new Map<string, SparkplugNode>()
+  /** Whether the broker is up (the Sparkplug nodes connect to it). */
+  #brokerUp = false
 
   /** `log` defaults to the node's own, from its options (--log-level, --log-format). */
   constructor (options: EdgeOptions, specs: PipelineSpec[], log: Logger = roleLogger('edge', options)) {
@@ -167,6 +172,9 @@ export class EdgeAgent implements ServiceApi {
     await this.#http.listen()
     this.#uplink?.start()
     await this.#source.start((topic, payload, arrival) => this.#runner.onMessage(topic, payload, arrival))
+    this.#brokerUp = true
+    // Born before the first window closes, so hosts see the node as soon as the edge is up.
+    for (const o of this.#runner.operators.values()) this.#sparkplugNodesOf(o)
     await this.membership.start()
     this.#timers.push(setInterval(() => this.#tick(), this.#options.tick))
     this.#timers.push(setInterval(() => {
@@ -192,6 +200,8 @@ export class EdgeAgent implements ServiceApi {
     this.#ready = false
     for (const t of this.#timers) clearInterval(t)
     await this.membership.stop()
+    // Their NDEATH goes out before the embedded broker closes.
+    await Promise.all([...this.#sparkplugNodes.values()].map(n => n.stop()))
     await this.#source.stop()
     this.#commit()
     this.#checkpoints?.take()
@@ -329,7 +339,27 @@ export class EdgeAgent implements ServiceApi {
     const result = this.#result(operator, w, true)
     this.#store.put(result)
     this.#actions.run(operator.pipeline, result)
+    for (const node of this.#sparkplugNodesOf(operator)) node.publish(result)
     this.#uplink?.onWindow(operator, w)
+  }
+
+  /** The Sparkplug Edge Nodes a pipeline emits to, started on first use. */
+  #sparkplugNodesOf (operator: WindowOperator): SparkplugNode[] {
+    const out: SparkplugNode[] = []
+    // Windows a checkpoint restore emits before the broker is up are not published.
+    if (!this.#brokerUp) return out
+    for (const e of operator.pipeline.emits) {
+      if (e.kind !== 'sparkplug' || e.group === undefined || e.node === undefined) continue
+      const id = `${e.group}/${e.node}`
+      let node = this.#sparkplugNodes.get(id)
+      if (node === undefined) {
+        node = new SparkplugNode({ url: this.#source.url, group: e.group, node: e.node, dataDir: this.#options.dataDir, log: this.#log, tls: this.#security.clientTls })
+        this.#sparkplugNodes.set(id, node)
+        node.start()
+      }
+      out.push(node)
+    }
+    return out
   }
 
   #result (operator: WindowOperator, w: WindowState, final: boolean): WindowResult {

@@ -63,7 +63,7 @@ t.test('every mistake is reported at its line and column', async t => {
   t.same(problems(await readFile(fixture('broken-pipelines.yaml'), 'utf8')), [
     '2:11: pipeline name "Room_Temp" must match [a-z0-9-]+',
     '3:11: from: "temp#": a wildcard must take a whole topic level',
-    '4:13: format must be one of json, cbor, text, senml',
+    '4:13: format must be one of json, cbor, text, senml, sparkplug',
     '5:19: where: invalid expression: Unexpected token: EOF',
     '7:25: window.tumbling: invalid duration "10x": expected a number and a unit (ms, s, m, h, d), like 500ms or 10s',
     '8:15: lateness: invalid duration "soon": expected a number and a unit (ms, s, m, h, d), like 500ms or 10s',

@@ -5,9 +5,11 @@
 import t from 'tap'
 import type { Test } from 'tap'
 import { ReadingRejected } from '../core/errors.ts'
-import type { RejectReason } from '../core/errors.ts'
+import type { PipelineError, RejectReason } from '../core/errors.ts'
 import { createDecoder } from '../core/formats/index.ts'
 import { REBIRTH_EVERY, sparkplugState } from '../core/formats/sparkplug.ts'
+import { pipelineToPlain } from '../core/pipeline/format.ts'
+import { parsePipelines } from '../core/pipeline/parse.ts'
 import { DataType, decodeSparkplug, encodeSparkplug, REBIRTH_METRIC } from '../core/formats/sparkplug-wire.ts'
 
 function setup () {
@@ -110,4 +112,33 @@ t.test('unknown alias, data before birth, garbage and wrong topics are refused; 
   t.same(state.status().map(s => s.online), [false, false], 'NDEATH: the node and its devices are offline')
   decode(nbirth, 'spBv1.0/plant/NBIRTH/gw1')
   t.same(state.status(), [{ group: 'plant', node: 'gw1', device: '', online: true }], 'a new NBIRTH: online, its devices to be born again')
+})
+
+t.test('emit: sparkplug parses, renders back, and is checked with line:column errors', async t => {
+  const yaml = (emit: string) => `pipelines:
+  - name: p
+    from: spBv1.0/#
+    format: sparkplug
+    window: { tumbling: 10s }
+    select: { n: count() }
+    emit:
+${emit}
+`
+  const [spec] = parsePipelines(yaml('      - sparkplug: { group: plant, node: edge-1 }\n      - upstream'))
+  t.same(spec.emit, [{ kind: 'sparkplug', group: 'plant', node: 'edge-1' }, { kind: 'upstream' }])
+  t.same(pipelineToPlain(spec).emit, [{ sparkplug: { group: 'plant', node: 'edge-1' } }, 'upstream'], 'rendered back as written')
+  t.same(parsePipelines(JSON.stringify({ pipelines: [pipelineToPlain(spec)] }))[0], spec, 'the rendering parses to the same spec')
+  const problems = (emit: string) => {
+    try {
+      parsePipelines(yaml(emit))
+      return []
+    } catch (err) {
+      return (err as PipelineError).problems.map(p => `${p.line}:${p.col} ${p.message}`)
+    }
+  }
+  t.same(problems('      - sparkplug: { group: pl/ant, node: n }'), ['8:29 emit.sparkplug.group must be one topic level, without /, + or #'])
+  t.same(problems('      - sparkplug: { group: plant }'), ['8:20 emit.sparkplug needs `node`'])
+  t.same(problems('      - sparkplug: plant'), ['8:20 emit.sparkplug must be { group: GROUP, node: NODE }'])
+  t.same(problems('      - sparkplug: { group: g, node: n, qos: 1 }'), ['8:41 unknown emit.sparkplug field "qos" (known: group, node)'])
+  t.same(problems('      - { sparkplug: { group: g, node: n }, when: "n > 1" }'), ['8:45 unknown field "when" beside emit.sparkplug (it takes only { group, node })'])
 })

@@ -24,8 +24,11 @@ export interface CompiledSelect {
 }
 
 export interface CompiledEmit {
-  readonly kind: 'upstream' | 'mqtt'
+  readonly kind: 'upstream' | 'mqtt' | 'sparkplug'
   readonly topic?: string
+  /** Sparkplug group and edge node (kind sparkplug). */
+  readonly group?: string
+  readonly node?: string
   readonly when?: Expression
   readonly qos: 0 | 1 | 2
   readonly retain: boolean
@@ -89,7 +92,9 @@ export function compilePipeline (spec: PipelineSpec): CompiledPipeline {
   })
   const emits: CompiledEmit[] = spec.emit.map(e => e.kind === 'upstream'
     ? { kind: 'upstream', qos: 0, retain: false }
-    : { kind: 'mqtt', topic: e.topic, when: e.when === undefined ? undefined : compileExpression(e.when), qos: e.qos, retain: e.retain })
+    : e.kind === 'sparkplug'
+      ? { kind: 'sparkplug', group: e.group, node: e.node, qos: 0, retain: false }
+      : { kind: 'mqtt', topic: e.topic, when: e.when === undefined ? undefined : compileExpression(e.when), qos: e.qos, retain: e.retain })
 
   const sources = [spec.timestamp, spec.where, ...spec.key, ...spec.select.map(s => s.arg)].filter(s => s !== undefined)
   const mentions = (name: string) => sources.some(s => new RegExp(`\\b${name}\\b`).test(s))

@@ -24,7 +24,9 @@ export function pipelineToPlain (spec: PipelineSpec): Record<string, unknown> {
   plain.select = Object.fromEntries(spec.select.map(s => [s.name, `${s.fn}(${[s.arg, ...s.params.map(String)].filter(a => a !== undefined).join(', ')})`]))
   plain.emit = spec.emit.map(e => e.kind === 'upstream'
     ? 'upstream'
-    : { mqtt: e.topic, ...(e.when === undefined ? {} : { when: e.when }), ...(e.qos === 0 ? {} : { qos: e.qos }), ...(e.retain ? { retain: true } : {}) })
+    : e.kind === 'sparkplug'
+      ? { sparkplug: { group: e.group, node: e.node } }
+      : { mqtt: e.topic, ...(e.when === undefined ? {} : { when: e.when }), ...(e.qos === 0 ? {} : { qos: e.qos }), ...(e.retain ? { retain: true } : {}) })
   plain.version = spec.version
   return plain
 }

@@ -221,7 +221,13 @@ function parseEmit (node: Node | null, problems: Problems, at: Pair): EmitSpec[]
       continue
     }
     if (item == null || !isMap(item)) {
-      problems.add(item ?? at, 'an emit target is `upstream` or { mqtt: TOPIC, when: CONDITION, qos: 0|1|2, retain: bool }')
+      problems.add(item ?? at, 'an emit target is `upstream`, { mqtt: TOPIC, when: CONDITION, qos: 0|1|2, retain: bool } or { sparkplug: { group: G, node: N } }')
+      continue
+    }
+    const sparkplugPair = pairsOf(item).find(p => p.key === 'sparkplug')
+    if (sparkplugPair !== undefined) {
+      const emit = parseSparkplugEmit(item, sparkplugPair, problems)
+      if (emit !== undefined) out.push(emit)
       continue
     }
     let topic: string | undefined
@@ -255,6 +261,36 @@ function parseEmit (node: Node | null, problems: Problems, at: Pair): EmitSpec[]
     out.push({ kind: 'mqtt', topic, when, qos, retain })
   }
   return out
+}
+
+/** A Sparkplug group or edge node id: one topic level, no wildcards (Sparkplug B 3.0, topic namespace). */
+const SPARKPLUG_ID = /^[^/+#]+$/
+
+function parseSparkplugEmit (item: YAMLMap, pair: ReturnType<typeof pairsOf>[number], problems: Problems): EmitSpec | undefined {
+  const usage = 'emit.sparkplug must be { group: GROUP, node: NODE }'
+  for (const p of pairsOf(item)) {
+    if (p.key !== 'sparkplug') problems.add(p.keyNode, `unknown field "${p.key}" beside emit.sparkplug (it takes only { group, node })`)
+  }
+  const node = pair.value
+  if (node == null || !isMap(node)) {
+    problems.add(node ?? pair.keyNode, usage)
+    return undefined
+  }
+  const ids: Record<string, string | undefined> = { group: undefined, node: undefined }
+  for (const { key, keyNode, value } of pairsOf(node)) {
+    if (!(key in ids)) {
+      problems.add(keyNode, `unknown emit.sparkplug field "${key}" (known: group, node)`)
+      continue
+    }
+    const id = scalarString(value, `emit.sparkplug.${key}`, problems, keyNode)
+    if (id !== undefined && !SPARKPLUG_ID.test(id)) problems.add(value, `emit.sparkplug.${key} must be one topic level, without /, + or #`)
+    else ids[key] = id
+  }
+  for (const key of ['group', 'node']) {
+    if (ids[key] === undefined && !pairsOf(node).some(p => p.key === key)) problems.add(node, `emit.sparkplug needs \`${key}\``)
+  }
+  if (ids.group === undefined || ids.node === undefined) return undefined
+  return { kind: 'sparkplug', group: ids.group, node: ids.node }
 }
 
 /** Names an emit template or condition may use: result fields, key parts named by identifiers, and more. */

@@ -36,6 +36,15 @@ export type EmitSpec =
     qos: 0 | 1 | 2
     retain: boolean
   }
+  | {
+    /**
+     * Publish closed windows as a Sparkplug B Edge Node `node` of group `group` (device = pipeline name),
+     * on the broker the edge reads from.
+     */
+    kind: 'sparkplug'
+    group: string
+    node: string
+  }
 
 export interface PipelineSpec {
   name: string

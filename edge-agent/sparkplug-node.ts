@@ -1,0 +1,216 @@
+/**
+ * `emit: [{ sparkplug: { group: G, node: N } }]`: the edge publishes its closed windows as a Sparkplug B
+ * Edge Node, on the broker it reads from, over a connection of its own (whose will is the NDEATH).
+ *
+ * Invariants (Eclipse Sparkplug 3.0):
+ * - on every (re)connection the NBIRTH goes first (seq 0, a new bdSeq, `Node Control/Rebirth`), then one
+ *   DBIRTH per device (device = pipeline name) with every metric known so far, each with its alias
+ *   and its last value; the connection's will is an NDEATH carrying the same bdSeq;
+ * - each closed window is one DDATA with one metric per key and result field, named `<key>/<field>` in
+ *   the births and sent by alias only, timestamped at the window's end; a window with a metric not yet
+ *   born (a new key) first gets a new DBIRTH of its device;
+ * - seq counts every message but the NDEATH, 0–255 wrapping, reset by the NBIRTH;
+ * - an NCMD `Node Control/Rebirth` = true makes the node publish its births again;
+ * - while disconnected, windows are not queued: their values go into the births of the next connection
+ *   (Sparkplug hosts take the births' values as the current ones).
+ * DDATA metrics carry their datatype (Sparkplug says they should not, but the reference JavaScript
+ * decoder reads each value by its metric's own datatype, so hosts built on it would read nulls).
+ * bdSeq is kept in the data dir, so a restarted edge's NBIRTH does not repeat the last one's.
+ */
+import { readFileSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import mqtt from 'mqtt'
+import type { MqttClient } from 'mqtt'
+import { DataType, decodeSparkplug, encodeSparkplug, REBIRTH_METRIC, sparkplugTopic, valueFields } from '../core/formats/sparkplug-wire.ts'
+import type { WireMetric } from '../core/formats/sparkplug-wire.ts'
+import type { Logger } from '../server/log.ts'
+import type { ClientTls } from '../server/tls.ts'
+import type { WindowResult } from '../server/results.ts'
+
+export interface SparkplugNodeOptions {
+  url: string
+  group: string
+  node: string
+  dataDir: string
+  log: Logger
+  tls?: ClientTls
+}
+
+interface DeviceMetric {
+  alias: number
+  datatype: number
+  value: number | boolean | string | null
+}
+
+function datatypeOf (v: unknown): number {
+  return typeof v === 'boolean' ? DataType.Boolean : typeof v === 'string' ? DataType.String : DataType.Double
+}
+
+function metric (name: string | undefined, m: DeviceMetric, timestamp: number): WireMetric {
+  const out: WireMetric = { alias: m.alias, datatype: m.datatype, timestamp, ...m.value === null ? { isNull: true } : valueFields(m.datatype, m.value) }
+  if (name !== undefined) out.name = name
+  return out
+}
+
+export class SparkplugNode {
+  readonly #o: SparkplugNodeOptions
+  readonly #devices = new Map<string, Map<string, DeviceMetric>>()
+  readonly #bdSeqFile: string
+  #client: MqttClient | undefined
+  #bdSeq = 0
+  #seq = 0
+  #nextAlias = 1
+  #connected = false
+  readonly stats = { births: 0, data: 0, failed: 0 }
+
+  constructor (o: SparkplugNodeOptions) {
+    this.#o = o
+    this.#bdSeqFile = join(o.dataDir, `sparkplug-${encodeURIComponent(o.group)}-${encodeURIComponent(o.node)}.bdseq`)
+    try {
+      this.#bdSeq = (Number(readFileSync(this.#bdSeqFile, 'utf8')) + 1) % 256 || 0
+    } catch {
+      this.#bdSeq = 0
+    }
+  }
+
+  get id (): string {
+    return `${this.#o.group}/${this.#o.node}`
+  }
+
+  start (): void {
+    this.#connect()
+  }
+
+  /** The will (NDEATH) is set per connection, so each new connection takes the next bdSeq. */
+  #connect (): void {
+    const o = this.#o
+    const bdSeq = this.#bdSeq
+    try {
+      writeFileSync(this.#bdSeqFile, String(bdSeq))
+    } catch {
+      // best effort: a bdSeq repeated after a restart only confuses hosts that check it
+    }
+    const client = mqtt.connect(o.url, {
+      clientId: `fogmesh-sparkplug-${o.group}-${o.node}-${process.pid}`,
+      clean: true,
+      reconnectPeriod: 0,
+      connectTimeout: 10_000,
+      will: { topic: sparkplugTopic(o.group, 'NDEATH', o.node), payload: Buffer.from(this.#death(bdSeq)), qos: 1, retain: false },
+      ...o.tls?.ca !== undefined ? { ca: o.tls.ca } : {},
+      ...o.tls?.cert !== undefined ? { cert: o.tls.cert, key: o.tls.key } : {}
+    })
+    this.#client = client
+    client.on('connect', () => {
+      this.#connected = true
+      client.subscribe(sparkplugTopic(o.group, 'NCMD', o.node), { qos: 1 })
+      this.#births()
+    })
+    client.on('message', (_topic, payload) => {
+      try {
+        const p = decodeSparkplug(payload)
+        if (p.metrics.some(m => m.name === REBIRTH_METRIC && m.booleanValue === true)) this.#births()
+      } catch {
+        // not a command we can read: ignored, as nodes do
+      }
+    })
+    client.on('error', () => {})
+    client.on('close', () => {
+      if (this.#client !== client) return
+      this.#connected = false
+      // A new connection needs a new will with the next bdSeq, so reconnecting is done here, not by mqtt.js.
+      setTimeout(() => {
+        if (this.#client !== client) return
+        client.removeAllListeners()
+        client.end(true)
+        this.#bdSeq = (this.#bdSeq + 1) % 256
+        this.#connect()
+      }, 1_000).unref()
+    })
+  }
+
+  #death (bdSeq: number): Uint8Array {
+    return encodeSparkplug({ timestamp: Date.now(), metrics: [{ name: 'bdSeq', datatype: DataType.Int64, longValue: bdSeq }] })
+  }
+
+  #nextSeq (): number {
+    const seq = this.#seq
+    this.#seq = (this.#seq + 1) % 256
+    return seq
+  }
+
+  #publish (topic: string, payload: Uint8Array): void {
+    this.#client?.publish(topic, Buffer.from(payload), { qos: 0 }, err => { if (err != null) this.stats.failed++ })
+  }
+
+  #births (): void {
+    if (!this.#connected) return
+    const o = this.#o
+    const now = Date.now()
+    this.#seq = 0
+    this.#publish(sparkplugTopic(o.group, 'NBIRTH', o.node), encodeSparkplug({
+      timestamp: now,
+      seq: this.#nextSeq(),
+      metrics: [
+        { name: 'bdSeq', datatype: DataType.Int64, longValue: this.#bdSeq, timestamp: now },
+        { name: REBIRTH_METRIC, datatype: DataType.Boolean, booleanValue: false, timestamp: now }
+      ]
+    }))
+    for (const device of this.#devices.keys()) this.#deviceBirth(device, now)
+    this.stats.births++
+  }
+
+  #deviceBirth (device: string, now: number): void {
+    const metrics = this.#devices.get(device)!
+    this.#publish(sparkplugTopic(this.#o.group, 'DBIRTH', this.#o.node, device), encodeSparkplug({
+      timestamp: now,
+      seq: this.#nextSeq(),
+      metrics: [...metrics].map(([name, m]) => metric(name, m, now))
+    }))
+  }
+
+  /** Publishes one closed window of pipeline `result.pipeline` (the device). */
+  publish (result: WindowResult): void {
+    const device = result.pipeline
+    let metrics = this.#devices.get(device)
+    if (metrics === undefined) {
+      metrics = new Map()
+      this.#devices.set(device, metrics)
+    }
+    let born = true
+    const sent: Array<[string, DeviceMetric]> = []
+    for (const [field, v] of Object.entries(result.values)) {
+      const name = `${result.key}/${field}`
+      const value = typeof v === 'number' || typeof v === 'boolean' || typeof v === 'string' ? v : null
+      let m = metrics.get(name)
+      if (m === undefined) {
+        m = { alias: this.#nextAlias++, datatype: datatypeOf(value), value }
+        metrics.set(name, m)
+        born = false
+      }
+      // A value of another type than the birth declared (a string after numbers) cannot go under that alias.
+      m.value = value === null || datatypeOf(value) === m.datatype ? value : null
+      sent.push([name, m])
+    }
+    if (!this.#connected) return
+    if (!born) this.#deviceBirth(device, Date.now())
+    const end = result.end
+    this.#publish(sparkplugTopic(this.#o.group, 'DDATA', this.#o.node, device), encodeSparkplug({
+      timestamp: end,
+      seq: this.#nextSeq(),
+      metrics: sent.map(([, m]) => metric(undefined, m, end))
+    }))
+    this.stats.data++
+  }
+
+  /** A clean stop: the NDEATH is published (a will only goes out when the connection is lost). */
+  async stop (): Promise<void> {
+    const client = this.#client
+    this.#client = undefined
+    if (client === undefined) return
+    if (this.#connected) {
+      await client.publishAsync(sparkplugTopic(this.#o.group, 'NDEATH', this.#o.node), Buffer.from(this.#death(this.#bdSeq)), { qos: 1 }).catch(() => {})
+    }
+    client.removeAllListeners('close')
+    await client.endAsync().catch(() => {})
+  }
+}
