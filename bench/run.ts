@@ -3,7 +3,7 @@
  * same run on the same machine. Shared CI machines are too noisy for absolute figures to mean anything,
  * so the bench reports ratios, takes the median of alternating rounds, and asserts nothing.
  *
- *   node bench/run.ts [--quick] [--only edge|upstream|cluster|cluster-long|mesh] [--long DURATION] [--rounds N] [--readings N] [--poll-ms MS]
+ *   node bench/run.ts [--quick] [--only edge|upstream|cluster|cluster-long|mesh|formats] [--long DURATION] [--rounds N] [--readings N] [--poll-ms MS]
  *                     [--profile | --no-profile] [--agent-node-args="--max-semi-space-size=2 ..."] [--out FILE]
  *
  * Throughput: bench/publisher.ts (its own process) writes M pre-encoded QoS 0 readings over one
@@ -40,6 +40,7 @@ import { runUpstreamBench, upstreamRows } from './upstream.ts'
 import { runUpstreamTlsBench, upstreamTlsRows } from './upstream-tls.ts'
 import { clusterLongRows, clusterRows, runClusterBench, runClusterLongBench } from './cluster.ts'
 import { meshRows, runMeshBench } from './mesh.ts'
+import { formatsRows, runFormatsBench } from './formats.ts'
 import { parseDuration } from '../core/duration.ts'
 import { findEtcd } from '../simulators/etcd-cluster.ts'
 
@@ -72,7 +73,7 @@ function readArgs () {
 }
 
 function usage (message: string): never {
-  process.stderr.write(`bench: ${message}\nusage: node bench/run.ts [--quick] [--only edge|upstream|cluster|cluster-long|mesh] [--long DURATION] [--rounds N] [--readings N] [--poll-ms MS] ` +
+  process.stderr.write(`bench: ${message}\nusage: node bench/run.ts [--quick] [--only edge|upstream|cluster|cluster-long|mesh|formats] [--long DURATION] [--rounds N] [--readings N] [--poll-ms MS] ` +
     '[--profile | --no-profile] [--agent-node-args="--max-semi-space-size=2 ..."] [--out FILE]\n')
   process.exit(2)
 }
@@ -104,14 +105,16 @@ function positiveInt (name: string, raw: string | undefined, fallback: number): 
 }
 
 const quick = args.quick === true
-const PARTS = ['edge', 'upstream', 'cluster', 'cluster-long', 'mesh']
+const PARTS = ['edge', 'upstream', 'cluster', 'cluster-long', 'mesh', 'formats']
 if (args.only !== undefined && !PARTS.includes(args.only)) usage(`--only: expected ${PARTS.join(', ')}, got ${args.only}`)
 const parts = {
   edge: args.only === undefined || args.only === 'edge',
   upstream: args.only === undefined || args.only === 'upstream',
   cluster: args.only === undefined || args.only === 'cluster',
   clusterLong: args.only === 'cluster-long',
-  mesh: args.only === undefined || args.only === 'mesh'
+  mesh: args.only === undefined || args.only === 'mesh',
+  // Sparkplug B ingest against JSON, in-process (bench/formats.ts)
+  formats: args.only === undefined || args.only === 'formats'
 }
 if (args.long !== undefined && args.only !== 'cluster-long') usage('--long goes with --only cluster-long')
 let longMs = quick ? 40_000 : 120_000
@@ -553,12 +556,13 @@ async function main (): Promise<void> {
   const cluster = parts.cluster && etcdAvailable(log) ? await runClusterBench({ workDir, quick, log, rounds: args.rounds === undefined ? undefined : opts.rounds }) : undefined
   const clusterLong = parts.clusterLong ? await runClusterLongBench({ workDir, durationMs: longMs, log }) : undefined
   const mesh = parts.mesh ? await runMeshBench({ quick, log, rounds: args.rounds === undefined ? undefined : opts.rounds }) : undefined
+  const formats = parts.formats ? runFormatsBench({ quick, log }) : undefined
   const loadAtEnd = loadavg().map(x => Math.round(x * 100) / 100)
 
   const out = args.out ?? join(BENCH_DIR, 'results.json')
   // A part not run keeps the figures of the previous file (the top-level date and machine are the edge part's).
   const previous = existsSync(out) ? JSON.parse(readFileSync(out, 'utf8')) as Record<string, unknown> : {}
-  const { upstream: previousUpstream, cluster: previousCluster, clusterLong: previousClusterLong, mesh: previousMesh, ...previousEdge } = previous
+  const { upstream: previousUpstream, cluster: previousCluster, clusterLong: previousClusterLong, mesh: previousMesh, formats: previousFormats, ...previousEdge } = previous
   const results = {
     ...(edge === undefined
       ? previousEdge
@@ -566,7 +570,8 @@ async function main (): Promise<void> {
     upstream: upstream === undefined ? previousUpstream : { ...upstream, quick, machine: { ...machine, loadavgAtEnd: loadAtEnd } },
     cluster: cluster === undefined ? previousCluster : { ...cluster, quick, machine: { ...machine, loadavgAtEnd: loadAtEnd } },
     clusterLong: clusterLong === undefined ? previousClusterLong : { ...clusterLong, machine: { ...machine, loadavgAtEnd: loadAtEnd } },
-    mesh: mesh === undefined ? previousMesh : { ...mesh, quick, machine: { ...machine, loadavgAtEnd: loadAtEnd } }
+    mesh: mesh === undefined ? previousMesh : { ...mesh, quick, machine: { ...machine, loadavgAtEnd: loadAtEnd } },
+    formats: formats === undefined ? previousFormats : { ...formats, quick }
   }
   writeFileSync(out, JSON.stringify(results, null, 2) + '\n')
 
@@ -580,6 +585,7 @@ async function main (): Promise<void> {
     ...(cluster !== undefined ? clusterRows(cluster) : []),
     ...(clusterLong !== undefined ? clusterLongRows(clusterLong) : []),
     ...(mesh !== undefined ? meshRows(mesh) : []),
+    ...(formats !== undefined ? formatsRows(formats) : []),
     ['duration', `${Math.round((performance.now() - started) / 100) / 10} s; load ${machine.loadavgAtStart.join(' ')} -> ${loadAtEnd.join(' ')}`]
   ]))
   for (const w of [...(edge?.results.warnings ?? []), ...(upstream?.warnings ?? []), ...(cluster?.warnings ?? []), ...(clusterLong?.warnings ?? []), ...(mesh?.warnings ?? [])]) log(`warning: ${w}`)
