@@ -18,6 +18,8 @@ const state = {
   role: undefined,
   id: undefined,
   mesh: undefined,
+  /** At an edge: GET /v1/broker (the embedded broker's clients). */
+  broker: undefined,
   pipelines: [],
   metrics: new Map(),
   /** pipeline → { field, x, series, totalKeys } as drawn. */
@@ -307,24 +309,31 @@ function fromFor (p, store) {
   return Math.floor(newest - step * KEEP_WINDOWS - size)
 }
 
+let drawMs = 0
 async function pollResults (p) {
   let store = stores.get(p.name)
   if (store === undefined) stores.set(p.name, store = new ResultStore(KEEP_WINDOWS))
   const from = fromFor(p, store)
   const params = { limit: '10000' }
+  /** Main-thread ms of this pipeline's poll: merging the results and drawing (not the fetches). */
+  let work = 0
   if (from !== undefined) params.from = String(from)
   let changed = false
   for (let page = 0; page < 5; page++) {
     const res = await api.aggregates(p.name, params)
+    const t1 = performance.now()
     changed = store.add(res.results) || changed
+    work += performance.now() - t1
     if (res.results.length < 10000) break
     params.from = String(Date.parse(res.results[res.results.length - 1].start))
   }
   const card = cards.get(p.name)
+  const t2 = performance.now()
   if (card !== undefined && (changed || state.charts[p.name] === undefined)) card.draw()
+  drawMs += work + performance.now() - t2
 }
 
-// ---- edge: rejected readings ------------------------------------------------------
+// ---- edge: rejected readings and the broker's clients ----------------------------------------
 
 const rejectHistory = []
 function renderEdge () {
@@ -339,6 +348,34 @@ function renderEdge () {
     class: s.value > 0 ? 'bad' : '',
     cells: [s.labels.reason, { text: num(s.value), class: 'num' }, { text: num(s.value - (base[s.labels.reason] ?? 0)), class: 'num' }]
   })))
+  renderClients(now)
+}
+
+function renderClients (now) {
+  const b = state.broker
+  const summary = $('broker-summary')
+  if (b === undefined) return
+  if (!b.embedded) {
+    summary.replaceChildren(el('span', { text: 'readings come from an external broker: its clients are not known here' }))
+    syncRows($('client-table').tBodies[0], [])
+    return
+  }
+  const denied = Object.entries(b.denied ?? {}).map(([what, n]) => el('span', { 'data-denied': what }, `denied ${what} `, el('b', { text: num(n) })))
+  const closed = Object.entries(b.closed ?? {}).filter(([, n]) => n > 0).map(([why, n]) => el('span', { 'data-closed': why }, `closed ${why.replaceAll('_', ' ')} `, el('b', { text: num(n) })))
+  const sig = JSON.stringify([b.clients.length, b.denied, b.closed])
+  if (summary.dataset.sig !== sig) {
+    summary.dataset.sig = sig
+    summary.replaceChildren(el('span', {}, 'connected ', el('b', { text: num(b.clients.length) })), ...denied, ...closed)
+  }
+  const row = (c, gone) => ({
+    key: `${gone ? 'gone' : 'up'}:${c.id}:${c.connectedAt}`,
+    class: gone ? 'gone' : c.rejected > 0 || c.denied > 0 ? 'bad' : '',
+    cells: [c.id, c.user ?? '', c.address,
+      gone ? `gone ${ago(c.disconnectedAt, now)}` : ago(c.connectedAt, now),
+      { text: num(c.messages), class: 'num' }, { text: num(c.rejected), class: 'num' }, { text: num(c.denied), class: 'num' },
+      c.lastMessageAt ? ago(c.lastMessageAt, now) : '']
+  })
+  syncRows($('client-table').tBodies[0], [...b.clients.map(c => row(c, false)), ...b.disconnected.map(c => row(c, true))])
 }
 
 // ---- deploy (fog) ----------------------------------------------------------------------------
@@ -461,7 +498,8 @@ function setupDeploy () {
 // ---- the poll loop ---------------------------------------------------------------------------
 
 async function tick () {
-  const [mesh, pipelines, metrics] = await Promise.all([api.mesh(), api.pipelines(), api.metrics()])
+  const [mesh, pipelines, metrics, broker] = await Promise.all([api.mesh(), api.pipelines(), api.metrics(), state.role === 'edge' ? api.broker() : undefined])
+  state.broker = broker
   state.mesh = mesh
   state.pipelines = pipelines.pipelines
   state.metrics = metrics
@@ -469,10 +507,16 @@ async function tick () {
     try { shardOwners = (await api.shards()).owners } catch { shardOwners = undefined }
     await refreshDeployed()
   }
+  const t0 = performance.now()
   renderMesh()
   renderPipelines()
   renderEdge()
+  const rendered = performance.now() - t0
+  drawMs = 0
   await Promise.all(state.pipelines.map(p => pollResults(p).catch(err => { if (err instanceof Unauthorized) throw err })))
+  // What one poll cost this page: the tables (mesh, pipelines, edge) and the charts (results merged
+  // and drawn), ms of main-thread work; the network waits are not in it.
+  state.timing.poll = { tables: rendered, charts: drawMs }
   state.polls++
   if (!state.ready) {
     state.ready = true

@@ -46,6 +46,7 @@ export const api = {
   mesh: () => call('/v1/mesh'),
   pipelines: () => call('/v1/pipelines'),
   shards: () => call('/v1/shards'),
+  broker: () => call('/v1/broker'),
   metrics: async () => parseMetrics(await call('/metrics', { text: true })),
   aggregates: (p, params) => call(`/v1/aggregates/${encodeURIComponent(p)}?${new URLSearchParams(params)}`),
   validate: (name, yaml) => call(`/v1/pipelines/${encodeURIComponent(name)}/validate`, { method: 'POST', body: yaml, admin: true }),

@@ -145,7 +145,15 @@ export class EdgeAgent implements ServiceApi {
       log.info('checkpoint.removed_stale', 'checkpoints are off: removed the checkpoint of an earlier run (it would be stale when they are back on)')
     }
     this.#actions = new LocalActions(async (topic, payload, qos, retain) => await this.#source.publish(topic, payload, qos, retain))
-    this.#http = new HttpService(this, [], { host: options.host, port: options.httpPort, maxBody: 1 << 20, ...httpLimits(options), tls, apiToken: this.#security.apiToken, log })
+    // GET /v1/broker: the embedded broker's clients (guarded like every GET /v1 route); an edge that
+    // subscribes to an external broker has none to list.
+    const source = this.#source
+    const brokerRoute = {
+      method: 'GET',
+      path: '/v1/broker',
+      handle: () => ({ body: source instanceof EmbeddedBroker ? { embedded: true, ...source.clients() } : { embedded: false, clients: [], disconnected: [] } })
+    }
+    this.#http = new HttpService(this, [brokerRoute], { host: options.host, port: options.httpPort, maxBody: 1 << 20, ...httpLimits(options), tls, apiToken: this.#security.apiToken, log })
     this.membership = new RoleMesh(options, 'edge', () => this.#heartbeat())
     this.#follower = new DeploymentFollower({
       store: this.#deployments,

@@ -10,6 +10,10 @@
  *
  * With `tls` and `tlsPort` the broker also listens for MQTT over TLS there, with the node's
  * certificate; the same users, rules and bounds apply to both listeners (aedes sees one broker).
+ *
+ * `clients()` lists who is connected (GET /v1/broker, the console's edge view): per client a record
+ * made when it connects, with counters the publish path bumps (no allocation per message). The list is
+ * bounded by `maxConnections` per listener; of the clients gone, the last RECENT_GONE are kept.
  */
 import { timingSafeEqual } from 'node:crypto'
 import { createServer } from 'node:net'
@@ -49,6 +53,58 @@ export const PACKET_HEADROOM = 64 * 1024
  * read, so that the reading is refused and counted as too_large rather than the sensor disconnected.
  */
 export const BROKER_LIMITS = { maxPacket: 256 * 1024, maxInflight: 512, maxQueued: 32, maxConnections: 1024 }
+
+/** Disconnected clients kept for GET /v1/broker, newest last. */
+export const RECENT_GONE = 20
+
+/** A client of the embedded broker, as GET /v1/broker shows it. */
+export interface BrokerClient {
+  id: string
+  /** The user it authenticated as; null when the broker has no users. */
+  user: string | null
+  /** Remote address and port. */
+  address: string
+  listener: 'mqtt' | 'mqtts'
+  connectedAt: string
+  /** When it went away; only on clients no longer connected. */
+  disconnectedAt?: string
+  /** Publishes the broker accepted from it. */
+  messages: number
+  /** Of those, messages rejected as a whole (too large, undecodable) or with a rejected reading. */
+  rejected: number
+  /** Publishes refused by its user's topic rules. */
+  denied: number
+  lastMessageAt: string | null
+}
+
+interface ClientRecord {
+  id: string
+  user: string | null
+  address: string
+  listener: 'mqtt' | 'mqtts'
+  connectedAt: number
+  disconnectedAt: number
+  messages: number
+  rejected: number
+  denied: number
+  lastMessageAt: number
+}
+
+function clientJson (r: ClientRecord): BrokerClient {
+  const c: BrokerClient = {
+    id: r.id,
+    user: r.user,
+    address: r.address,
+    listener: r.listener,
+    connectedAt: new Date(r.connectedAt).toISOString(),
+    messages: r.messages,
+    rejected: r.rejected,
+    denied: r.denied,
+    lastMessageAt: r.lastMessageAt === 0 ? null : new Date(r.lastMessageAt).toISOString()
+  }
+  if (r.disconnectedAt !== 0) c.disconnectedAt = new Date(r.disconnectedAt).toISOString()
+  return c
+}
 
 /** Why the broker closed a connection: the `reason` label of fogmesh_broker_connections_closed_total. */
 export type CloseReason = 'packet_too_large' | 'inflight_limit' | 'queue_limit' | 'max_connections'
@@ -127,6 +183,12 @@ export class EmbeddedBroker implements MessageSource {
   readonly denied = { connect: 0, publish: 0, subscribe: 0 }
   /** Connections closed for going over a bound, for metrics. */
   readonly closed: Record<CloseReason, number> = { packet_too_large: 0, inflight_limit: 0, queue_limit: 0, max_connections: 0 }
+  /** Connected clients by aedes' client object. */
+  readonly #clients = new Map<Client, ClientRecord>()
+  /** The last RECENT_GONE clients that disconnected, oldest first. */
+  readonly #gone: ClientRecord[] = []
+  /** Sockets of the TLS listener, to tell which listener a client came through. */
+  readonly #tlsSockets = new WeakSet<Socket>()
 
   constructor (options: BrokerOptions) {
     this.#options = options
@@ -172,6 +234,31 @@ export class EmbeddedBroker implements MessageSource {
     }
     broker.on('clientError', onClientError)
     broker.on('connectionError', onClientError)
+    // A record per connected client (after CONNECT was accepted), kept until it disconnects.
+    broker.on('client', (client: Client) => {
+      const conn = client.conn as Partial<Socket>
+      const host = conn.remoteAddress ?? ''
+      this.#clients.set(client, {
+        id: client.id,
+        user: (client as Client & { fogmeshUser?: string }).fogmeshUser ?? null,
+        address: host === '' ? '' : `${host.includes(':') ? `[${host}]` : host}:${conn.remotePort ?? ''}`,
+        listener: this.#tlsSockets.has(client.conn as Socket) ? 'mqtts' : 'mqtt',
+        connectedAt: Date.now(),
+        disconnectedAt: 0,
+        messages: 0,
+        rejected: 0,
+        denied: 0,
+        lastMessageAt: 0
+      })
+    })
+    broker.on('clientDisconnect', (client: Client) => {
+      const r = this.#clients.get(client)
+      if (r === undefined) return
+      this.#clients.delete(client)
+      r.disconnectedAt = Date.now()
+      this.#gone.push(r)
+      if (this.#gone.length > RECENT_GONE) this.#gone.shift()
+    })
     this.#broker = broker
     if (this.#users.size > 0) {
       broker.authenticate = (client: Client, username: string | undefined, password: Buffer | undefined, done: (err: AuthenticateError | null, ok: boolean) => void) => {
@@ -195,6 +282,8 @@ export class EmbeddedBroker implements MessageSource {
       const user = this.#userOf(client)
       if (user !== undefined && !user.canPublish(packet.topic)) {
         this.denied.publish++
+        const r = client === null ? undefined : this.#clients.get(client)
+        if (r !== undefined) r.denied++
         done(new Error(`user ${user.username} may not publish to ${packet.topic}`))
         return
       }
@@ -212,7 +301,15 @@ export class EmbeddedBroker implements MessageSource {
     // Readings arrive here once aedes accepted them; client is null for the broker's own publishes
     // (heartbeats and our local actions), which are not readings.
     broker.on('publish', (packet: PublishPacket, client: Client | null) => {
-      if (client !== null) onMessage(packet.topic, packet.payload as Buffer, Date.now())
+      if (client === null) return
+      const now = Date.now()
+      const accepted = onMessage(packet.topic, packet.payload as Buffer, now)
+      const r = this.#clients.get(client)
+      if (r !== undefined) {
+        r.messages++
+        r.lastMessageAt = now
+        if (!accepted) r.rejected++
+      }
     })
     const handle = (socket: Socket): void => {
       guardPacketSize(socket, limits.maxPacket, () => { this.closed.packet_too_large++ })
@@ -223,7 +320,10 @@ export class EmbeddedBroker implements MessageSource {
     this.#url = await this.#listen(server, this.#options.port, 'mqtt', limits.maxConnections)
     const tls = this.#options.tls
     if (this.#options.tlsPort !== undefined && tls !== undefined) {
-      const tlsServer = createTlsServer({ cert: tls.cert, key: tls.key }, handle)
+      const tlsServer = createTlsServer({ cert: tls.cert, key: tls.key }, (socket: Socket) => {
+        this.#tlsSockets.add(socket)
+        handle(socket)
+      })
       this.#tlsServer = tlsServer
       this.#tlsUrl = await this.#listen(tlsServer, this.#options.tlsPort, 'mqtts', limits.maxConnections)
     }
@@ -243,6 +343,15 @@ export class EmbeddedBroker implements MessageSource {
     const bound = (server.address() as AddressInfo).port
     const host = this.#options.host === '0.0.0.0' || this.#options.host === '::' ? '127.0.0.1' : this.#options.host
     return `${scheme}://${host.includes(':') ? `[${host}]` : host}:${bound}`
+  }
+
+  /**
+   * GET /v1/broker: the connected clients (by id), the last ones that disconnected (newest first), and
+   * the refusals and closes counted since the start.
+   */
+  clients (): { clients: BrokerClient[], disconnected: BrokerClient[], denied: Record<string, number>, closed: Record<CloseReason, number> } {
+    const clients = [...this.#clients.values()].map(clientJson).sort((a, b) => a.id < b.id ? -1 : a.id > b.id ? 1 : 0)
+    return { clients, disconnected: this.#gone.map(clientJson).reverse(), denied: { ...this.denied }, closed: { ...this.closed } }
   }
 
   registerMetrics (m: Metrics): void {

@@ -112,20 +112,22 @@ export class PipelineRunner {
     return [...new Set([...this.#operators.values()].map(o => o.pipeline.topic.mqtt))]
   }
 
-  onMessage (topic: string, payload: Uint8Array, arrival: number): void {
+  /** False when the message, or a reading of it, was rejected (for the broker's per-client count). */
+  onMessage (topic: string, payload: Uint8Array, arrival: number): boolean {
     this.stats.messages++
     const route = this.#route(topic)
     if (route.length === 0) {
       this.stats.unmatched++
-      return
+      return true
     }
     if (payload.length > this.#maxPayload) {
       this.#reject('too_large')
-      return
+      return false
     }
     let decode: PayloadDecoder | undefined
     let records: Fields[] | undefined
     let refused = false
+    let readingRejected = false
     for (let i = 0; i < route.length; i++) {
       const r = route[i]
       if (r.decode !== decode) {
@@ -142,8 +144,11 @@ export class PipelineRunner {
       // Operators write to the records they are given (bindings, topic): each but the last of a
       // format gets its own copies.
       const shared = i + 1 < route.length && route[i + 1].decode === decode
+      const before = r.operator.rejectedCount
       r.operator.ingestRecords(shared ? records.map(f => ({ ...f })) : records, topic, r.bindings, arrival)
+      if (r.operator.rejectedCount !== before) readingRejected = true
     }
+    return !refused && !readingRejected
   }
 
   #reject (reason: RejectReason): void {

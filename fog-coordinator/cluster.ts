@@ -19,13 +19,19 @@
  * - Quorum: a coordinator that cannot commit (etcd lost its majority, or this coordinator cannot reach
  *   it) answers 503 no_quorum, so edges fail over to the cloud; it probes etcd and resumes by itself.
  *
+ * - TLS: endpoints given as `https://host:port` are reached over TLS (all of them or none): etcd's
+ *   certificate is verified against the node's --tls-ca (default the system's CAs), and the node's own
+ *   certificate (--tls-cert/--tls-key) is presented as the client certificate, so an etcd started with
+ *   `--client-cert-auth --trusted-ca-file <site CA>` admits only the site's nodes.
+ *
  * The etcd3 client's own Election is not used: it has had double-leader bugs after etcd restarts; the
  * fencing here does not depend on events arriving.
  */
+import { rootCertificates } from 'node:tls'
 import { Etcd3, isRecoverableError } from 'etcd3'
-import type { IKeyValue, Lease, Watcher } from 'etcd3'
+import type { IKeyValue, IOptions, Lease, Watcher } from 'etcd3'
 import { ConsecutiveBreaker, ExponentialBackoff, circuitBreaker, handleWhen, retry } from 'cockatiel'
-import { HttpError } from '../core/errors.ts'
+import { ConfigError, HttpError } from '../core/errors.ts'
 import { EMPTY_DEPLOYMENT, readDeployedSet } from '../core/pipeline/deployment.ts'
 import type { DeployedSet } from '../core/pipeline/deployment.ts'
 import type { Batch, PipelineDef } from '../core/upstream/batch.ts'
@@ -37,14 +43,17 @@ import { windowId } from '../server/contribution-store.ts'
 import type { Logger } from '../server/log.ts'
 import type { Metrics } from '../server/metrics.ts'
 import type { ReplicatedChange, Replication } from '../server/replication.ts'
+import type { ClientTls } from '../server/tls.ts'
 import { ClusterLayout, decodeWindow, encodeWindow } from './cluster-layout.ts'
 import type { MemberRecord, WindowRef } from './cluster-layout.ts'
 
 export interface ClusterOptions {
   /** This coordinator's id (unique in the cluster). */
   id: string
-  /** etcd endpoints, `host:port`. */
+  /** etcd endpoints, `host:port` or `http://host:port` (plain), or all `https://host:port` (TLS, with `tls`). */
   endpoints: string[]
+  /** With https endpoints: the CA that verifies etcd (default the system's) and the client certificate to present. */
+  tls?: ClientTls
   /** Key prefix of this cluster in etcd. */
   prefix: string
   /** Lease TTL, ms (rounded up to whole seconds, at least 1 s). */
@@ -145,7 +154,7 @@ export class FogCluster implements Replication, DeploymentStore {
     this.#layout = new ClusterLayout(options.prefix)
     const timeout = options.etcdTimeout
     this.#client = new Etcd3({
-      hosts: options.endpoints.map(e => /^https?:\/\//.test(e) ? e : `http://${e}`),
+      ...etcdConnection(options.endpoints, options.tls),
       dialTimeout: timeout,
       defaultCallOptions: ctx => ctx.isStream ? {} : { deadline: Date.now() + timeout },
       faultHandling: {
@@ -169,8 +178,10 @@ export class FogCluster implements Replication, DeploymentStore {
         break
       } catch (err) {
         if (attempt === 0 || attempt % 10 === 0) {
-          this.#o.log.warn('cluster.etcd_unavailable', `etcd ${this.#o.endpoints.join(',')} not usable yet (${(err as Error).message}); retrying`, {
-            endpoints: this.#o.endpoints, reason: (err as Error).message, attempt
+          const secure = this.#o.endpoints.some(e => e.startsWith('https://'))
+          const hint = secure ? ' (over TLS: --tls-ca must verify etcd\'s certificate, and etcd\'s --trusted-ca-file must have signed this node\'s --tls-cert)' : ''
+          this.#o.log.warn('cluster.etcd_unavailable', `etcd ${this.#o.endpoints.join(',')} not usable yet (${(err as Error).message})${hint}; retrying`, {
+            endpoints: this.#o.endpoints, reason: (err as Error).message, attempt, tls: secure
           })
         }
         await sleep(Math.min(2_000, 200 * 2 ** Math.min(attempt, 4)))
@@ -703,3 +714,24 @@ function sleep (ms: number): Promise<void> {
   return new Promise(resolve => setTimeout(resolve, ms))
 }
 
+
+/**
+ * The etcd3 client's hosts and credentials for `--etcd` endpoints: `host:port` and `http://…` plain,
+ * `https://…` over TLS verified against `tls.ca` (default the system's CAs), presenting `tls.cert` as
+ * the client certificate when there is one. One client speaks one of the two: a mix is a ConfigError.
+ */
+export function etcdConnection (endpoints: readonly string[], tls: ClientTls = {}): Pick<IOptions, 'hosts' | 'credentials'> {
+  const hosts = endpoints.map(e => /^https?:\/\//i.test(e) ? e.replace(/^https?/i, s => s.toLowerCase()) : `http://${e}`)
+  const secure = hosts.filter(h => h.startsWith('https://')).length
+  if (secure === 0) return { hosts }
+  if (secure !== hosts.length) {
+    throw new ConfigError(`--etcd ${endpoints.join(',')}: either every endpoint is https:// (TLS) or none is`)
+  }
+  return {
+    hosts,
+    credentials: {
+      rootCertificate: tls.ca ?? Buffer.from(rootCertificates.join('\n')),
+      ...tls.cert !== undefined && tls.key !== undefined ? { privateKey: tls.key, certChain: tls.cert } : {}
+    }
+  }
+}

@@ -13,7 +13,7 @@ export const FOG_OPTIONS: OptionTable = {
   'outbox-max': { type: 'bytes', default: '256mib', help: 'most final windows kept for the cloud while it cannot take them; when full the oldest are dropped (and counted)' },
   'uplink-timeout': { type: 'duration', default: '10s', help: 'longest a request to the cloud may take' },
   'uplink-retry-max': { type: 'duration', default: '10s', help: 'longest wait between retries to the cloud (exponential backoff with jitter from 200ms)' },
-  etcd: { type: 'string', help: 'etcd endpoints HOST:PORT[,…]: run as one coordinator of a replicated fog cluster (default: a single fog with its own store)' },
+  etcd: { type: 'string', help: 'etcd endpoints HOST:PORT[,…], or https://HOST:PORT[,…] for TLS (verified with --tls-ca, presenting --tls-cert as client certificate): run as one coordinator of a replicated fog cluster (default: a single fog with its own store)' },
   'etcd-prefix': { type: 'string', default: CLUSTER_DEFAULTS.prefix, help: 'key prefix of this cluster in etcd (several clusters can share one etcd)' },
   'etcd-timeout': { type: 'duration', default: `${CLUSTER_DEFAULTS.etcdTimeout}ms`, help: 'longest an etcd request may take; beyond it the coordinator takes no partials (503 no_quorum) until etcd answers' },
   'etcd-retention': { type: 'duration', default: '6h', help: 'cluster only: how long windows and results stay in etcd (the cloud sink keeps them for longer)' },

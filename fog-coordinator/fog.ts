@@ -36,6 +36,8 @@ export class FogCoordinator implements Runnable {
       : new FogCluster({
         id: options.id,
         endpoints: options.etcd,
+        // Over https://, etcd is verified with --tls-ca and sees this node's certificate.
+        tls: this.security.clientTls,
         prefix: options.etcdPrefix,
         leaseTtl: options.leaseTtl,
         shards: options.shards,

@@ -3,11 +3,15 @@
  * as child processes, each with its own data dir and log, that can be killed, restarted on the same
  * ports and data, and paused. Needs the `etcd` binary (Debian: `apt-get install etcd-server`); there
  * is deliberately no fallback or silent skip when it is missing.
+ *
+ * With `tls`, members serve clients over TLS only (https client URLs) and admit only clients whose
+ * certificate the given CA signed (`--client-cert-auth --trusted-ca-file`); peers talk plain HTTP on
+ * loopback. The harness's own probes present the members' certificate as their client certificate.
  */
 import { spawn } from 'node:child_process'
 import type { ChildProcess } from 'node:child_process'
 import { randomUUID } from 'node:crypto'
-import { accessSync, createWriteStream, constants as fsConstants } from 'node:fs'
+import { accessSync, createWriteStream, readFileSync, constants as fsConstants } from 'node:fs'
 import { mkdir, mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { delimiter, join } from 'node:path'
@@ -27,13 +31,24 @@ export interface EtcdClusterOptions {
   extraArgs?: string[]
   /** Gets every output line of every member (prefixed with its name) and the harness's own events. */
   log?: (line: string) => void
+  /** Serve clients over TLS with client-certificate auth (see the top). */
+  tls?: EtcdTlsOptions
+}
+
+/** PEM files of an etcd cluster on TLS. */
+export interface EtcdTlsOptions {
+  /** The members' certificate (its SANs must include 127.0.0.1) and key; usable as a client certificate too. */
+  cert: string
+  key: string
+  /** The CA that client certificates must chain to (etcd's --trusted-ca-file); it also verifies the members. */
+  ca: string
 }
 
 export interface EtcdMember {
   name: string
-  /** http://127.0.0.1:<port> */
+  /** http://127.0.0.1:<port> (https:// with tls) */
   clientUrl: string
-  /** 127.0.0.1:<port>, the form `fogmesh fog --etcd` takes. */
+  /** 127.0.0.1:<port> (https://127.0.0.1:<port> with tls), the form `fogmesh fog --etcd` takes. */
   endpoint: string
   peerUrl: string
   /** The process is alive (also while paused). */
@@ -46,8 +61,10 @@ export interface EtcdMember {
 
 export interface EtcdCluster {
   members: EtcdMember[]
-  /** 'host:port' of every member. */
+  /** 'host:port' of every member ('https://host:port' with tls). */
   endpoints: string[]
+  /** With tls: the etcd3 client credentials that reach the members (the CA, and the members' certificate as a client's). */
+  credentials?: EtcdCredentials
   /** The parent dir of the members' dirs. */
   dir: string
   /** Sends `signal` (default SIGKILL) and waits for the member to exit. No-op if it is not running. */
@@ -69,6 +86,12 @@ export interface EtcdCluster {
   dbSize (): Promise<number>
   /** SIGTERM to every member, SIGKILL after 5 s, then removes the temp dir. Safe to call twice. */
   stop (): Promise<void>
+}
+
+export interface EtcdCredentials {
+  rootCertificate: Buffer
+  privateKey: Buffer
+  certChain: Buffer
 }
 
 /** Something went wrong running the etcd cluster (missing binary, failed start, member unknown, no quorum in time). */
@@ -123,8 +146,8 @@ function errorText (err: unknown): string {
 
 // A fresh client per probe: the etcd3 client's default per-host circuit breaker stays open for 5 s
 // after three failures, which would delay noticing that a member came back.
-async function probe<T> (hosts: string[], deadlineMs: number, fn: (client: Etcd3, deadline: number) => Promise<T>): Promise<T> {
-  const client = new Etcd3({ hosts, dialTimeout: deadlineMs })
+async function probe<T> (hosts: string[], deadlineMs: number, fn: (client: Etcd3, deadline: number) => Promise<T>, credentials?: EtcdCredentials): Promise<T> {
+  const client = new Etcd3({ hosts, dialTimeout: deadlineMs, credentials })
   try {
     return await fn(client, Date.now() + deadlineMs)
   } finally {
@@ -157,6 +180,12 @@ export async function startEtcdCluster (opts: EtcdClusterOptions = {}): Promise<
   const timeoutMs = opts.timeoutMs ?? 20_000
   const extraArgs = opts.extraArgs ?? []
   const log = opts.log ?? (() => {})
+  const tls = opts.tls
+  const credentials: EtcdCredentials | undefined = tls === undefined
+    ? undefined
+    : { rootCertificate: readFileSync(tls.ca), privateKey: readFileSync(tls.key), certChain: readFileSync(tls.cert) }
+  const tlsArgs = tls === undefined ? [] : ['--cert-file', tls.cert, '--key-file', tls.key, '--trusted-ca-file', tls.ca, '--client-cert-auth']
+  const scheme = tls === undefined ? 'http' : 'https'
   const ownDir = opts.dir == null
   const root = opts.dir ?? await mkdtemp(join(tmpdir(), 'fogmesh-etcd-'))
   if (!ownDir) await mkdir(root, { recursive: true })
@@ -182,6 +211,7 @@ export async function startEtcdCluster (opts: EtcdClusterOptions = {}): Promise<
       '--election-timeout', '1000',
       '--logger', 'zap',
       '--log-outputs', 'stderr',
+      ...tlsArgs,
       ...extraArgs
     ]
     const proc = spawn(bin, args, { env, stdio: ['ignore', 'pipe', 'pipe'] })
@@ -253,11 +283,11 @@ export async function startEtcdCluster (opts: EtcdClusterOptions = {}): Promise<
       const attempt = Math.max(100, Math.min(PROBE_DEADLINE_MS, remaining))
       try {
         for (const m of pending) {
-          await probe([m.pub.clientUrl], attempt, (c, d) => c.maintenance.status({ deadline: d }))
+          await probe([m.pub.clientUrl], attempt, (c, d) => c.maintenance.status({ deadline: d }), credentials)
           pending.delete(m)
         }
         if (needQuorum) {
-          await probe(targets.map(m => m.pub.clientUrl), attempt, (c, d) => c.get('fogmesh/etcd-cluster/probe').options({ deadline: d }).string())
+          await probe(targets.map(m => m.pub.clientUrl), attempt, (c, d) => c.get('fogmesh/etcd-cluster/probe').options({ deadline: d }).string(), credentials)
         }
         return
       } catch (err) {
@@ -290,8 +320,8 @@ export async function startEtcdCluster (opts: EtcdClusterOptions = {}): Promise<
         members.push({
           pub: {
             name,
-            clientUrl: `http://127.0.0.1:${clientPort}`,
-            endpoint: `127.0.0.1:${clientPort}`,
+            clientUrl: `${scheme}://127.0.0.1:${clientPort}`,
+            endpoint: tls === undefined ? `127.0.0.1:${clientPort}` : `https://127.0.0.1:${clientPort}`,
             peerUrl: `http://127.0.0.1:${peerPort}`,
             running: false,
             paused: false,
@@ -368,7 +398,7 @@ export async function startEtcdCluster (opts: EtcdClusterOptions = {}): Promise<
       if (hosts.length > 0) {
         try {
           await probe(hosts, Math.max(100, Math.min(PROBE_DEADLINE_MS, remaining)),
-            (c, d) => c.get('fogmesh/etcd-cluster/probe').options({ deadline: d }).string())
+            (c, d) => c.get('fogmesh/etcd-cluster/probe').options({ deadline: d }).string(), credentials)
           return
         } catch (err) {
           lastError = err
@@ -388,7 +418,7 @@ export async function startEtcdCluster (opts: EtcdClusterOptions = {}): Promise<
     const live = members.filter(m => m.pub.running && !m.pub.paused)
     // Status is answered by each member itself, without a quorum.
     const sizes = await Promise.all(live.map(m =>
-      probe([m.pub.clientUrl], 2000, (c, d) => c.maintenance.status({ deadline: d })).then(s => Number(s.dbSize), () => undefined)))
+      probe([m.pub.clientUrl], 2000, (c, d) => c.maintenance.status({ deadline: d }), credentials).then(s => Number(s.dbSize), () => undefined)))
     const known = sizes.filter((s): s is number => s !== undefined)
     if (known.length === 0) throw new EtcdClusterError('etcd_unhealthy', 'no running etcd member answered a status request')
     return Math.max(...known)
@@ -414,6 +444,7 @@ export async function startEtcdCluster (opts: EtcdClusterOptions = {}): Promise<
   return {
     members: pubs,
     endpoints: pubs.map(m => m.endpoint),
+    credentials,
     dir: root,
     kill,
     restart,

@@ -69,6 +69,8 @@ export interface OperatorSnapshot {
 export class WindowOperator {
   readonly pipeline: CompiledPipeline
   readonly stats: OperatorStats = { accepted: 0, filtered: 0, late: 0, emitted: 0, rejected: {} }
+  /** Readings rejected, all reasons together (the sum of stats.rejected, without walking it). */
+  rejectedCount = 0
   readonly #sink: WindowSink
   readonly #inputs: unknown[]
   readonly #starts: number[] = []
@@ -162,6 +164,7 @@ export class WindowOperator {
   }
 
   #rejectReason (reason: RejectReason): void {
+    this.rejectedCount++
     this.stats.rejected[reason] = (this.stats.rejected[reason] ?? 0) + 1
   }
 

@@ -1,0 +1,113 @@
+/**
+ * A fog cluster whose link to etcd is TLS with client certificates: a real three-member etcd cluster
+ * started with --cert-file/--key-file/--trusted-ca-file/--client-cert-auth, and `fogmesh fog --etcd
+ * https://…` coordinators with their site certificates. Two of them form one cluster; one whose
+ * certificate another CA signed cannot join, and etcd's data stays as it was.
+ */
+import { readFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { getCACertificates, setDefaultCACertificates } from 'node:tls'
+import { Etcd3 } from 'etcd3'
+import t from 'tap'
+import { getAggregate } from '../core/aggregates/index.ts'
+import { encodeBatch } from '../core/upstream/batch.ts'
+import type { Batch, PipelineDef, Watermark, WindowEntry } from '../core/upstream/batch.ts'
+import { shardOf } from '../core/upstream/shards.ts'
+import type { ShardMapView } from '../core/upstream/shards.ts'
+import { startEtcdCluster } from '../simulators/etcd-cluster.ts'
+import { makeSite } from './helpers/certs.ts'
+import type { NodeFiles } from './helpers/certs.ts'
+import { fetchResults } from './helpers/ground-truth.ts'
+import { fetchJson, freePort, startFogmesh, tmpDir, waitFor } from './helpers/process.ts'
+import type { JsonResponse, RunningProcess } from './helpers/process.ts'
+
+const START = Date.UTC(2026, 0, 1)
+const SIZE = 10_000
+const DEF: PipelineDef = {
+  name: 'temp',
+  version: 1,
+  window: 'tumbling',
+  selects: [{ name: 'n', fn: 'count', params: [] }, { name: 'total', fn: 'sum', params: [] }]
+}
+
+function windowOf (key: string, edge: string, values: number[]): WindowEntry {
+  const count = getAggregate('count')!
+  const sum = getAggregate('sum')!
+  let n = count.create([])
+  let s = sum.create([])
+  for (const v of values) {
+    n = count.add(n, undefined, START)
+    s = sum.add(s, v, START)
+  }
+  return { pipeline: DEF.name, key, start: START, end: START + SIZE, contributions: [{ edge, revision: 0, states: [count.encode(n), sum.encode(s)] }] }
+}
+
+let seq = 0
+async function post (base: string, sender: string, windows: WindowEntry[], watermarks: Watermark[] = []): Promise<JsonResponse> {
+  const batch: Batch = { seq: ++seq, sender, role: 'edge', pipelines: [DEF], watermarks, windows }
+  const { body, encoding } = encodeBatch(batch)
+  const headers: Record<string, string> = { 'content-type': 'application/cbor' }
+  if (encoding !== undefined) headers['content-encoding'] = encoding
+  return await fetchJson(`${base}/v1/partials`, { method: 'POST', headers, body })
+}
+
+t.test('etcd on TLS with client-certificate auth: site coordinators form one cluster, another CA\'s cannot join', { timeout: 90_000 }, async t => {
+  const dir = await tmpDir('fogmesh-cluster-tls-')
+  const site = await makeSite(join(dir.path, 'site'))
+  // This process reads the coordinators' APIs over https: it trusts the site CA.
+  setDefaultCACertificates([...getCACertificates('default'), await readFile(site.caCert, 'utf8')])
+  const server = await site.node('fog', 'etcd')
+  const etcd = await startEtcdCluster({ members: 3, dir: join(dir.path, 'etcd'), tls: { cert: server.cert, key: server.key, ca: site.caCert } })
+  const fogs: RunningProcess[] = []
+  t.teardown(async () => {
+    await Promise.all(fogs.map(p => p.stop(5_000).catch(() => p.kill('SIGKILL'))))
+    await etcd.stop()
+    await dir.cleanup()
+  })
+  t.ok(etcd.endpoints.every(e => e.startsWith('https://127.0.0.1:')), `https endpoints: ${etcd.endpoints.join(',')}`)
+
+  const start = async (id: string, files: NodeFiles, timeoutMs?: number): Promise<RunningProcess> => {
+    const p = await startFogmesh(['fog', '--id', id, '--http-port', String(await freePort()), '--data-dir', join(dir.path, id),
+      '--etcd', etcd.endpoints.join(','), '--tls-cert', files.cert, '--tls-key', files.key, '--tls-ca', files.caCert,
+      '--lease-ttl', '2s', '--etcd-timeout', '1s', '--tick', '100ms', '--finalize-after', '30s'], { timeoutMs })
+    fogs.push(p)
+    return p
+  }
+  const [f1, f2] = await Promise.all([start('f1', await site.node('fog', 'f1')), start('f2', await site.node('fog', 'f2'))])
+  t.match(f1.http, /^https:/, 'the coordinators serve https')
+  const mapOf = async (p: RunningProcess) => (await fetchJson(`${p.http}/v1/shards`)).body as ShardMapView
+  const map = await waitFor(async () => {
+    const [a, b] = await Promise.all([mapOf(f1), mapOf(f2)])
+    return a.members.length === 2 && a.status === 'ok' && b.status === 'ok' && a.version === b.version ? a : undefined
+  }, { timeoutMs: 15_000, message: 'both coordinators holding one map of two members' })
+  t.same(map.owners, (await mapOf(f2)).owners, 'the same shard map at both')
+
+  // A window at its owner, watermarks to both: both answer the final window (replicated through etcd).
+  let key = ''
+  for (let i = 0; key === ''; i++) if (map.owners[shardOf(DEF.name, `k${i}`, map.shards)] === 'f2') key = `k${i}`
+  const past: Watermark[] = [{ pipeline: DEF.name, edge: 'e1', watermark: START + SIZE }]
+  t.equal((await post(f2.http, 'e1', [windowOf(key, 'e1', [1, 2, 3])])).status, 200, 'the owner takes the window')
+  for (const p of [f1, f2]) t.equal((await post(p.http, 'e1', [], past)).status, 200, `the watermark to ${p.id}`)
+  for (const p of [f1, f2]) {
+    const r = await waitFor(async () => (await fetchResults(p.http, DEF.name)).find(x => x.key === key && x.final),
+      { timeoutMs: 10_000, message: `the final window at ${p.id}` })
+    t.same(r.values, { n: 3, total: 6 }, `${p.id} serves the merged window`)
+  }
+
+  const client = new Etcd3({ hosts: etcd.members.map(m => m.clientUrl), credentials: etcd.credentials })
+  t.teardown(() => client.close())
+  const snapshot = async () => Object.entries(await client.getAll().prefix('/fogmesh/').strings()).sort(([a], [b]) => a.localeCompare(b))
+  const before = await snapshot()
+  t.ok(before.some(([k]) => k.startsWith('/fogmesh/w/')), 'the window is in etcd')
+
+  // Trusts etcd (the site CA), but presents a certificate of another CA: etcd refuses the handshake.
+  const intruder = await site.foreign('fog', 'f3')
+  const refused = await start('f3', intruder, 6_000).then(() => undefined, (err: Error) => err)
+  t.ok(refused !== undefined, 'the coordinator with another CA\'s certificate never becomes ready')
+  t.match(refused?.message ?? '', /cluster\.etcd_unavailable[\s\S]*over TLS/, 'it logs that etcd is not usable over TLS, and why to look at certificates')
+  t.match(refused?.message ?? '', /bad certificate/, 'etcd refused its certificate')
+  t.same(await snapshot(), before, 'etcd\'s data is unchanged')
+  const after = await mapOf(f1)
+  t.same(after.members.map(m => m.id).sort(), ['f1', 'f2'], 'the cluster still has its two members')
+  t.equal(after.version, map.version, 'and the same map')
+})
