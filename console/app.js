@@ -349,6 +349,18 @@ function renderEdge () {
     cells: [s.labels.reason, { text: num(s.value), class: 'num' }, { text: num(s.value - (base[s.labels.reason] ?? 0)), class: 'num' }]
   })))
   renderClients(now)
+  renderSparkplug()
+}
+
+/** Sparkplug B nodes and devices the edge has heard a BIRTH from, online or dead (fogmesh_sparkplug_online). */
+function renderSparkplug () {
+  const samples = state.metrics.get('fogmesh_sparkplug_online') ?? []
+  $('sparkplug-panel').hidden = samples.length === 0
+  syncRows($('sparkplug-table').tBodies[0], samples.map(s => ({
+    key: `${s.labels.group}/${s.labels.node}/${s.labels.device}`,
+    class: s.value > 0 ? '' : 'gone',
+    cells: [s.labels.group, s.labels.node, s.labels.device === '' ? '(node)' : s.labels.device, s.value > 0 ? 'online' : 'offline']
+  })))
 }
 
 function renderClients (now) {

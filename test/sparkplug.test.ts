@@ -13,6 +13,7 @@ import { DataType, decodeSparkplug, encodeSparkplug, REBIRTH_METRIC } from '../c
 import { loadPipelinesFile } from '../core/pipeline/parse.ts'
 import { runSimulator } from '../simulators/sim.ts'
 import { compareResults, fetchMetric, fetchResults } from './helpers/ground-truth.ts'
+import { startBrowser } from './helpers/browser.ts'
 import { startMosquitto } from './helpers/mosquitto.ts'
 import { fetchJson, startFogmesh, tmpDir, waitFor } from './helpers/process.ts'
 import type { RunningProcess } from './helpers/process.ts'
@@ -141,6 +142,15 @@ t.test('unknown alias, data before birth, garbage, wrong topic: each refused and
   await waitFor(async () => (await fetchMetric(edge.http, 'fogmesh_sparkplug_online')).get('{group="sim",node="n1",device="d1"}') === 0, { timeoutMs: 5_000, message: 'DDEATH: offline' })
   await send('spBv1.0/sim/NDEATH/n1', encodeSparkplug({ metrics: [{ name: 'bdSeq', datatype: DataType.Int64, longValue: 0 }] }))
   await waitFor(async () => (await fetchMetric(edge.http, 'fogmesh_sparkplug_online')).get('{group="sim",node="n1",device=""}') === 0, { timeoutMs: 5_000, message: 'NDEATH: offline' })
+
+  // The edge's console shows them offline too.
+  const browser = await startBrowser()
+  t.teardown(() => browser.close())
+  const page = await browser.page()
+  await page.goto(`${edge.http}/#edge`)
+  await page.waitForFunction(`document.querySelectorAll('#sparkplug-table tbody tr[data-key^="sim/n1/"]').length === 2`, { timeout: 15_000 })
+  const rows = await page.$$eval('#sparkplug-table tbody tr[data-key^="sim/n1/"]', trs => trs.map(tr => [...tr.querySelectorAll('td')].map(td => td.textContent)))
+  t.same(rows.sort(), [['sim', 'n1', '(node)', 'offline'], ['sim', 'n1', 'd1', 'offline']], 'the console lists the node and the device, offline')
 
   t.same((await fetchJson(`${edge.http}/healthz`)).body, { status: 'ok', role: 'edge', id: 'e1' }, 'the agent keeps running')
   t.equal(await edge.stop(), 0)
