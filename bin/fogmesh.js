@@ -17,6 +17,12 @@ const MIN_MAJOR = 22
 const MIN_MINOR = 18
 // Set in the child we re-exec, so a bundled Node that is itself too old cannot make us loop.
 const REEXEC_ENV = 'FOGMESH_REEXEC'
+// FOGMESH_NO_REEXEC=1: never start another Node (neither the execve below nor the bundled Node):
+// run in this process or, on a Node too old, say so. For a Node that cannot exec itself, e.g. a
+// foreign-architecture Node under qemu-user without binfmt (execve of it fails with ENOEXEC, and a
+// failed process.execve aborts). Pass the V8 flags yourself then (`node --max-semi-space-size=4 …`).
+const NO_REEXEC_ENV = 'FOGMESH_NO_REEXEC'
+const noReexec = process.env[NO_REEXEC_ENV] === '1'
 const FORWARDED_SIGNALS = ['SIGINT', 'SIGTERM', 'SIGHUP']
 
 const self = fileURLToPath(import.meta.url)
@@ -116,7 +122,7 @@ async function run () {
   if (typeof code === 'number') process.exitCode = code
 }
 
-if (isRecentEnough(process.version) && wantsV8Flags() && typeof process.execve === 'function') {
+if (isRecentEnough(process.version) && !noReexec && wantsV8Flags() && typeof process.execve === 'function') {
   // Same process (same pid, signals and stdio), restarted with the flags: they only apply at start-up.
   process.execve(process.execPath, [process.execPath, ...V8_FLAGS, ...process.execArgv, self, ...process.argv.slice(2)], process.env)
 } else if (isRecentEnough(process.version)) {
@@ -131,7 +137,7 @@ if (isRecentEnough(process.version) && wantsV8Flags() && typeof process.execve =
     process.stderr.write(`fogmesh: ${expected ? err.message : (err?.stack ?? String(err))}\n`)
     process.exitCode = 1
   }
-} else if (process.env[REEXEC_ENV] === '1') {
+} else if (process.env[REEXEC_ENV] === '1' || noReexec) {
   tooOld()
 } else {
   const nodePath = findBundledNode()

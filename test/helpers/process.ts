@@ -159,6 +159,11 @@ export interface StartFogmeshOptions {
   cwd?: string
   /** Copy the child's output to this process's stderr as it comes (also on with FOGMESH_TEST_ECHO=1). */
   echo?: boolean
+  /**
+   * What runs bin/fogmesh.js: a program and its first arguments (default: this process's Node), e.g.
+   * `['qemu-aarch64', '-L', sysroot, arm64Node]`.
+   */
+  command?: string[]
 }
 
 export interface ExitInfo {
@@ -190,7 +195,7 @@ export interface RunningProcess {
 }
 
 /**
- * Runs `node bin/fogmesh.js ...args` and resolves once it prints its ready line. Rejects (and kills
+ * Runs `node bin/fogmesh.js ...args` (or `opts.command` instead of node) and resolves once it prints its ready line. Rejects (and kills
  * the process) if it exits first or is not ready within the timeout, quoting its output.
  */
 export function startFogmesh (args: string[], opts: StartFogmeshOptions = {}): Promise<RunningProcess> {
@@ -198,7 +203,8 @@ export function startFogmesh (args: string[], opts: StartFogmeshOptions = {}): P
   const echo = opts.echo ?? process.env.FOGMESH_TEST_ECHO === '1'
   const env: Record<string, string | undefined> = { ...process.env, ...opts.env }
   for (const [k, v] of Object.entries(env)) if (v === undefined) delete env[k]
-  const proc = spawn(process.execPath, [fogmeshBin, ...args], { cwd, env, stdio: ['ignore', 'pipe', 'pipe'] })
+  const [program, ...programArgs] = opts.command ?? [process.execPath]
+  const proc = spawn(program, [...programArgs, fogmeshBin, ...args], { cwd, env, stdio: ['ignore', 'pipe', 'pipe'] })
   track(proc)
   const label = `fogmesh ${args.join(' ')}`.trim()
   const stdout: string[] = []
@@ -277,7 +283,7 @@ export function startFogmesh (args: string[], opts: StartFogmeshOptions = {}): P
   }
 
   return new Promise<RunningProcess>((resolve, reject) => {
-    proc.once('error', err => reject(new Error(`${label}: could not start ${process.execPath}: ${err.message}`)))
+    proc.once('error', err => reject(new Error(`${label}: could not start ${program}: ${err.message}`)))
     waitForLine(READY_LINE, timeoutMs).then(m => {
       resolve({
         role: m[1],
