@@ -4,45 +4,15 @@
  * trusts the printed CA, refuse plain HTTP and a POST /v1/partials without a client certificate (401);
  * a window merged from both edges becomes final; a second run keeps the CA.
  */
-import { spawn } from 'node:child_process'
 import { X509Certificate } from 'node:crypto'
 import { readFileSync, statSync } from 'node:fs'
 import { request as httpRequest } from 'node:http'
 import { request as httpsRequest } from 'node:https'
 import { join, resolve } from 'node:path'
-import { createInterface } from 'node:readline'
 import t from 'tap'
-import { exitStatus, fogmeshBin, repoRoot, tmpDir, track, waitFor } from './helpers/process.ts'
-
-interface Demo {
-  output: string[]
-  exited: Promise<number>
-  signal: (s: NodeJS.Signals) => void
-  line: (re: RegExp, timeoutMs: number) => Promise<RegExpMatchArray>
-}
-
-function startDemo (args: string[]): Demo {
-  const proc = spawn(process.execPath, [fogmeshBin, 'demo', ...args], { cwd: repoRoot, stdio: ['ignore', 'pipe', 'pipe'] })
-  track(proc)
-  const output: string[] = []
-  for (const stream of [proc.stdout, proc.stderr]) createInterface({ input: stream, crlfDelay: Infinity }).on('line', l => output.push(l))
-  const exited = new Promise<number>(resolve => proc.once('close', (code, signal) => resolve(exitStatus(code, signal))))
-  let done = false
-  void exited.then(() => { done = true })
-  return {
-    output,
-    exited,
-    signal: s => { if (!done) proc.kill(s) },
-    line: async (re, timeoutMs) => await waitFor(() => {
-      for (const l of output) {
-        const m = l.match(re)
-        if (m !== null) return m
-      }
-      if (done) throw new Error(`the demo exited\n${output.join('\n')}`)
-      return undefined
-    }, { timeoutMs, intervalMs: 100, message: `a line matching ${re}\n${output.join('\n')}` })
-  }
-}
+import { startDemo } from './helpers/demo.ts'
+import type { Demo } from './helpers/demo.ts'
+import { repoRoot, tmpDir, waitFor } from './helpers/process.ts'
 
 async function stopDemo (demo: Demo): Promise<number | string> {
   demo.signal('SIGINT')

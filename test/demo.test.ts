@@ -4,48 +4,14 @@
  * a node that dies takes the demo down with exit 1; nodes of a demo killed outright stop by
  * themselves; a taken port is reported before anything starts.
  */
-import { spawn } from 'node:child_process'
 import { readdirSync, readFileSync } from 'node:fs'
 import { createServer } from 'node:net'
 import type { AddressInfo } from 'node:net'
 import { join } from 'node:path'
-import { createInterface } from 'node:readline'
 import t from 'tap'
-import { exitStatus, fetchJson, fogmeshBin, repoRoot, tmpDir, track, waitFor } from './helpers/process.ts'
-
-interface Demo {
-  pid: number
-  output: string[]
-  /** Resolves with the exit status once the demo has exited. */
-  exited: Promise<number>
-  signal: (s: NodeJS.Signals) => void
-  /** Waits for an output line matching `re`. */
-  line: (re: RegExp, timeoutMs: number) => Promise<RegExpMatchArray>
-}
-
-function startDemo (args: string[]): Demo {
-  const proc = spawn(process.execPath, [fogmeshBin, 'demo', ...args], { cwd: repoRoot, stdio: ['ignore', 'pipe', 'pipe'] })
-  track(proc)
-  const output: string[] = []
-  for (const stream of [proc.stdout, proc.stderr]) createInterface({ input: stream, crlfDelay: Infinity }).on('line', l => output.push(l))
-  const exited = new Promise<number>(resolve => proc.once('close', (code, signal) => resolve(exitStatus(code, signal))))
-  let done = false
-  void exited.then(() => { done = true })
-  return {
-    pid: proc.pid!,
-    output,
-    exited,
-    signal: s => { if (!done) proc.kill(s) },
-    line: async (re, timeoutMs) => await waitFor(() => {
-      for (const l of output) {
-        const m = l.match(re)
-        if (m !== null) return m
-      }
-      if (done) throw new Error('the demo exited')
-      return undefined
-    }, { timeoutMs, intervalMs: 100, message: `a line matching ${re}\n${output.join('\n')}` })
-  }
-}
+import { startDemo } from './helpers/demo.ts'
+import type { Demo } from './helpers/demo.ts'
+import { fetchJson, repoRoot, tmpDir, waitFor } from './helpers/process.ts'
 
 /** The processes whose parent is `pid`, with their command lines. */
 function childrenOf (pid: number): Array<{ pid: number, cmd: string }> {
