@@ -9,9 +9,8 @@ import { join } from 'node:path'
 import { getCACertificates, setDefaultCACertificates } from 'node:tls'
 import { Etcd3 } from 'etcd3'
 import t from 'tap'
-import { getAggregate } from '../core/aggregates/index.ts'
 import { encodeBatch } from '../core/upstream/batch.ts'
-import type { Batch, PipelineDef, Watermark, WindowEntry } from '../core/upstream/batch.ts'
+import type { Batch, Watermark, WindowEntry } from '../core/upstream/batch.ts'
 import { shardOf } from '../core/upstream/shards.ts'
 import type { ShardMapView } from '../core/upstream/shards.ts'
 import { startEtcdCluster } from '../simulators/etcd-cluster.ts'
@@ -20,26 +19,14 @@ import type { NodeFiles } from './helpers/certs.ts'
 import { fetchResults } from './helpers/ground-truth.ts'
 import { fetchJson, freePort, startFogmesh, tmpDir, waitFor } from './helpers/process.ts'
 import type { JsonResponse, RunningProcess } from './helpers/process.ts'
+import { COUNT_SUM_DEF, countSumContribution } from './helpers/specs.ts'
 
 const START = Date.UTC(2026, 0, 1)
 const SIZE = 10_000
-const DEF: PipelineDef = {
-  name: 'temp',
-  version: 1,
-  window: 'tumbling',
-  selects: [{ name: 'n', fn: 'count', params: [] }, { name: 'total', fn: 'sum', params: [] }]
-}
+const DEF = COUNT_SUM_DEF
 
 function windowOf (key: string, edge: string, values: number[]): WindowEntry {
-  const count = getAggregate('count')!
-  const sum = getAggregate('sum')!
-  let n = count.create([])
-  let s = sum.create([])
-  for (const v of values) {
-    n = count.add(n, undefined, START)
-    s = sum.add(s, v, START)
-  }
-  return { pipeline: DEF.name, key, start: START, end: START + SIZE, contributions: [{ edge, revision: 0, states: [count.encode(n), sum.encode(s)] }] }
+  return { pipeline: DEF.name, key, start: START, end: START + SIZE, contributions: [countSumContribution(edge, values, START)] }
 }
 
 let seq = 0

@@ -6,38 +6,25 @@
  */
 import { Etcd3 } from 'etcd3'
 import t from 'tap'
-import { getAggregate } from '../core/aggregates/index.ts'
 import { encodeBatch } from '../core/upstream/batch.ts'
-import type { Batch, PipelineDef, Watermark, WindowEntry } from '../core/upstream/batch.ts'
+import type { Batch, Watermark, WindowEntry } from '../core/upstream/batch.ts'
 import { shardOf } from '../core/upstream/shards.ts'
 import type { ShardMapView } from '../core/upstream/shards.ts'
 import { fetchMetric, fetchResults } from './helpers/ground-truth.ts'
 import { LEASE_TTL, startCluster } from './helpers/fog-cluster.ts'
 import { fetchJson, waitFor } from './helpers/process.ts'
 import type { JsonResponse } from './helpers/process.ts'
+import { COUNT_SUM_DEF, countSumContribution } from './helpers/specs.ts'
 
 const START = Date.UTC(2026, 0, 1)
 const SIZE = 10_000
 /** The failover bound the issue sets: shards move within this after the lease expires. */
 const FAILOVER_BOUND = 5_000
-const DEF: PipelineDef = {
-  name: 'temp',
-  version: 1,
-  window: 'tumbling',
-  selects: [{ name: 'n', fn: 'count', params: [] }, { name: 'total', fn: 'sum', params: [] }]
-}
+const DEF = COUNT_SUM_DEF
 
 /** One edge's partial of a window holding `values`. */
 function contribution (edge: string, values: number[], revision = 0): WindowEntry['contributions'][number] {
-  const count = getAggregate('count')!
-  const sum = getAggregate('sum')!
-  let n = count.create([])
-  let s = sum.create([])
-  for (const v of values) {
-    n = count.add(n, undefined, START)
-    s = sum.add(s, v, START)
-  }
-  return { edge, revision, states: [count.encode(n), sum.encode(s)] }
+  return countSumContribution(edge, values, START, revision)
 }
 
 function windowOf (key: string, w: number, contributions: WindowEntry['contributions']): WindowEntry {

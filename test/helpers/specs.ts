@@ -1,6 +1,11 @@
-/** PipelineSpec objects for tests that want a pipeline without going through YAML. */
+/**
+ * Pipelines for tests that want one without going through YAML: PipelineSpec objects, and the
+ * count-and-sum definition of upstream batches with its partials.
+ */
+import { getAggregate } from '../../core/aggregates/index.ts'
 import { PIPELINE_DEFAULTS } from '../../core/pipeline/spec.ts'
 import type { PipelineSpec, SelectSpec } from '../../core/pipeline/spec.ts'
+import type { Contribution, PipelineDef } from '../../core/upstream/batch.ts'
 
 export function countSelect (): SelectSpec {
   return { name: 'n', fn: 'count', params: [] }
@@ -23,4 +28,25 @@ export function pipelineSpec (over: Partial<PipelineSpec> = {}): PipelineSpec {
     emit: [{ kind: 'upstream' }],
     ...over
   }
+}
+
+/** A tumbling 10 s pipeline "temp" with n: count() and total: sum(), as batches define it. */
+export const COUNT_SUM_DEF: PipelineDef = {
+  name: 'temp',
+  version: 1,
+  window: 'tumbling',
+  selects: [{ name: 'n', fn: 'count', params: [] }, { name: 'total', fn: 'sum', params: [] }]
+}
+
+/** One edge's partial of a COUNT_SUM_DEF window holding `values` (all at event time `ts`). */
+export function countSumContribution (edge: string, values: number[], ts: number, revision = 0): Contribution {
+  const count = getAggregate('count')!
+  const sum = getAggregate('sum')!
+  let n = count.create([])
+  let s = sum.create([])
+  for (const v of values) {
+    n = count.add(n, undefined, ts)
+    s = sum.add(s, v, ts)
+  }
+  return { edge, revision, states: [count.encode(n), sum.encode(s)] }
 }
