@@ -36,6 +36,7 @@ import { PipelineRunner } from './pipelines.ts'
 import { SparkplugNode } from './sparkplug-node.ts'
 import type { MessageSource } from './source.ts'
 import { BrokerSubscriber } from './subscriber.ts'
+import { Sinks } from '../server/sinks/delivery.ts'
 import { Uplink } from './uplink.ts'
 import type { UplinkStatus } from './uplink.ts'
 
@@ -59,6 +60,8 @@ export class EdgeAgent implements ServiceApi {
   readonly #security: NodeSecurity
   /** Undefined without --fog, --cloud and the mesh: then nothing is queued for upstream (see README). */
   readonly #uplink: Uplink | undefined
+  /** The sinks of the config file: they get every closed window (late revisions too). */
+  readonly #sinks: Sinks | undefined
   /** Undefined with --checkpoint-every 0. */
   readonly #checkpoints: Checkpointer | undefined
   /** Off unless --mesh-port or --bootstrap is given. */
@@ -164,6 +167,9 @@ export class EdgeAgent implements ServiceApi {
     })
     this.#registerMetrics()
     this.membership.registerMetrics(this.metrics)
+    this.#sinks = options.sinks !== undefined && options.sinks.length > 0
+      ? new Sinks(options.sinks, { dataDir: options.dataDir, log, metrics: this.metrics })
+      : undefined
   }
 
   get httpUrl (): string {
@@ -179,6 +185,7 @@ export class EdgeAgent implements ServiceApi {
     this.#checkpoints?.restore(Date.now())
     await this.#http.listen()
     this.#uplink?.start()
+    this.#sinks?.start()
     await this.#source.start((topic, payload, arrival) => this.#runner.onMessage(topic, payload, arrival))
     this.#brokerUp = true
     // Born before the first window closes, so hosts see the node as soon as the edge is up.
@@ -214,6 +221,7 @@ export class EdgeAgent implements ServiceApi {
     this.#commit()
     this.#checkpoints?.take()
     await this.#uplink?.stop()
+    await this.#sinks?.stop()
     await this.#http.close()
     this.#store.close()
     this.#checkpoints?.close()
@@ -340,12 +348,14 @@ export class EdgeAgent implements ServiceApi {
    */
   #commit (): void {
     this.#uplink?.flush()
+    this.#sinks?.flush()
     this.#store.flush()
   }
 
   #onWindow (operator: WindowOperator, w: WindowState): void {
     const result = this.#result(operator, w, true)
     this.#store.put(result)
+    this.#sinks?.offer(result)
     this.#actions.run(operator.pipeline, result)
     for (const node of this.#sparkplugNodesOf(operator)) node.publish(result)
     this.#uplink?.onWindow(operator, w)

@@ -4,6 +4,7 @@ import { join } from 'node:path'
 import { ConfigError } from '../core/errors.ts'
 import { COMMON_OPTIONS, readOptions } from '../server/options.ts'
 import type { CommonOptions, OptionTable } from '../server/options.ts'
+import { parseSinks } from '../server/sinks/index.ts'
 
 export const EDGE_OPTIONS: OptionTable = {
   ...COMMON_OPTIONS,
@@ -88,6 +89,7 @@ export function edgeOptions (argv: string[]): EdgeOptions & { help: boolean } {
     dataDir: (o.dataDir as string | undefined) ?? join('data', id),
     mqttClientId: (o.mqttClientId as string | undefined) ?? `fogmesh-${id}`,
     users: parseUsers(o.users),
+    sinks: parseSinks(o.sinks),
     fog: (o.fog as string[] | undefined) ?? []
   }
 }

@@ -40,6 +40,7 @@ import type { MergeOptions } from './merge-options.ts'
 import type { ReplicatedChange, Replication } from './replication.ts'
 import { ResultStore } from './result-store.ts'
 import { SerialQueue } from './serial-queue.ts'
+import { Sinks } from './sinks/delivery.ts'
 import { withLive } from './results.ts'
 import type { ResultQuery, WindowResult } from './results.ts'
 
@@ -117,6 +118,8 @@ export class MergeNode implements ServiceApi {
   readonly #limited = new Map<WireLimit, number>()
   #listenerErrors = 0
   #listenerFailing = false
+  /** The sinks of the config file: they get every final window and every later revision. */
+  readonly #sinks: Sinks | undefined
   #ready = false
   #stopped = false
   #finalizeQueued = false
@@ -182,6 +185,10 @@ export class MergeNode implements ServiceApi {
     this.membership = new RoleMesh(options, role, () => this.#heartbeat())
     this.#registerMetrics()
     this.membership.registerMetrics(this.metrics)
+    // Their queues live in the data dir in a cluster too: results wait there while a sink is down.
+    this.#sinks = options.sinks !== undefined && options.sinks.length > 0
+      ? new Sinks(options.sinks, { dataDir: options.dataDir, log, metrics: this.metrics })
+      : undefined
   }
 
   get httpUrl (): string {
@@ -199,6 +206,7 @@ export class MergeNode implements ServiceApi {
     this.#timers.push(setInterval(() => this.#prune(), PRUNE_EVERY))
     // After the HTTP API, whose URL the heartbeats carry.
     await this.membership.start()
+    this.#sinks?.start()
     this.#ready = true
   }
 
@@ -210,6 +218,7 @@ export class MergeNode implements ServiceApi {
     await this.#http.close()
     this.#stopped = true
     await this.#exclusive.drained()
+    await this.#sinks?.stop()
     this.#results.close()
     this.#store.close()
     if (this.#ownsSecurity) this.#security.close()
@@ -542,9 +551,12 @@ export class MergeNode implements ServiceApi {
     }
     await this.#replication?.commitFinal(due, now)
     if (this.#stopped) return
-    for (const d of due) this.#results.put(this.#result(d.window, true, d.revision))
+    const results = due.map(d => this.#result(d.window, true, d.revision))
+    for (const r of results) this.#results.put(r)
     // Durable before the window is recorded as final: a crash in between finalizes it again, same revision.
     this.#results.flush()
+    // In the sinks' queues before the window is recorded as final too (a repeat is harmless: at least once).
+    if (!this.#toSinks(results)) return
     if (!this.#notify(due)) return
     this.#store.markFinal(due, now)
     for (const d of due) {
@@ -552,6 +564,19 @@ export class MergeNode implements ServiceApi {
       const s = this.#statsOf(d.window.pipeline)
       if (d.revision === 0) s.finalized++
       else s.revised++
+    }
+  }
+
+  #toSinks (results: readonly WindowResult[]): boolean {
+    if (this.#sinks === undefined) return true
+    try {
+      this.#sinks.append(results)
+      return true
+    } catch (err) {
+      this.#listenerErrors++
+      if (!this.#listenerFailing) this.#log.error('merge.listener_failed', 'the sinks\' queues did not take final windows; the windows stay pending and are offered again', { err })
+      this.#listenerFailing = true
+      return false
     }
   }
 

@@ -2,6 +2,7 @@
 import { hostname } from 'node:os'
 import { join } from 'node:path'
 import { readOptions } from './options.ts'
+import { parseSinks } from './sinks/index.ts'
 import type { CommonOptions, OptionTable } from './options.ts'
 
 export const MERGE_OPTIONS: OptionTable = {
@@ -24,6 +25,7 @@ export function readMergeOptions (role: 'fog' | 'cloud', table: OptionTable, arg
   return {
     ...(o as unknown as MergeOptions & { help: boolean }),
     id,
-    dataDir: (o.dataDir as string | undefined) ?? join('data', id)
+    dataDir: (o.dataDir as string | undefined) ?? join('data', id),
+    sinks: parseSinks(o.sinks)
   }
 }

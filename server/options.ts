@@ -10,6 +10,7 @@ import { formatDuration, parseDuration } from '../core/duration.ts'
 import { ConfigError } from '../core/errors.ts'
 import { LOG_FORMATS, LOG_LEVELS } from './log.ts'
 import type { LogFormat, LogLevel } from './log.ts'
+import type { SinkConfig } from './sinks/index.ts'
 import type { TlsOptions } from './tls.ts'
 
 export type OptionType = 'string' | 'strings' | 'url' | 'urls' | 'int' | 'port' | 'duration' | 'bool' | 'bytes'
@@ -174,6 +175,7 @@ export const COMMON_OPTIONS: OptionTable = {
   insecure: { type: 'bool', default: false, help: 'serve plain HTTP (and MQTT) on a --host (or --mqtt-host) that is not a loopback address; without it such a node refuses to start without --tls-cert and --tls-key' },
   mdns: { type: 'bool', default: false, help: 'also find mesh peers on the LAN by mDNS (multicast on every interface; turns the mesh on)' },
   'log-level': { type: 'string', choices: LOG_LEVELS, default: 'info', help: 'least severe log lines written to stderr' },
+  sinks: { type: 'strings', fileOnly: true, help: 'where results also go: a list of { name, type: postgres|influxdb|mqtt|webhook, url, … } (see README, Sinks); an edge\'s get its closed windows, a fog\'s and the cloud\'s final windows and every later revision' },
   'log-format': { type: 'string', choices: LOG_FORMATS, default: 'auto', help: 'log lines as json (one object per line), pretty (for people), or auto: pretty when stderr is a terminal, else json' }
 }
 
@@ -202,4 +204,6 @@ export interface CommonOptions extends TlsOptions {
   logLevel?: LogLevel
   /** Default auto: readable on a terminal, JSON lines otherwise. */
   logFormat?: LogFormat
+  /** `sinks:` of the config file, checked (parseSinks). */
+  sinks?: SinkConfig[]
 }
