@@ -40,12 +40,43 @@ export interface EdgeWithSinks {
   restart: () => Promise<RunningProcess>
 }
 
-export async function startEdgeWithSinks (t: Test, sinks: unknown[], env: Record<string, string> = {}): Promise<EdgeWithSinks> {
+/** Starts a fog with `sinks:` in its config file (it learns the pipelines from the edges' batches). */
+export async function startFogWithSinks (t: Test, sinks: unknown[]): Promise<RunningProcess> {
+  const dir = await tmpDir('fogmesh-sinks-fog-')
+  const configFile = join(dir.path, 'fog.yaml')
+  await writeFile(configFile, stringify({ sinks }))
+  const fog = await startFogmesh(['fog', '--id', 'f1', '--config', configFile, '--http-port', '0', '--data-dir', join(dir.path, 'data'), '--finalize-after', '5s'])
+  t.teardown(async () => {
+    if (fog.proc.exitCode === null) await fog.stop().catch(() => fog.kill('SIGKILL'))
+    await dir.cleanup()
+  })
+  return fog
+}
+
+/**
+ * A fog's or the cloud's results against the truth (the edge's windows): the same windows and values;
+ * the revision is the tier's own (an edge's late revisions that arrive before the fog finalizes are
+ * in its revision 0), so it is left out.
+ */
+export function compareTier (spec: PipelineSpec, served: ServedResult[], truth: TruthResult[]): string[] {
+  return compareResults(spec, served.map(r => ({ ...r, revision: 0 })), truth.map(r => ({ ...r, revision: 0 })), { sources: 1 })
+}
+
+/** Waits until a tier serves every final window of the truth, and checks them against it. */
+export async function servesTruth (t: Test, base: string, specs: PipelineSpec[], truth: TruthFile): Promise<void> {
+  for (const spec of specs) {
+    const want = truthOf(truth, spec.name)
+    await waitFor(async () => (await fetchResults(base, spec.name)).filter(r => r.final).length >= want.length, { timeoutMs: 40_000, message: `${spec.name}: ${want.length} final windows at ${base}` })
+    t.same(compareTier(spec, await fetchResults(base, spec.name), want), [], `${spec.name}: ${base} serves the ground truth`)
+  }
+}
+
+export async function startEdgeWithSinks (t: Test, sinks: unknown[], env: Record<string, string> = {}, extra: string[] = []): Promise<EdgeWithSinks> {
   const dir = await tmpDir('fogmesh-sinks-')
   const configFile = join(dir.path, 'edge.yaml')
   await writeFile(configFile, stringify({ sinks }))
   const dataDir = join(dir.path, 'data')
-  const args = ['edge', '--id', 'e1', '--config', configFile, '--pipelines', SINK_PIPELINES, '--http-port', '0', '--mqtt-port', '0', '--data-dir', dataDir]
+  const args = ['edge', '--id', 'e1', '--config', configFile, '--pipelines', SINK_PIPELINES, '--http-port', '0', '--mqtt-port', '0', '--data-dir', dataDir, ...extra]
   const run: EdgeWithSinks = {
     edge: await startFogmesh(args, { env }),
     specs: await loadPipelinesFile(SINK_PIPELINES),
