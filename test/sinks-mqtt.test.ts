@@ -27,7 +27,7 @@ t.test('a fog publishes every final window, also after the broker was down', asy
   watcher.on('message', (topic, payload) => got.push({ topic, body: JSON.parse(payload.toString()) }))
   await watcher.subscribeAsync('results/#', { qos: 1 })
 
-  const fog = await startFogWithSinks(t, [{ name: 'bus', type: 'mqtt', url: `mqtt://127.0.0.1:${port}` }])
+  const fog = await startFogWithSinks(t, [{ name: 'bus', type: 'mqtt', url: `mqtt://127.0.0.1:${port}`, 'retry-max': '2s' }])
   const run = await startEdgeWithSinks(t, [], {}, ['--fog', fog.http])
   await broker.stop()
   const truth = await feed(t, run)

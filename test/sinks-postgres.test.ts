@@ -47,8 +47,8 @@ t.test('closed windows reach PostgreSQL, one row per window, also after it was d
   await pg.pause()
   const run = await startEdgeWithSinks(t, [
     // The user comes from the environment; the password from a variable the config names.
-    { name: 'warehouse', type: 'postgres', url: `postgres://\${SINK_PG_USER}@127.0.0.1:${pg.port}/postgres`, 'password-env': 'SINK_PG_PASSWORD' },
-    { name: 'rooms', type: 'postgres', url: pg.url, table: 'public.room_results', pipelines: ['room-temp'] }
+    { name: 'warehouse', type: 'postgres', url: `postgres://\${SINK_PG_USER}@127.0.0.1:${pg.port}/postgres`, 'password-env': 'SINK_PG_PASSWORD', 'retry-max': '2s' },
+    { name: 'rooms', type: 'postgres', url: pg.url, table: 'public.room_results', pipelines: ['room-temp'], 'retry-max': '2s' }
   ], { SINK_PG_USER: 'postgres', SINK_PG_PASSWORD: 'not-a-real-secret-4711' })
   const truth = await feed(t, run)
   t.ok(await sinkMetric(run.edge.http, 'pending', 'warehouse') > 0, 'results wait in the queue while PostgreSQL is down')

@@ -25,7 +25,7 @@ t.test('every closed window is POSTed, also after the receiver was down', async 
   t.teardown(() => dir.cleanup())
   const tokenFile = join(dir.path, 'hook-token')
   await writeFile(tokenFile, 'hook-secret-0123456789\n', { mode: 0o600 })
-  const run = await startEdgeWithSinks(t, [{ name: 'hook', type: 'webhook', url: hook.url, 'token-file': tokenFile }])
+  const run = await startEdgeWithSinks(t, [{ name: 'hook', type: 'webhook', url: hook.url, 'token-file': tokenFile, 'retry-max': '2s' }])
   const truth = await feed(t, run)
   t.ok(await sinkMetric(run.edge.http, 'pending', 'hook') > 0, 'results wait while the receiver answers 503')
   t.equal(hook.accepted.length, 0)
@@ -73,4 +73,26 @@ t.test('a 4xx sets the result aside and counts it; 429 and 5xx are retried', asy
   t.match(await metrics.text(), /fogmesh_sink_errors_total\{sink="hook"\} 1/)
   t.match(await metrics.text(), /fogmesh_sink_delivered_total\{sink="hook"\} 3/)
   t.match(await metrics.text(), /fogmesh_sink_retries_total\{sink="hook"\} 2/)
+})
+
+t.test('a full queue drops the oldest results and counts them', async t => {
+  const hook = await startRecorder()
+  t.teardown(() => hook.close())
+  hook.answer = () => 503
+  const dir = await tmpDir()
+  t.teardown(() => dir.cleanup())
+  const metrics = new Metrics()
+  const sinks = new Sinks(parseSinks([{ name: 'hook', type: 'webhook', url: hook.url, 'max-pending': '4kib', 'retry-max': '300ms' }]), { dataDir: dir.path, log: silentLogger, metrics })
+  t.teardown(() => sinks.stop())
+  sinks.start()
+  const at = Date.UTC(2026, 0, 1)
+  const results: WindowResult[] = Array.from({ length: 100 }, (_, i) => ({ pipeline: 'p', key: `k${i}`, start: at, end: at + 1000, final: true, revision: 0, sources: 1, values: { n: i } }))
+  for (const r of results) sinks.append([r])
+  const { pending, dropped } = sinks.status()[0]
+  t.ok(dropped > 0 && pending + dropped === 100, `bounded: ${pending} kept, ${dropped} dropped`)
+  t.match(await metrics.text(), new RegExp(`fogmesh_sink_dropped_total\\{sink="hook"\\} ${dropped}`))
+  hook.answer = () => 204
+  await waitFor(() => sinks.status()[0].pending === 0, { timeoutMs: 20_000, message: 'the queue to drain' })
+  const keys = hook.accepted.map(r => (JSON.parse(r.body) as { key: string }).key)
+  t.same(keys, results.slice(100 - pending).map(r => r.key), 'the newest are kept and delivered, in order')
 })

@@ -40,12 +40,12 @@ export interface EdgeWithSinks {
   restart: () => Promise<RunningProcess>
 }
 
-/** Starts a fog with `sinks:` in its config file (it learns the pipelines from the edges' batches). */
-export async function startFogWithSinks (t: Test, sinks: unknown[]): Promise<RunningProcess> {
-  const dir = await tmpDir('fogmesh-sinks-fog-')
-  const configFile = join(dir.path, 'fog.yaml')
+/** Starts a fog (or the cloud) with `sinks:` in its config file (it learns the pipelines from the edges' batches). */
+export async function startFogWithSinks (t: Test, sinks: unknown[], role: 'fog' | 'cloud' = 'fog'): Promise<RunningProcess> {
+  const dir = await tmpDir(`fogmesh-sinks-${role}-`)
+  const configFile = join(dir.path, `${role}.yaml`)
   await writeFile(configFile, stringify({ sinks }))
-  const fog = await startFogmesh(['fog', '--id', 'f1', '--config', configFile, '--http-port', '0', '--data-dir', join(dir.path, 'data'), '--finalize-after', '5s'])
+  const fog = await startFogmesh([role, '--id', `${role}1`, '--config', configFile, '--http-port', '0', '--data-dir', join(dir.path, 'data'), '--finalize-after', '5s'])
   t.teardown(async () => {
     if (fog.proc.exitCode === null) await fog.stop().catch(() => fog.kill('SIGKILL'))
     await dir.cleanup()
