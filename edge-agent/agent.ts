@@ -125,8 +125,11 @@ export class EdgeAgent implements ServiceApi {
         retryMax: options.uplinkRetryMax,
         log,
         client: this.#security.client,
-        // The shipper appends too, before each batch: the store follows at once (see #commit).
-        afterAppend: () => this.#store.flush()
+        // The shipper appends too, before each batch: the sinks' queues and the store follow at once (see #commit).
+        afterAppend: () => {
+          this.#sinks?.flush()
+          this.#store.flush()
+        }
       }, this.#runner.operators.values())
       : undefined
     this.#source = options.mqttUrl !== undefined
@@ -347,8 +350,9 @@ export class EdgeAgent implements ServiceApi {
    * (and so remove) what was appended.
    */
   #commit (): void {
-    this.#uplink?.flush()
+    // The sinks' queues first: a window the store has (so a restart does not emit it again) is in them.
     this.#sinks?.flush()
+    this.#uplink?.flush()
     this.#store.flush()
   }
 
