@@ -7,7 +7,7 @@ import type { ChildProcess } from 'node:child_process'
 import { accessSync, constants as fsConstants } from 'node:fs'
 import { writeFile } from 'node:fs/promises'
 import { delimiter, join } from 'node:path'
-import { exitStatus, freePort, sleep, tmpDir, track } from './process.ts'
+import { exitStatus, freePort, sleep, stopChild, tmpDir, track } from './process.ts'
 
 export interface Influx {
   /** http://127.0.0.1:<port> */
@@ -92,15 +92,7 @@ export async function startInflux (opts: { timeoutMs?: number } = {}): Promise<I
   }
 
   const pause = async (): Promise<void> => {
-    if (proc === undefined || proc.exitCode !== null || proc.signalCode !== null) return
-    proc.kill('SIGTERM')
-    let timer: NodeJS.Timeout | undefined
-    const late = await Promise.race([exited.then(() => false), new Promise<boolean>(resolve => { timer = setTimeout(() => resolve(true), 15_000) })])
-    clearTimeout(timer)
-    if (late) {
-      proc.kill('SIGKILL')
-      await exited
-    }
+    if (proc !== undefined) await stopChild(proc, exited, 'SIGTERM')
   }
 
   let stopped: Promise<void> | undefined

@@ -10,7 +10,7 @@ import { chown } from 'node:fs/promises'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
 import pg from 'pg'
-import { exitStatus, freePort, sleep, tmpDir, track } from './process.ts'
+import { exitStatus, freePort, sleep, stopChild, tmpDir, track } from './process.ts'
 
 const execFileP = promisify(execFile)
 
@@ -97,16 +97,8 @@ export async function startPostgres (opts: { timeoutMs?: number } = {}): Promise
   }
 
   const pause = async (): Promise<void> => {
-    if (proc === undefined || proc.exitCode !== null || proc.signalCode !== null) return
     // SIGINT: fast shutdown (clients are disconnected at once).
-    proc.kill('SIGINT')
-    let timer: NodeJS.Timeout | undefined
-    const late = await Promise.race([exited.then(() => false), new Promise<boolean>(resolve => { timer = setTimeout(() => resolve(true), 15_000) })])
-    clearTimeout(timer)
-    if (late) {
-      proc.kill('SIGKILL')
-      await exited
-    }
+    if (proc !== undefined) await stopChild(proc, exited, 'SIGINT')
   }
 
   let stopped: Promise<void> | undefined

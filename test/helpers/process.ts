@@ -34,6 +34,22 @@ export function track (child: ChildProcess): void {
   child.once('exit', () => liveChildren.delete(child))
 }
 
+/**
+ * Stops a server the test started: `signal`, then SIGKILL if it has not exited within `graceMs`.
+ * No-op when it is not running. `exited` resolves when it has exited.
+ */
+export async function stopChild (child: ChildProcess, exited: Promise<unknown>, signal: NodeJS.Signals, graceMs = 15_000): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return
+  child.kill(signal)
+  let timer: NodeJS.Timeout | undefined
+  const late = await Promise.race([exited.then(() => false), new Promise<boolean>(resolve => { timer = setTimeout(() => resolve(true), graceMs) })])
+  clearTimeout(timer)
+  if (late) {
+    child.kill('SIGKILL')
+    await exited
+  }
+}
+
 export function sleep (ms: number): Promise<void> {
   return new Promise(resolve => setTimeout(resolve, ms))
 }
