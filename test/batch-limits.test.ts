@@ -219,9 +219,11 @@ t.test('a fog under thousands of malformed batches: no 5xx, no crash, bounded pe
   t.same(fiveHundreds, [], 'no 5xx')
   t.same(failed, [], 'every request is answered')
   t.equal(fog.proc.exitCode, null, 'the fog is still running')
-  // Unbounded, the first deflated body alone takes 650 MB; bounded, a body decodes to at most about
-  // 150 MB (1.5 M empty arrays), and bodies decode one at a time.
-  t.ok(after - before < 200e6, `peak RSS grew by ${((after - before) / 1e6).toFixed(0)} MB, less than 200 MB`)
+  // Unbounded, the first deflated body alone takes 650 MB (and the whole run over 1.65 GB); bounded, a
+  // body decodes to at most about 150 MB (1.5 M empty arrays, what the largest legitimate batch can
+  // hold), bodies decode one at a time, and the garbage of the ones before is collected as the heap
+  // needs: +167 to +220 MB measured on a 2-core machine, whatever the number of rounds.
+  t.ok(after - before < 300e6, `peak RSS grew by ${((after - before) / 1e6).toFixed(0)} MB, less than 300 MB`)
 
   t.same((await fetchJson(`${fog.http}/healthz`)).body, { status: 'ok', role: 'fog', id: 'f1' })
   t.equal(await post(good(100_000, 1e9)), 200, 'a valid batch is still taken')
