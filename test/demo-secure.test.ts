@@ -8,6 +8,7 @@ import { X509Certificate } from 'node:crypto'
 import { readFileSync, statSync } from 'node:fs'
 import { request as httpRequest } from 'node:http'
 import { request as httpsRequest } from 'node:https'
+import type { RequestOptions } from 'node:https'
 import { join, resolve } from 'node:path'
 import t from 'tap'
 import { startDemo } from './helpers/demo.ts'
@@ -27,10 +28,10 @@ interface Answer {
   body: string
 }
 
-/** A request over https that verifies the server with `ca` (and presents no client certificate). */
-async function https (url: string, ca: string, method = 'GET'): Promise<Answer> {
+/** One request; resolves with the status and body, rejects when the server does not answer in HTTP. */
+async function send (request: typeof httpRequest, url: string, options: RequestOptions): Promise<Answer> {
   return await new Promise((resolve, reject) => {
-    const req = httpsRequest(url, { method, ca, timeout: 5_000, agent: false }, res => {
+    const req = request(url, { ...options, timeout: 5_000, agent: false }, res => {
       let body = ''
       res.setEncoding('utf8')
       res.on('data', (d: string) => { body += d })
@@ -43,20 +44,14 @@ async function https (url: string, ca: string, method = 'GET'): Promise<Answer> 
   })
 }
 
+/** A request over https that verifies the server with `ca` (and presents no client certificate). */
+async function https (url: string, ca: string, method = 'GET'): Promise<Answer> {
+  return await send(httpsRequest, url, { method, ca })
+}
+
 /** A plain-HTTP GET; rejects when the server does not answer in HTTP. */
 async function plainGet (url: string): Promise<Answer> {
-  return await new Promise((resolve, reject) => {
-    const req = httpRequest(url, { timeout: 5_000, agent: false }, res => {
-      let body = ''
-      res.setEncoding('utf8')
-      res.on('data', (d: string) => { body += d })
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }))
-      res.on('error', reject)
-    })
-    req.on('timeout', () => req.destroy(new Error('timeout')))
-    req.on('error', reject)
-    req.end()
-  })
+  return await send(httpRequest, url, {})
 }
 
 const NAMES = ['cloud', 'fog', 'edge-1', 'edge-2'] as const
