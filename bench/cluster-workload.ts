@@ -10,7 +10,7 @@ import type { Batch, Contribution, PipelineDef, Watermark, WindowEntry } from '.
 import { shardOf } from '../core/upstream/shards.ts'
 import type { ShardMap } from '../core/upstream/shards.ts'
 import { ClusterLayout, encodeWindow } from '../fog-coordinator/cluster-layout.ts'
-import type { MergeWindow } from '../server/contribution-store.ts'
+import type { MergeWindow } from '../server/merge/contribution-store.ts'
 import { median } from './lib.ts'
 
 export const PIPELINE: PipelineDef = {

@@ -2,7 +2,7 @@
  * The upstream bench's TLS run: what mutual TLS on every link costs. The same mesh as the upstream
  * part (two `fogmesh edge`s → `fogmesh fog --cloud` → `fogmesh cloud`, fed over MQTT by this process,
  * 1 s windows closing every 1.1545 s), once in plain HTTP and once on mutual TLS (each node with its
- * own certificate of a site CA made for the run with server/certs.ts, the fog and the cloud asking for
+ * own certificate of a site CA made for the run with server/shell/certs.ts, the fog and the cloud asking for
  * client certificates), in interleaved rounds (plain then TLS, TLS then plain, …) so that a machine
  * getting busier or quieter weighs on both alike. No recording proxy here: it would end the TLS links.
  *
@@ -25,8 +25,8 @@ import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { connectAsync } from 'mqtt'
 import type { MqttClient } from 'mqtt'
-import { createCa, issueNodeCert } from '../server/certs.ts'
-import type { Role } from '../server/certs.ts'
+import { createCa, issueNodeCert } from '../server/shell/certs.ts'
+import type { Role } from '../server/shell/certs.ts'
 import { cpuTimes, median, metricValue, REPO_DIR, spawnNode, stopChild } from './lib.ts'
 import type { Child } from './lib.ts'
 import { CLOSE_EVERY, distribution, EDGES, LATENESS, pipelinesYaml, publishPaced, watchFinals } from './upstream.ts'

@@ -1,5 +1,5 @@
 /**
- * `fogmesh cert ca DIR` and `fogmesh cert issue …`: a site's certificates (see server/certs.ts).
+ * `fogmesh cert ca DIR` and `fogmesh cert issue …`: a site's certificates (see server/shell/certs.ts).
  * Bad flags exit 2 (ConfigError); a CA that exists or cannot be used exits 1 (CertError).
  */
 import { X509Certificate } from 'node:crypto'
@@ -8,11 +8,11 @@ import { join, resolve } from 'node:path'
 import { parseArgs } from 'node:util'
 import type { ParseArgsOptionsConfig } from 'node:util'
 import { ConfigError } from '../core/errors.ts'
-import { writeFileAtomic } from '../server/atomic-file.ts'
+import { writeFileAtomic } from '../server/shell/atomic-file.ts'
 import {
   CertError, checkDays, createCa, DEFAULT_CA_DAYS, DEFAULT_CA_NAME, DEFAULT_HOSTS, DEFAULT_NODE_DAYS,
   issueNodeCert, readCertIdentity, ROLES
-} from '../server/certs.ts'
+} from '../server/shell/certs.ts'
 
 /** File names in a CA dir and a node dir. */
 export const CA_CERT = 'ca.crt'

@@ -5,10 +5,10 @@
  */
 import { readFileSync } from 'node:fs'
 import { parseArgs } from 'node:util'
-import { readTokenFile } from '../server/bearer.ts'
-import { PeerClient } from '../server/peer-client.ts'
-import type { PeerResponse } from '../server/peer-client.ts'
-import type { ResultJson } from '../server/results.ts'
+import { readTokenFile } from '../server/shell/bearer.ts'
+import { PeerClient } from '../server/shell/peer-client.ts'
+import type { PeerResponse } from '../server/shell/peer-client.ts'
+import type { ResultJson } from '../server/shell/results.ts'
 
 function cell (v: unknown): string {
   if (typeof v === 'number') return Number.isInteger(v) ? String(v) : v.toFixed(Math.abs(v) >= 100 ? 1 : 3)

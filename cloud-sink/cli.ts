@@ -1,10 +1,10 @@
 /** `fogmesh cloud`: runs the cloud sink until a signal. */
 import { loadPipelinesFile } from '../core/pipeline/parse.ts'
 import type { PipelineSpec } from '../core/pipeline/spec.ts'
-import { runUntilSignal } from '../server/lifecycle.ts'
-import { roleLogger } from '../server/log.ts'
-import { MergeNode } from '../server/merge-node.ts'
-import { optionsHelp } from '../server/options.ts'
+import { runUntilSignal } from '../server/shell/lifecycle.ts'
+import { roleLogger } from '../server/shell/log.ts'
+import { MergeNode } from '../server/merge/merge-node.ts'
+import { optionsHelp } from '../server/shell/options.ts'
 import { CLOUD_OPTIONS, cloudOptions } from './config.ts'
 
 export async function cloudCommand (argv: string[]): Promise<number> {

@@ -4,8 +4,8 @@
  */
 import type { Vars } from '../core/expr.ts'
 import type { CompiledEmit, CompiledPipeline } from '../core/pipeline/compile.ts'
-import type { WindowResult } from '../server/results.ts'
-import { resultJson } from '../server/results.ts'
+import type { WindowResult } from '../server/shell/results.ts'
+import { resultJson } from '../server/shell/results.ts'
 
 export type Publish = (topic: string, payload: Buffer, qos: 0 | 1 | 2, retain: boolean) => Promise<void>
 

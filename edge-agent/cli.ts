@@ -1,9 +1,9 @@
 /** `fogmesh edge`: runs an edge agent until a signal. */
 import { loadPipelinesFile } from '../core/pipeline/parse.ts'
 import type { PipelineSpec } from '../core/pipeline/spec.ts'
-import { runUntilSignal } from '../server/lifecycle.ts'
-import { roleLogger } from '../server/log.ts'
-import { optionsHelp } from '../server/options.ts'
+import { runUntilSignal } from '../server/shell/lifecycle.ts'
+import { roleLogger } from '../server/shell/log.ts'
+import { optionsHelp } from '../server/shell/options.ts'
 import { EdgeAgent } from './agent.ts'
 import { EDGE_OPTIONS, edgeOptions } from './config.ts'
 

@@ -2,8 +2,8 @@
 import { hostname } from 'node:os'
 import { join } from 'node:path'
 import { ConfigError } from '../core/errors.ts'
-import { COMMON_OPTIONS, readOptions } from '../server/options.ts'
-import type { CommonOptions, OptionTable } from '../server/options.ts'
+import { COMMON_OPTIONS, readOptions } from '../server/shell/options.ts'
+import type { CommonOptions, OptionTable } from '../server/shell/options.ts'
 import { parseSinks } from '../server/sinks/index.ts'
 
 export const EDGE_OPTIONS: OptionTable = {

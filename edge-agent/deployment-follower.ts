@@ -7,10 +7,10 @@
  */
 import { readDeployedSet } from '../core/pipeline/deployment.ts'
 import type { DeployedSet } from '../core/pipeline/deployment.ts'
-import type { DeploymentStore } from '../server/deployment-store.ts'
-import type { Logger } from '../server/log.ts'
+import type { DeploymentStore } from '../server/shell/deployment-store.ts'
+import type { Logger } from '../server/shell/log.ts'
 import type { MeshPeer } from '../server/mesh/mesh-node.ts'
-import { PeerClient } from '../server/peer-client.ts'
+import { PeerClient } from '../server/shell/peer-client.ts'
 
 export interface FollowerOptions {
   store: DeploymentStore

@@ -23,9 +23,9 @@ import mqtt from 'mqtt'
 import type { MqttClient } from 'mqtt'
 import { DataType, decodeSparkplug, encodeSparkplug, REBIRTH_METRIC, sparkplugTopic, valueFields } from '../core/formats/sparkplug-wire.ts'
 import type { WireMetric } from '../core/formats/sparkplug-wire.ts'
-import type { Logger } from '../server/log.ts'
-import type { ClientTls } from '../server/tls.ts'
-import type { WindowResult } from '../server/results.ts'
+import type { Logger } from '../server/shell/log.ts'
+import type { ClientTls } from '../server/shell/tls.ts'
+import type { WindowResult } from '../server/shell/results.ts'
 
 export interface SparkplugNodeOptions {
   url: string

@@ -5,8 +5,8 @@
  */
 import mqtt from 'mqtt'
 import type { MqttClient } from 'mqtt'
-import type { Logger } from '../server/log.ts'
-import type { ClientTls } from '../server/tls.ts'
+import type { Logger } from '../server/shell/log.ts'
+import type { ClientTls } from '../server/shell/tls.ts'
 import type { MessageHandler, MessageSource } from './source.ts'
 
 export interface SubscriberOptions {

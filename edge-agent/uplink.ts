@@ -26,13 +26,13 @@ import type { Batch, Contribution, PipelineDef, WindowEntry } from '../core/upst
 import { pipelineDef } from '../core/upstream/pipeline-def.ts'
 import type { WindowOperator } from '../core/windows/operator.ts'
 import type { WindowState } from '../core/windows/window.ts'
-import type { Logger } from '../server/log.ts'
-import type { Metrics } from '../server/metrics.ts'
-import { BatchDefinitions, Outbox, OutboxDefinitions } from '../server/outbox.ts'
-import type { OutboxItem } from '../server/outbox.ts'
-import type { PeerClient } from '../server/peer-client.ts'
-import { FAILURE_REASONS, SHIPPER_DEFAULTS, Shipper } from '../server/shipper.ts'
-import type { BatchContext, ShipperStatus } from '../server/shipper.ts'
+import type { Logger } from '../server/shell/log.ts'
+import type { Metrics } from '../server/shell/metrics.ts'
+import { BatchDefinitions, Outbox, OutboxDefinitions } from '../server/delivery/outbox.ts'
+import type { OutboxItem } from '../server/delivery/outbox.ts'
+import type { PeerClient } from '../server/shell/peer-client.ts'
+import { FAILURE_REASONS, SHIPPER_DEFAULTS, Shipper } from '../server/delivery/shipper.ts'
+import type { BatchContext, ShipperStatus } from '../server/delivery/shipper.ts'
 
 export interface UplinkOptions {
   /** This edge's id: the sender of batches and the edge of its contributions. */

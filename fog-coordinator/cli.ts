@@ -2,9 +2,9 @@
 import { ConfigError } from '../core/errors.ts'
 import { loadPipelinesFile } from '../core/pipeline/parse.ts'
 import type { PipelineSpec } from '../core/pipeline/spec.ts'
-import { runUntilSignal } from '../server/lifecycle.ts'
-import { roleLogger } from '../server/log.ts'
-import { optionsHelp } from '../server/options.ts'
+import { runUntilSignal } from '../server/shell/lifecycle.ts'
+import { roleLogger } from '../server/shell/log.ts'
+import { optionsHelp } from '../server/shell/options.ts'
 import { FOG_OPTIONS, fogOptions } from './config.ts'
 import { FogCoordinator } from './fog.ts'
 

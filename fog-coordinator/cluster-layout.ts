@@ -19,7 +19,7 @@
 import { Decoder, Encoder } from 'cbor-x'
 import { WireError } from '../core/errors.ts'
 import type { Contribution } from '../core/upstream/batch.ts'
-import type { MergeWindow } from '../server/contribution-store.ts'
+import type { MergeWindow } from '../server/merge/contribution-store.ts'
 
 /** Makes every time a Date can hold non-negative, so that fixed-width decimals sort. */
 const TIME_OFFSET = 8.64e15

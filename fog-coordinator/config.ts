@@ -1,10 +1,10 @@
 /** Options of the fog coordinator (`fogmesh fog`), with their defaults. */
-import { readTokenFile, strongToken } from '../server/bearer.ts'
-import { MERGE_OPTIONS, readMergeOptions } from '../server/merge-options.ts'
-import type { MergeOptions } from '../server/merge-options.ts'
-import { COMMON_OPTIONS } from '../server/options.ts'
+import { readTokenFile, strongToken } from '../server/shell/bearer.ts'
+import { MERGE_OPTIONS, readMergeOptions } from '../server/merge/merge-options.ts'
+import type { MergeOptions } from '../server/merge/merge-options.ts'
+import { COMMON_OPTIONS } from '../server/shell/options.ts'
 import { CLUSTER_DEFAULTS } from './cluster.ts'
-import type { OptionTable } from '../server/options.ts'
+import type { OptionTable } from '../server/shell/options.ts'
 
 export const FOG_OPTIONS: OptionTable = {
   ...COMMON_OPTIONS,

@@ -13,12 +13,12 @@ import type { PipelineSpec } from '../core/pipeline/spec.ts'
 import type { PipelineDef } from '../core/upstream/batch.ts'
 import { sameSelects } from '../core/upstream/merge.ts'
 import { pipelineDef } from '../core/upstream/pipeline-def.ts'
-import { BearerToken } from '../server/bearer.ts'
-import type { DeploymentStore } from '../server/deployment-store.ts'
-import type { Reply, Request, Route } from '../server/http.ts'
-import type { Logger } from '../server/log.ts'
-import type { Metrics } from '../server/metrics.ts'
-import { SerialQueue } from '../server/serial-queue.ts'
+import { BearerToken } from '../server/shell/bearer.ts'
+import type { DeploymentStore } from '../server/shell/deployment-store.ts'
+import type { Reply, Request, Route } from '../server/shell/http.ts'
+import type { Logger } from '../server/shell/log.ts'
+import type { Metrics } from '../server/shell/metrics.ts'
+import { SerialQueue } from '../server/shell/serial-queue.ts'
 
 export interface DeploymentsOptions {
   /** --admin-token; without one, PUT and DELETE answer 403 deployment_disabled. */

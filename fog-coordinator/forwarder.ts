@@ -32,14 +32,14 @@
  */
 import { Decoder, Encoder } from 'cbor-x'
 import type { Batch, PipelineDef, Watermark, WindowEntry } from '../core/upstream/batch.ts'
-import type { Logger } from '../server/log.ts'
-import type { MergeNode } from '../server/merge-node.ts'
-import type { Metrics } from '../server/metrics.ts'
-import { BatchDefinitions, Outbox, OutboxDefinitions } from '../server/outbox.ts'
-import type { OutboxItem } from '../server/outbox.ts'
-import type { PeerClient } from '../server/peer-client.ts'
-import { FAILURE_REASONS, SHIPPER_DEFAULTS, Shipper } from '../server/shipper.ts'
-import type { BatchContext } from '../server/shipper.ts'
+import type { Logger } from '../server/shell/log.ts'
+import type { MergeNode } from '../server/merge/merge-node.ts'
+import type { Metrics } from '../server/shell/metrics.ts'
+import { BatchDefinitions, Outbox, OutboxDefinitions } from '../server/delivery/outbox.ts'
+import type { OutboxItem } from '../server/delivery/outbox.ts'
+import type { PeerClient } from '../server/shell/peer-client.ts'
+import { FAILURE_REASONS, SHIPPER_DEFAULTS, Shipper } from '../server/delivery/shipper.ts'
+import type { BatchContext } from '../server/delivery/shipper.ts'
 
 export interface ForwarderOptions {
   /** The fog's id: the sender of batches, and the "edge" its progress watermarks are reported as. */

@@ -6,7 +6,7 @@
  * runner (`fogmesh chaos`).
  */
 import type { PipelineSpec } from '../core/pipeline/spec.ts'
-import type { ResultJson } from '../server/results.ts'
+import type { ResultJson } from '../server/shell/results.ts'
 import { APPROXIMATIONS, approximationsOf } from './truth.ts'
 import type { Approximation, WindowResult as TruthResult } from './truth.ts'
 

@@ -1,6 +1,6 @@
 import type { NetworkInterfaceInfo } from 'node:os'
 import t from 'tap'
-import { advertisedUrl, externalAddress } from '../server/advertise.ts'
+import { advertisedUrl, externalAddress } from '../server/shell/advertise.ts'
 
 function iface (address: string, family: 'IPv4' | 'IPv6', internal = false): NetworkInterfaceInfo {
   return { address, family, internal, netmask: '', mac: '00:00:00:00:00:00', cidr: null, ...(family === 'IPv6' ? { scopeid: 0 } : {}) } as NetworkInterfaceInfo

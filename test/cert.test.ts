@@ -17,7 +17,7 @@ import type { Test } from 'tap'
 import { ConfigError } from '../core/errors.ts'
 import {
   CertError, createCa, issueLeafCert, issueNodeCert, keyMatchesCert, readCertIdentity
-} from '../server/certs.ts'
+} from '../server/shell/certs.ts'
 import { makeSite } from './helpers/certs.ts'
 import type { NodeFiles } from './helpers/certs.ts'
 import { fogmeshBin, repoRoot, tmpDir } from './helpers/process.ts'

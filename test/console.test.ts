@@ -1,5 +1,5 @@
 /**
- * The web console (console/, served by server/console.ts at `GET /` on every tier): its files with
+ * The web console (console/, served by server/shell/console.ts at `GET /` on every tier): its files with
  * their content types, caching and Content-Security-Policy; then the page itself in headless Chromium
  * against a running mesh (test/helpers/mesh-scenario.ts): the mesh and pipelines it shows, the chart's
  * values against the API's, a deployment from the page reaching both edges, a validation error at its
@@ -9,7 +9,7 @@ import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { gunzipSync } from 'node:zlib'
 import t from 'tap'
-import { CONSOLE_ASSETS, CONSOLE_CSP } from '../server/console.ts'
+import { CONSOLE_ASSETS, CONSOLE_CSP } from '../server/shell/console.ts'
 import type { Page } from 'puppeteer-core'
 import { startBrowser } from './helpers/browser.ts'
 import { startMesh } from './helpers/mesh-scenario.ts'

@@ -1,7 +1,7 @@
 import t from 'tap'
 import type { Contribution, PipelineDef } from '../core/upstream/batch.ts'
-import { ContributionStore } from '../server/contribution-store.ts'
-import type { BatchWrite, MergeWindow } from '../server/contribution-store.ts'
+import { ContributionStore } from '../server/merge/contribution-store.ts'
+import type { BatchWrite, MergeWindow } from '../server/merge/contribution-store.ts'
 import { tmpDir } from './helpers/process.ts'
 
 const def: PipelineDef = { name: 'p', version: 1, window: 'tumbling', selects: [{ name: 'd', fn: 'distinct', params: [] }] }

@@ -8,11 +8,11 @@ import { getAggregate } from '../core/aggregates/index.ts'
 import { encodeBatch } from '../core/upstream/batch.ts'
 import type { Batch, PipelineDef } from '../core/upstream/batch.ts'
 import { Forwarder } from '../fog-coordinator/forwarder.ts'
-import { MergeNode } from '../server/merge-node.ts'
+import { MergeNode } from '../server/merge/merge-node.ts'
 import { fetchMetric } from './helpers/ground-truth.ts'
 import { fetchJson, tmpDir, waitFor } from './helpers/process.ts'
 import { startReceiver } from './helpers/receiver.ts'
-import { silentLogger } from '../server/log.ts'
+import { silentLogger } from '../server/shell/log.ts'
 
 const START = Date.UTC(2026, 0, 1)
 const SIZE = 10_000

@@ -1,6 +1,6 @@
 import { join } from 'node:path'
 import t from 'tap'
-import { Outbox, OutboxError } from '../server/outbox.ts'
+import { Outbox, OutboxError } from '../server/delivery/outbox.ts'
 import { tmpDir } from './helpers/process.ts'
 
 const blob = (n: number, size = 10) => Buffer.alloc(size, n)

@@ -1,6 +1,6 @@
 import t from 'tap'
-import { ResultStore } from '../server/result-store.ts'
-import type { WindowResult } from '../server/results.ts'
+import { ResultStore } from '../server/shell/result-store.ts'
+import type { WindowResult } from '../server/shell/results.ts'
 import { tmpDir } from './helpers/process.ts'
 
 const all = { from: -Infinity, to: Infinity, limit: 10_000 }

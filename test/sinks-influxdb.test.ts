@@ -8,9 +8,9 @@
  */
 import t from 'tap'
 import type { PipelineSpec } from '../core/pipeline/spec.ts'
-import { silentLogger } from '../server/log.ts'
-import { Metrics } from '../server/metrics.ts'
-import type { WindowResult } from '../server/results.ts'
+import { silentLogger } from '../server/shell/log.ts'
+import { Metrics } from '../server/shell/metrics.ts'
+import type { WindowResult } from '../server/shell/results.ts'
 import { Sinks } from '../server/sinks/delivery.ts'
 import { parseSinks } from '../server/sinks/index.ts'
 import type { WindowResult as TruthResult } from '../simulators/truth.ts'

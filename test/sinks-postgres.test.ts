@@ -5,11 +5,11 @@
  * a row PostgreSQL refuses is set aside and counted; SQL in a key stays data.
  */
 import t from 'tap'
-import { silentLogger } from '../server/log.ts'
-import { Metrics } from '../server/metrics.ts'
+import { silentLogger } from '../server/shell/log.ts'
+import { Metrics } from '../server/shell/metrics.ts'
 import { Sinks } from '../server/sinks/delivery.ts'
 import { parseSinks } from '../server/sinks/index.ts'
-import type { WindowResult } from '../server/results.ts'
+import type { WindowResult } from '../server/shell/results.ts'
 import { startPostgres } from './helpers/postgres.ts'
 import type { Postgres } from './helpers/postgres.ts'
 import { tmpDir, waitFor } from './helpers/process.ts'

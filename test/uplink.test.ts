@@ -23,7 +23,7 @@ import type { RunningProcess } from './helpers/process.ts'
 import { startReceiver } from './helpers/receiver.ts'
 import type { FakeReceiver, ReceiverOptions } from './helpers/receiver.ts'
 import { beforeTail, publishTail, tailOf } from './helpers/tail.ts'
-import { silentLogger } from '../server/log.ts'
+import { silentLogger } from '../server/shell/log.ts'
 
 const ALL_WINDOWS = new URL('fixtures/all-windows.yaml', import.meta.url).pathname
 const START = Date.UTC(2026, 0, 1)

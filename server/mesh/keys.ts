@@ -5,7 +5,7 @@ import { generateKeyPair, privateKeyFromProtobuf, privateKeyToProtobuf } from '@
 import type { PrivateKey } from '@libp2p/interface'
 import { ConfigError } from '../../core/errors.ts'
 import { parseSwarmKey } from '../../core/mesh/swarm-key.ts'
-import { writeFileAtomic } from '../atomic-file.ts'
+import { writeFileAtomic } from '../shell/atomic-file.ts'
 
 /** Reads and checks a swarm key file; returns the bytes @libp2p/pnet takes as `psk`. */
 export async function loadMeshKey (file: string): Promise<Uint8Array> {

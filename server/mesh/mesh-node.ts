@@ -23,7 +23,7 @@ import { createLibp2p } from 'libp2p'
 import { ConfigError } from '../../core/errors.ts'
 import { decodeHeartbeat, encodeHeartbeat, HEARTBEAT_VERSION } from '../../core/mesh/heartbeat.ts'
 import type { Heartbeat, HeartbeatRejectReason, MeshRole } from '../../core/mesh/heartbeat.ts'
-import type { Metrics, Sample } from '../metrics.ts'
+import type { Metrics, Sample } from '../shell/metrics.ts'
 import { loadOrCreatePeerKey } from './keys.ts'
 
 /** What the node's owner fills in for each heartbeat; the mesh node adds version, peer id and time. */

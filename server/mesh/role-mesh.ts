@@ -6,8 +6,8 @@
  */
 import { readFileSync } from 'node:fs'
 import type { MeshRole } from '../../core/mesh/heartbeat.ts'
-import type { Metrics, Sample } from '../metrics.ts'
-import type { CommonOptions } from '../options.ts'
+import type { Metrics, Sample } from '../shell/metrics.ts'
+import type { CommonOptions } from '../shell/options.ts'
 import { loadMeshKey } from './keys.ts'
 import { MeshNode, parseBootstrap } from './mesh-node.ts'
 import type { HeartbeatInput, MeshPeer } from './mesh-node.ts'

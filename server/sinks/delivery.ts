@@ -12,11 +12,11 @@
  * result at a time, so that one bad result does not hold up the others.
  */
 import { join } from 'node:path'
-import type { Logger } from '../log.ts'
-import type { Metrics, Sample } from '../metrics.ts'
-import { Outbox } from '../outbox.ts'
-import type { OutboxItem } from '../outbox.ts'
-import type { WindowResult } from '../results.ts'
+import type { Logger } from '../shell/log.ts'
+import type { Metrics, Sample } from '../shell/metrics.ts'
+import { Outbox } from '../delivery/outbox.ts'
+import type { OutboxItem } from '../delivery/outbox.ts'
+import type { WindowResult } from '../shell/results.ts'
 import { SINKS } from './index.ts'
 import type { SinkConfig } from './index.ts'
 import { SinkRejected } from './sink.ts'

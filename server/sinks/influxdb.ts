@@ -11,7 +11,7 @@
  * for good (a field type conflict): sent one at a time, the offending ones are set aside and counted.
  * 401/403/404 (credentials, a missing database) are retried: they are not the result's fault.
  */
-import type { WindowResult } from '../results.ts'
+import type { WindowResult } from '../shell/results.ts'
 import { bodySummary, SinkRejected } from './sink.ts'
 import type { SinkDefinition, SinkFields } from './sink.ts'
 

@@ -11,7 +11,7 @@
  */
 import mqttjs from 'mqtt'
 import type { MqttClient } from 'mqtt'
-import type { WindowResult } from '../results.ts'
+import type { WindowResult } from '../shell/results.ts'
 import { resultBody } from './webhook.ts'
 import type { SinkDefinition, SinkFields } from './sink.ts'
 

@@ -13,7 +13,7 @@
  * key) is set aside; anything else (connection, permissions, a missing table) is retried.
  */
 import pg from 'pg'
-import type { WindowResult } from '../results.ts'
+import type { WindowResult } from '../shell/results.ts'
 import { SinkRejected } from './sink.ts'
 import type { SinkDefinition, SinkFields } from './sink.ts'
 

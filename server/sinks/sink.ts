@@ -7,8 +7,8 @@
 import { readFileSync } from 'node:fs'
 import { parseDuration } from '../../core/duration.ts'
 import { ConfigError, FogmeshError } from '../../core/errors.ts'
-import type { Logger } from '../log.ts'
-import type { WindowResult } from '../results.ts'
+import type { Logger } from '../shell/log.ts'
+import type { WindowResult } from '../shell/results.ts'
 
 /** The parts a sink is made with (passed in; nothing is assigned later). */
 export interface SinkParts {

@@ -5,8 +5,8 @@
  * statuses and network errors: retried; any other 4xx: the result is set aside and counted.
  * Optional `token` (or `token-file`, `token-env`): sent as `Authorization: Bearer <token>`.
  */
-import { resultJson } from '../results.ts'
-import type { WindowResult } from '../results.ts'
+import { resultJson } from '../shell/results.ts'
+import type { WindowResult } from '../shell/results.ts'
 import { bodySummary, httpVerdict } from './sink.ts'
 import type { SinkDefinition, SinkFields } from './sink.ts'
 

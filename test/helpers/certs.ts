@@ -14,12 +14,12 @@
  * `dir` (node.key mode 0600). `caCert` is always THIS site's CA, so a node set up from the files
  * trusts the site while presenting the odd certificate: a server refuses it as a client, a client
  * refuses it as a server. Calls with the same arguments return the same files (made once).
- * `site.ca` has the CA's PEM text for createCa/issueNodeCert callers (server/certs.ts).
+ * `site.ca` has the CA's PEM text for createCa/issueNodeCert callers (server/shell/certs.ts).
  */
 import { mkdir, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { createCa, issueLeafCert, issueNodeCert } from '../../server/certs.ts'
-import type { CertAndKey, Role } from '../../server/certs.ts'
+import { createCa, issueLeafCert, issueNodeCert } from '../../server/shell/certs.ts'
+import type { CertAndKey, Role } from '../../server/shell/certs.ts'
 
 /** Paths of one node's files, as `fogmesh cert issue --out dir` writes them. */
 export interface NodeFiles {

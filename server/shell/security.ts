@@ -4,7 +4,7 @@
  * call to another node goes through, and the API token.
  *
  * Invariants: built only from checked files (a bad one fails the start, naming it); a node exposed
- * beyond loopback has TLS or --insecure (server/tls.ts); `reload` re-reads the certificate files and
+ * beyond loopback has TLS or --insecure (server/shell/tls.ts); `reload` re-reads the certificate files and
  * either swaps all of the material or none of it.
  */
 import { BearerToken, readTokenFile, strongToken } from './bearer.ts'

@@ -6,9 +6,9 @@
  */
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { EMPTY_DEPLOYMENT, readDeployedSet } from '../core/pipeline/deployment.ts'
-import type { DeployedSet } from '../core/pipeline/deployment.ts'
-import { ConfigError, HttpError } from '../core/errors.ts'
+import { EMPTY_DEPLOYMENT, readDeployedSet } from '../../core/pipeline/deployment.ts'
+import type { DeployedSet } from '../../core/pipeline/deployment.ts'
+import { ConfigError, HttpError } from '../../core/errors.ts'
 import { writeFileAtomic } from './atomic-file.ts'
 import type { Logger } from './log.ts'
 

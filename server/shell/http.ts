@@ -10,7 +10,7 @@
  * With `tls` the API is served over HTTPS only (a plain request to the port fails its TLS handshake
  * and is dropped, counted as tls_handshake); with a client CA it asks every client for a certificate
  * but lets the handshake succeed without one (rejectUnauthorized: false), so that a route can answer a
- * client without a valid one with a 401 of its own: each request carries its peer (server/tls.ts).
+ * client without a valid one with a 401 of its own: each request carries its peer (server/shell/tls.ts).
  * With `apiToken` every GET under /v1/ and /metrics needs the bearer token, or a client certificate
  * verified against the client CA (nodes of the site fetch shard maps and deployed sets that way);
  * /healthz stays open for load balancers and supervisors. Every refusal is an AccessDenied, counted in
@@ -22,11 +22,11 @@ import { createServer as createHttpsServer } from 'node:https'
 import type { Server as HttpsServer } from 'node:https'
 import type { AddressInfo, Socket } from 'node:net'
 import type { Duplex } from 'node:stream'
-import { ConfigError, FogmeshError, HttpError } from '../core/errors.ts'
+import { ConfigError, FogmeshError, HttpError } from '../../core/errors.ts'
 import type { BearerToken } from './bearer.ts'
 import { consoleRoutes } from './console.ts'
-import { DENY_REASONS } from './partials-auth.ts'
-import type { Denial, DenyReason } from './partials-auth.ts'
+import { DENY_REASONS } from '../merge/partials-auth.ts'
+import type { Denial, DenyReason } from '../merge/partials-auth.ts'
 import { peerOf } from './tls.ts'
 import type { Peer, ServerTls } from './tls.ts'
 import type { Logger } from './log.ts'
@@ -208,7 +208,7 @@ function standardRoutes (api: ServiceApi): Route[] {
       path: '/metrics',
       handle: async () => ({ raw: { contentType: api.metrics.contentType, data: await api.metrics.text() } })
     },
-    // The web console (server/console.ts): open, like /healthz; the data it shows comes from the routes above.
+    // The web console (server/shell/console.ts): open, like /healthz; the data it shows comes from the routes above.
     ...consoleRoutes()
   ]
 }

@@ -5,7 +5,7 @@
  * - https servers are verified against --tls-ca (the system's CAs without it), by certificate chain
  *   and host name; a node never turns verification off.
  * - With --tls-cert/--tls-key the node presents that certificate as its client certificate, which is
- *   how fogs and the cloud know who sends a batch (server/partials-auth.ts).
+ *   how fogs and the cloud know who sends a batch (server/merge/partials-auth.ts).
  * - Connections are kept alive and reused; `reload` (new certificates, on SIGHUP) makes new ones use
  *   the new material while requests under way finish on theirs.
  * - Failures look like fetch's: a timeout is an error named TimeoutError, anything else an Error whose

@@ -12,7 +12,7 @@ import * as x509 from '@peculiar/x509'
 import { createPrivateKey, randomBytes, X509Certificate as NodeX509 } from 'node:crypto'
 import type { webcrypto } from 'node:crypto'
 import { isIP } from 'node:net'
-import { ConfigError, FogmeshError } from '../core/errors.ts'
+import { ConfigError, FogmeshError } from '../../core/errors.ts'
 
 x509.cryptoProvider.set(globalThis.crypto)
 

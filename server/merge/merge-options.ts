@@ -1,9 +1,9 @@
 /** Options the merge tiers (fog coordinator, cloud sink) share, with their defaults. */
 import { hostname } from 'node:os'
 import { join } from 'node:path'
-import { readOptions } from './options.ts'
-import { parseSinks } from './sinks/index.ts'
-import type { CommonOptions, OptionTable } from './options.ts'
+import { readOptions } from '../shell/options.ts'
+import { parseSinks } from '../sinks/index.ts'
+import type { CommonOptions, OptionTable } from '../shell/options.ts'
 
 export const MERGE_OPTIONS: OptionTable = {
   'finalize-after': { type: 'duration', default: '60s', help: 'longest wait for a silent edge before a window is finalized without it' },

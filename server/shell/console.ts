@@ -36,7 +36,7 @@ interface Asset {
   type: string
 }
 
-const dir = new URL('../console/', import.meta.url)
+const dir = new URL('../../console/', import.meta.url)
 const require = createRequire(import.meta.url)
 
 /** The console's files: the page is `/` (and `/console/`), the rest under `/console/`. */

@@ -1,6 +1,6 @@
 /**
  * Who may write what into a merge tier (POST /v1/partials) when it asks for client certificates
- * (--tls-client-ca). Pure functions of the peer (server/tls.ts) and the decoded batch; the route
+ * (--tls-client-ca). Pure functions of the peer (server/shell/tls.ts) and the decoded batch; the route
  * refuses the whole batch on any denial, so nothing of a refused batch is ever stored.
  *
  * - No verified certificate: 401 unauthenticated (no_certificate, bad_certificate), decided before
@@ -14,8 +14,8 @@
  * - OU=cloud, or any other OU: 403 (wrong_role). A cloud never sends partials, so a cloud certificate
  *   that tries is either misused or stolen.
  */
-import type { Batch } from '../core/upstream/batch.ts'
-import type { Peer } from './tls.ts'
+import type { Batch } from '../../core/upstream/batch.ts'
+import type { Peer } from '../shell/tls.ts'
 
 /** Why a request was refused: the `reason` label of fogmesh_auth_denied_total. */
 export type DenyReason =

@@ -16,11 +16,11 @@
  * A fog that is no cluster (`shards: 0`, or an older fog answering 404) means no routing: the tier's
  * URLs take whole batches in turn, as before clusters.
  */
-import { shardOf, parseShardMap } from '../core/upstream/shards.ts'
-import type { ShardMapView } from '../core/upstream/shards.ts'
-import type { Batch, WindowEntry } from '../core/upstream/batch.ts'
-import type { Logger } from './log.ts'
-import { PeerClient } from './peer-client.ts'
+import { shardOf, parseShardMap } from '../../core/upstream/shards.ts'
+import type { ShardMapView } from '../../core/upstream/shards.ts'
+import type { Batch, WindowEntry } from '../../core/upstream/batch.ts'
+import type { Logger } from '../shell/log.ts'
+import { PeerClient } from '../shell/peer-client.ts'
 
 export interface ShardRouterOptions {
   /** Longest a `GET /v1/shards` may take, ms. Default 2 000: a refresh must not hold up delivery. */

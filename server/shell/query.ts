@@ -1,5 +1,5 @@
 /** Parses and checks the query parameters of `GET /v1/aggregates/{pipeline}`. */
-import { HttpError } from '../core/errors.ts'
+import { HttpError } from '../../core/errors.ts'
 import { QUERY_LIMITS } from './results.ts'
 import type { ResultQuery } from './results.ts'
 

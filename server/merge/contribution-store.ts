@@ -12,7 +12,7 @@ import { join } from 'node:path'
 import { DatabaseSync } from 'node:sqlite'
 import type { StatementSync } from 'node:sqlite'
 import { Decoder, Encoder } from 'cbor-x'
-import type { Contribution, PipelineDef } from '../core/upstream/batch.ts'
+import type { Contribution, PipelineDef } from '../../core/upstream/batch.ts'
 
 /** A merged window as a merge node keeps it. */
 export interface MergeWindow {

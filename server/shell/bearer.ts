@@ -9,7 +9,7 @@
  */
 import { createHash, timingSafeEqual } from 'node:crypto'
 import { readFileSync } from 'node:fs'
-import { ConfigError } from '../core/errors.ts'
+import { ConfigError } from '../../core/errors.ts'
 
 /** Shortest token taken: anything shorter can be guessed by trying. */
 export const MIN_TOKEN = 16

@@ -4,8 +4,8 @@
  * committed to the replicated state first, fenced (refused unless this node still owns the windows'
  * shards), and only then applied here; changes other nodes committed come in through `apply`.
  */
-import type { Batch, PipelineDef } from '../core/upstream/batch.ts'
-import type { ShardMapView } from '../core/upstream/shards.ts'
+import type { Batch, PipelineDef } from '../../core/upstream/batch.ts'
+import type { ShardMapView } from '../../core/upstream/shards.ts'
 import type { BatchWrite, MergeWindow } from './contribution-store.ts'
 
 /** Changes other nodes committed, for MergeNode.applyReplicated. */

@@ -17,7 +17,7 @@ import { readFileSync } from 'node:fs'
 import { isIP } from 'node:net'
 import type { Socket } from 'node:net'
 import type { TLSSocket } from 'node:tls'
-import { ConfigError } from '../core/errors.ts'
+import { ConfigError } from '../../core/errors.ts'
 
 /** The TLS flags of a node, as options read them. */
 export interface TlsOptions {

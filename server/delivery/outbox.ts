@@ -23,8 +23,8 @@ import { mkdirSync } from 'node:fs'
 import { join } from 'node:path'
 import { DatabaseSync } from 'node:sqlite'
 import type { StatementSync } from 'node:sqlite'
-import { FogmeshError } from '../core/errors.ts'
-import type { PipelineDef } from '../core/upstream/batch.ts'
+import { FogmeshError } from '../../core/errors.ts'
+import type { PipelineDef } from '../../core/upstream/batch.ts'
 
 export const OUTBOX_SCHEMA_VERSION = 1
 

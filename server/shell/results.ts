@@ -1,7 +1,7 @@
 /**
  * The result record every tier serves, and the query over results that `GET /v1/aggregates` takes.
  */
-import type { Values } from '../core/windows/window.ts'
+import type { Values } from '../../core/windows/window.ts'
 
 export interface WindowResult {
   pipeline: string

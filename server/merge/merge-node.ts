@@ -10,48 +10,41 @@
  * merged in and the window finalized again with revision + 1, never dropped. Edges apply a pipeline's
  * `late` policy to late readings, so a partial arriving after finalization is a delayed delivery.
  *
- * With --tls-client-ca, only the site's nodes write, each only what its role may (server/partials-auth.ts):
+ * With --tls-client-ca, only the site's nodes write, each only what its role may (server/merge/partials-auth.ts):
  * the sender is authenticated before the body is read, and the decoded batch authorized as a whole
  * before any of it is admitted, so a refused batch leaves no trace but the refusal's count.
  */
-import type { PipelineSpec } from '../core/pipeline/spec.ts'
-import { pipelineToPlain } from '../core/pipeline/format.ts'
-import { ConfigError, HttpError, WireError, WireLimitError } from '../core/errors.ts'
-import type { WireLimit } from '../core/errors.ts'
-import { decodeBatch } from '../core/upstream/batch.ts'
-import type { Batch, PipelineDef, Watermark, WindowEntry } from '../core/upstream/batch.ts'
-import { Finalizer, mergeContributions, sameSelects, supersedes } from '../core/upstream/merge.ts'
-import { pipelineDef } from '../core/upstream/pipeline-def.ts'
-import type { ShardMapView } from '../core/upstream/shards.ts'
-import { advertisedUrl } from './advertise.ts'
+import type { PipelineSpec } from '../../core/pipeline/spec.ts'
+import { pipelineToPlain } from '../../core/pipeline/format.ts'
+import { ConfigError, HttpError } from '../../core/errors.ts'
+import type { Batch, PipelineDef, Watermark, WindowEntry } from '../../core/upstream/batch.ts'
+import { Finalizer, mergeContributions, sameSelects, supersedes } from '../../core/upstream/merge.ts'
+import { pipelineDef } from '../../core/upstream/pipeline-def.ts'
+import type { ShardMapView } from '../../core/upstream/shards.ts'
+import { advertisedUrl } from '../shell/advertise.ts'
 import { ContributionStore, windowId } from './contribution-store.ts'
 import type { BatchWrite, MergeWindow } from './contribution-store.ts'
-import { AccessDenied, HttpService, httpLimits } from './http.ts'
-import { roleLogger } from './log.ts'
-import type { Logger } from './log.ts'
-import type { PipelineInfo, Request, Reply, Route, ServiceApi } from './http.ts'
-import { RoleMesh, SOFTWARE_VERSION } from './mesh/role-mesh.ts'
-import type { HeartbeatInput } from './mesh/mesh-node.ts'
-import { Metrics } from './metrics.ts'
-import { authenticate, authorizeBatch } from './partials-auth.ts'
-import { NodeSecurity } from './security.ts'
-import type { Sample } from './metrics.ts'
+import { HttpService, httpLimits } from '../shell/http.ts'
+import { roleLogger } from '../shell/log.ts'
+import type { Logger } from '../shell/log.ts'
+import type { PipelineInfo, Route, ServiceApi } from '../shell/http.ts'
+import { RoleMesh, SOFTWARE_VERSION } from '../mesh/role-mesh.ts'
+import type { HeartbeatInput } from '../mesh/mesh-node.ts'
+import { Metrics } from '../shell/metrics.ts'
+import { PartialsRoute } from './partials-route.ts'
+import type { Ack } from './partials-route.ts'
+import { NodeSecurity } from '../shell/security.ts'
+import type { Sample } from '../shell/metrics.ts'
 import type { MergeOptions } from './merge-options.ts'
 import type { ReplicatedChange, Replication } from './replication.ts'
-import { ResultStore } from './result-store.ts'
-import { SerialQueue } from './serial-queue.ts'
-import { Sinks } from './sinks/delivery.ts'
-import { withLive } from './results.ts'
-import type { ResultQuery, WindowResult } from './results.ts'
+import { ResultStore } from '../shell/result-store.ts'
+import { SerialQueue } from '../shell/serial-queue.ts'
+import { Sinks } from '../sinks/delivery.ts'
+import { withLive } from '../shell/results.ts'
+import type { ResultQuery, WindowResult } from '../shell/results.ts'
 
 /** How often state past retention is pruned. */
 const PRUNE_EVERY = 60_000
-/** The range of times a Date can render (results show start and end as ISO-8601). */
-const MAX_TIME = 8.64e15
-
-/** Why a batch was refused: the `reason` label of fogmesh_batches_rejected_total and the error `code`. */
-export type BatchRejectReason = 'bad_batch' | 'batch_too_large' | 'pipeline_conflict' | 'unsupported_media_type'
-const REJECT_REASONS: BatchRejectReason[] = ['bad_batch', 'batch_too_large', 'pipeline_conflict', 'unsupported_media_type']
 
 /** Most batches committed together. */
 const GROUP_MAX = 64
@@ -63,15 +56,6 @@ interface Queued {
   reject: (err: unknown) => void
 }
 
-/** The answer to an accepted batch. */
-export interface Ack {
-  /** The batch's `seq`. */
-  acked: number
-  /** Contributions that changed the state (new, or a higher revision). */
-  applied: number
-  /** Contributions already known at this or a higher revision (replays). */
-  ignored: number
-}
 
 /** Receives the windows finalized in one pass; see MergeNode.onFinal. */
 export type FinalListener = (entries: readonly WindowEntry[]) => void
@@ -112,10 +96,7 @@ export class MergeNode implements ServiceApi {
   readonly #pending = new Map<string, MergeWindow>()
   readonly #listeners = new Set<FinalListener>()
   readonly #stats = new Map<string, PipelineStats>()
-  readonly #batches = { edge: 0, fog: 0 }
-  readonly #rejected = Object.fromEntries(REJECT_REASONS.map(r => [r, 0])) as Record<BatchRejectReason, number>
-  /** bad_batch refusals that were over a decoding bound, by bound. */
-  readonly #limited = new Map<WireLimit, number>()
+  readonly #partials: PartialsRoute
   #listenerErrors = 0
   #listenerFailing = false
   /** The sinks of the config file: they get every final window and every later revision. */
@@ -176,8 +157,20 @@ export class MergeNode implements ServiceApi {
     // says otherwise, which at worst makes windows wait as they did before edges could be idle.
     for (const w of this.#store.watermarks()) this.#finalizer.observe(w.pipeline, w.edge, w.watermark, w.lastSeen)
     for (const w of this.#store.pendingWindows()) this.#pending.set(windowId(w), w)
+    this.#partials = new PartialsRoute({
+      role,
+      maxBatch: options.maxBatch,
+      security: this.#security,
+      ready: () => this.#ready,
+      commit: async (batch, now) => {
+        this.#replication?.admit(batch)
+        const ack = await this.#enqueue(batch, now)
+        this.#queueFinalize()
+        return ack
+      }
+    })
     this.#http = new HttpService(this, [
-      { method: 'POST', path: '/v1/partials', handle: async req => await this.#receive(req) },
+      this.#partials.route,
       { method: 'GET', path: '/v1/shards', handle: () => ({ body: this.shards() }) },
       ...routes
     ],
@@ -305,49 +298,6 @@ export class MergeNode implements ServiceApi {
       : { pipeline: w.pipeline, edge: w.edge, watermark: w.watermark })
   }
 
-  // POST /v1/partials
-
-  async #receive (req: Request): Promise<Reply> {
-    try {
-      // Before anything else: who is not of the site gets nothing decoded, and no hint about the state.
-      const who = this.#security.clientCertificates ? authenticate(req.peer ?? { kind: 'plain' }) : undefined
-      if (who !== undefined && !who.ok) throw new AccessDenied(who.denial)
-      if (!this.#ready) throw new HttpError(503, 'unavailable', `this ${this.role} is starting or stopping; send the batch again later`)
-      const type = String(req.headers['content-type'] ?? '').split(';')[0].trim().toLowerCase()
-      if (type !== 'application/cbor') {
-        throw new HttpError(415, 'unsupported_media_type', `POST /v1/partials takes an application/cbor batch, not "${type.slice(0, 60)}"`)
-      }
-      let body: Buffer
-      try {
-        body = await req.body()
-      } catch (err) {
-        if (err instanceof HttpError && err.status === 413) {
-          throw new HttpError(413, 'batch_too_large', `batch body is over --max-batch (${this.#options.maxBatch} bytes)`)
-        }
-        throw err
-      }
-      let batch: Batch
-      try {
-        const encoding = req.headers['content-encoding']
-        batch = decodeBatch(body, typeof encoding === 'string' ? encoding.trim().toLowerCase() : undefined)
-        checkTimes(batch)
-      } catch (err) {
-        if (err instanceof WireLimitError) this.#limited.set(err.limit, (this.#limited.get(err.limit) ?? 0) + 1)
-        if (err instanceof WireError) throw new HttpError(400, 'bad_batch', err.message)
-        throw err
-      }
-      const denial = who?.ok === true ? authorizeBatch(who, batch) : undefined
-      if (denial !== undefined) throw new AccessDenied(denial)
-      this.#replication?.admit(batch)
-      const ack = await this.#enqueue(batch, Date.now())
-      this.#queueFinalize()
-      return { body: ack }
-    } catch (err) {
-      if (err instanceof HttpError && err.code in this.#rejected) this.#rejected[err.code as BatchRejectReason]++
-      throw err
-    }
-  }
-
   /**
    * Batches are applied in groups: those that arrive while a commit is under way wait for it, then
    * go together in one commit (one fsync, or one etcd round trip), each answered after it.
@@ -420,7 +370,6 @@ export class MergeNode implements ServiceApi {
         s.ignored += c.ignored
         s.afterFinal += c.afterFinal
       }
-      this.#batches[batch.role]++
     }
     for (const { q, ack } of taken) q.resolve(ack)
   }
@@ -743,9 +692,7 @@ export class MergeNode implements ServiceApi {
   #registerMetrics (): void {
     const m = this.metrics
     const perPipeline = (read: (s: PipelineStats) => number) => (): Sample[] => [...this.#stats].map(([pipeline, s]) => [{ pipeline }, read(s)])
-    m.counter('fogmesh_batches_received_total', 'Partial batches accepted, by the sender\'s role', ['role'], () => [[{ role: 'edge' }, this.#batches.edge], [{ role: 'fog' }, this.#batches.fog]])
-    m.counter('fogmesh_batches_rejected_total', 'Partial batches refused, by reason (the error code)', ['reason'], () => REJECT_REASONS.map(reason => [{ reason }, this.#rejected[reason]]))
-    m.counter('fogmesh_batches_limited_total', 'Partial batches refused (as bad_batch) before decoding for exceeding a bound, by bound', ['limit'], () => [...this.#limited].map(([limit, n]) => [{ limit }, n]))
+    this.#partials.registerMetrics(m)
     m.counter('fogmesh_partials_received_total', 'Contributions (one edge\'s partial of one window) in accepted batches', ['pipeline'], perPipeline(s => s.received))
     m.counter('fogmesh_partials_ignored_total', 'Contributions already known at this or a higher revision (replays, second routes)', ['pipeline'], perPipeline(s => s.ignored))
     m.counter('fogmesh_partials_after_final_total', 'Contributions that changed a window already final (merged; the window gets revision + 1)', ['pipeline'], perPipeline(s => s.afterFinal))
@@ -759,16 +706,5 @@ export class MergeNode implements ServiceApi {
     })
     m.gauge('fogmesh_edge_watermark_seconds', 'Each edge\'s event-time watermark per pipeline, as last reported', ['pipeline', 'edge'], () =>
       [...this.#finalizer.watermarks()].filter(w => Number.isFinite(w.watermark)).map(w => [{ pipeline: w.pipeline, edge: w.edge }, w.watermark / 1000]))
-  }
-}
-
-/** Window bounds and watermarks must be times a Date can render, or queries over them would fail. */
-function checkTimes (batch: Batch): void {
-  const bad = (t: number) => t < -MAX_TIME || t > MAX_TIME
-  for (const w of batch.windows) {
-    if (bad(w.start) || bad(w.end)) throw new WireError(`invalid batch: window ${w.pipeline}/${w.key.slice(0, 60)} has a start or end outside ±${MAX_TIME} ms`)
-  }
-  for (const w of batch.watermarks) {
-    if (bad(w.watermark)) throw new WireError(`invalid batch: watermark of ${w.edge} for ${w.pipeline} is outside ±${MAX_TIME} ms`)
   }
 }

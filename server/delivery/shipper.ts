@@ -16,7 +16,7 @@
  *   silently (the outbox bound is what finally drops items that can never be delivered, and counts them).
  *
  * A fog tier that routes (`route`) may be a cluster of coordinators that split the key space by shard
- * (server/shard-router.ts): then a batch goes as one sub-batch per owner of its windows, all sent at
+ * (server/delivery/shard-router.ts): then a batch goes as one sub-batch per owner of its windows, all sent at
  * once, and the attempt counts only when every owner acknowledged its part (resending a part one owner
  * already took changes nothing). A 421 wrong_shard carries the refusing coordinator's map: it is
  * adopted and the batch re-planned at once, a few times in a row before backing off as for any other
@@ -28,14 +28,14 @@
  * receiver must learn at once that an edge went idle, or active again), or as a heartbeat every
  * `heartbeatEvery`, so receivers can finalize the windows of idle edges and know the sender is alive.
  */
-import { ConfigError } from '../core/errors.ts'
-import { encodeBatch } from '../core/upstream/batch.ts'
-import type { Batch, Watermark } from '../core/upstream/batch.ts'
-import { parseShardMap } from '../core/upstream/shards.ts'
-import type { ShardMapView } from '../core/upstream/shards.ts'
+import { ConfigError } from '../../core/errors.ts'
+import { encodeBatch } from '../../core/upstream/batch.ts'
+import type { Batch, Watermark } from '../../core/upstream/batch.ts'
+import { parseShardMap } from '../../core/upstream/shards.ts'
+import type { ShardMapView } from '../../core/upstream/shards.ts'
 import type { Outbox, OutboxItem } from './outbox.ts'
-import type { Logger } from './log.ts'
-import { PeerClient } from './peer-client.ts'
+import type { Logger } from '../shell/log.ts'
+import { PeerClient } from '../shell/peer-client.ts'
 import { ShardRouter } from './shard-router.ts'
 import type { Plan } from './shard-router.ts'
 

@@ -1,0 +1,123 @@
+/**
+ * `POST /v1/partials`, the door of every merge tier (a fog, a fog cluster member, a cloud process on
+ * SQLite or PostgreSQL): it authenticates the sender, reads and decodes the CBOR batch within its
+ * bounds, authorizes it as a whole, and only then hands it to the tier's `commit`, whose answer (the
+ * ack, sent after a durable commit) goes back to the sender.
+ *
+ * Invariants:
+ * - with client certificates (--tls-client-ca), who is not of the site is refused before the body is
+ *   read, so an unknown client cannot make the node decode anything (server/merge/partials-auth.ts);
+ * - a refused batch leaves no trace in the state, only its count by reason (and by decoding bound);
+ * - window bounds and watermarks are times a Date can render, so queries over them cannot fail.
+ */
+import { HttpError, WireError, WireLimitError } from '../../core/errors.ts'
+import type { WireLimit } from '../../core/errors.ts'
+import { decodeBatch } from '../../core/upstream/batch.ts'
+import type { Batch } from '../../core/upstream/batch.ts'
+import { AccessDenied } from '../shell/http.ts'
+import type { Request, Reply, Route } from '../shell/http.ts'
+import type { Metrics } from '../shell/metrics.ts'
+import type { NodeSecurity } from '../shell/security.ts'
+import { authenticate, authorizeBatch } from './partials-auth.ts'
+
+/** The range of times a Date can render (results show start and end as ISO-8601). */
+const MAX_TIME = 8.64e15
+
+/** Why a batch was refused: the `reason` label of fogmesh_batches_rejected_total and the error `code`. */
+export type BatchRejectReason = 'bad_batch' | 'batch_too_large' | 'pipeline_conflict' | 'unsupported_media_type'
+const REJECT_REASONS: BatchRejectReason[] = ['bad_batch', 'batch_too_large', 'pipeline_conflict', 'unsupported_media_type']
+
+/** The answer to an accepted batch. */
+export interface Ack {
+  /** The batch's `seq`. */
+  acked: number
+  /** Contributions that changed the state (new, or a higher revision). */
+  applied: number
+  /** Contributions already known at this or a higher revision (replays). */
+  ignored: number
+}
+
+export interface PartialsRouteInit {
+  /** Named in errors: "this fog is starting". */
+  role: 'fog' | 'cloud'
+  /** --max-batch: the largest body read, in bytes. */
+  maxBatch: number
+  security: NodeSecurity
+  /** False while the node starts or stops: batches are refused with 503, to be sent again. */
+  ready: () => boolean
+  /** Applies an authorized batch durably and answers for it; a HttpError refuses it (counted by code). */
+  commit: (batch: Batch, now: number) => Promise<Ack>
+}
+
+export class PartialsRoute {
+  readonly #init: PartialsRouteInit
+  readonly #rejected = Object.fromEntries(REJECT_REASONS.map(r => [r, 0])) as Record<BatchRejectReason, number>
+  /** bad_batch refusals that were over a decoding bound, by bound. */
+  readonly #limited = new Map<WireLimit, number>()
+  readonly #accepted = { edge: 0, fog: 0 }
+
+  constructor (init: PartialsRouteInit) {
+    this.#init = init
+  }
+
+  get route (): Route {
+    return { method: 'POST', path: '/v1/partials', handle: async req => await this.#receive(req) }
+  }
+
+  async #receive (req: Request): Promise<Reply> {
+    const init = this.#init
+    try {
+      // Before anything else: who is not of the site gets nothing decoded, and no hint about the state.
+      const who = init.security.clientCertificates ? authenticate(req.peer ?? { kind: 'plain' }) : undefined
+      if (who !== undefined && !who.ok) throw new AccessDenied(who.denial)
+      if (!init.ready()) throw new HttpError(503, 'unavailable', `this ${init.role} is starting or stopping; send the batch again later`)
+      const type = String(req.headers['content-type'] ?? '').split(';')[0].trim().toLowerCase()
+      if (type !== 'application/cbor') {
+        throw new HttpError(415, 'unsupported_media_type', `POST /v1/partials takes an application/cbor batch, not "${type.slice(0, 60)}"`)
+      }
+      let body: Buffer
+      try {
+        body = await req.body()
+      } catch (err) {
+        if (err instanceof HttpError && err.status === 413) {
+          throw new HttpError(413, 'batch_too_large', `batch body is over --max-batch (${init.maxBatch} bytes)`)
+        }
+        throw err
+      }
+      let batch: Batch
+      try {
+        const encoding = req.headers['content-encoding']
+        batch = decodeBatch(body, typeof encoding === 'string' ? encoding.trim().toLowerCase() : undefined)
+        checkTimes(batch)
+      } catch (err) {
+        if (err instanceof WireLimitError) this.#limited.set(err.limit, (this.#limited.get(err.limit) ?? 0) + 1)
+        if (err instanceof WireError) throw new HttpError(400, 'bad_batch', err.message)
+        throw err
+      }
+      const denial = who?.ok === true ? authorizeBatch(who, batch) : undefined
+      if (denial !== undefined) throw new AccessDenied(denial)
+      const ack = await init.commit(batch, Date.now())
+      this.#accepted[batch.role]++
+      return { body: ack }
+    } catch (err) {
+      if (err instanceof HttpError && err.code in this.#rejected) this.#rejected[err.code as BatchRejectReason]++
+      throw err
+    }
+  }
+
+  registerMetrics (m: Metrics): void {
+    m.counter('fogmesh_batches_received_total', 'Partial batches accepted, by the sender\'s role', ['role'], () => [[{ role: 'edge' }, this.#accepted.edge], [{ role: 'fog' }, this.#accepted.fog]])
+    m.counter('fogmesh_batches_rejected_total', 'Partial batches refused, by reason (the error code)', ['reason'], () => REJECT_REASONS.map(reason => [{ reason }, this.#rejected[reason]]))
+    m.counter('fogmesh_batches_limited_total', 'Partial batches refused (as bad_batch) before decoding for exceeding a bound, by bound', ['limit'], () => [...this.#limited].map(([limit, n]) => [{ limit }, n]))
+  }
+}
+
+function checkTimes (batch: Batch): void {
+  const bad = (t: number) => t < -MAX_TIME || t > MAX_TIME
+  for (const w of batch.windows) {
+    if (bad(w.start) || bad(w.end)) throw new WireError(`invalid batch: window ${w.pipeline}/${w.key.slice(0, 60)} has a start or end outside ±${MAX_TIME} ms`)
+  }
+  for (const w of batch.watermarks) {
+    if (bad(w.watermark)) throw new WireError(`invalid batch: watermark of ${w.edge} for ${w.pipeline} is outside ±${MAX_TIME} ms`)
+  }
+}
