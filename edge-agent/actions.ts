@@ -1,11 +1,13 @@
 /**
  * Local actions at the edge (`emit: - mqtt: alerts/{room}` with an optional `when`): publish a closed
- * window's result to the local broker, without a round trip to the fog.
+ * window's result to the local broker, without a round trip to the fog. The `mqtt` edge output.
+ * Nothing is queued: a publish that fails is counted, not retried.
  */
 import type { Vars } from '../core/expr.ts'
 import type { CompiledEmit, CompiledPipeline } from '../core/pipeline/compile.ts'
 import type { WindowResult } from '../server/shell/results.ts'
 import { resultJson } from '../server/shell/results.ts'
+import type { EdgeOutput, OutputDefinition } from './output.ts'
 
 export type Publish = (topic: string, payload: Buffer, qos: 0 | 1 | 2, retain: boolean) => Promise<void>
 
@@ -52,5 +54,20 @@ export class LocalActions {
       () => { this.stats.published++ },
       () => { this.stats.failed++ }
     )
+  }
+}
+
+/** `emit: mqtt` of every pipeline, on the broker the readings come from. */
+export const mqttOutput: OutputDefinition<EdgeOutput & { actions: LocalActions }> = {
+  kind: 'mqtt',
+  create (parts) {
+    const source = parts.source
+    const actions = new LocalActions(async (topic, payload, qos, retain) => await source.publish(topic, payload, qos, retain))
+    parts.metrics.counter('fogmesh_actions_published_total', 'Local actions (emit: mqtt) published', [], () => [[{}, actions.stats.published]])
+    parts.metrics.counter('fogmesh_actions_failed_total', 'Local actions that failed to publish', [], () => [[{}, actions.stats.failed]])
+    return {
+      actions,
+      window: (operator, _w, result) => { actions.run(operator.pipeline, result) }
+    }
   }
 }

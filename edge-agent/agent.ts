@@ -25,7 +25,6 @@ import { ResultStore } from '../server/shell/result-store.ts'
 import { NodeSecurity } from '../server/shell/security.ts'
 import { withLive } from '../server/shell/results.ts'
 import type { ResultQuery, WindowResult } from '../server/shell/results.ts'
-import { LocalActions } from './actions.ts'
 import { EmbeddedBroker, PACKET_HEADROOM } from './broker.ts'
 import { Checkpointer } from './checkpoint.ts'
 import { removeCheckpoint } from './checkpoint-db.ts'
@@ -33,12 +32,11 @@ import { ConfigError } from '../core/errors.ts'
 import { DeploymentFollower } from './deployment-follower.ts'
 import type { EdgeOptions } from './config.ts'
 import { PipelineRunner } from './pipelines.ts'
-import { SparkplugNode } from './sparkplug-node.ts'
 import type { MessageSource } from './source.ts'
 import { BrokerSubscriber } from './subscriber.ts'
-import { Sinks } from '../server/sinks/delivery.ts'
-import { Uplink } from './uplink.ts'
-import type { UplinkStatus } from './uplink.ts'
+import { EdgeOutputs } from './outputs.ts'
+import type { Uplink, UplinkStatus } from './uplink.ts'
+import { upstreamOutput } from './upstream-output.ts'
 
 /** How often results past retention are pruned. */
 const PRUNE_EVERY = 60_000
@@ -54,14 +52,16 @@ export class EdgeAgent implements ServiceApi {
   readonly #store: ResultStore
   readonly #runner: PipelineRunner
   readonly #source: MessageSource
-  readonly #actions: LocalActions
   readonly #http: HttpService
   /** TLS and the API token; every call to a fog or the cloud goes through its client (this edge's certificate). */
   readonly #security: NodeSecurity
-  /** Undefined without --fog, --cloud and the mesh: then nothing is queued for upstream (see README). */
+  /**
+   * Where closed windows go besides the store (the config file's sinks, emit: mqtt, emit: sparkplug,
+   * upstream), built from the registry in outputs.ts.
+   */
+  readonly #outputs: EdgeOutputs
+  /** The upstream output's; undefined without --fog, --cloud and the mesh: then nothing is queued for upstream (see README). */
   readonly #uplink: Uplink | undefined
-  /** The sinks of the config file: they get every closed window (late revisions too). */
-  readonly #sinks: Sinks | undefined
   /** Undefined with --checkpoint-every 0. */
   readonly #checkpoints: Checkpointer | undefined
   /** Off unless --mesh-port or --bootstrap is given. */
@@ -79,10 +79,6 @@ export class EdgeAgent implements ServiceApi {
   readonly #skipped = new Set<string>()
   #ready = false
   #timers: NodeJS.Timeout[] = []
-  /** The Sparkplug Edge Nodes of `emit: sparkplug`, by group/node; made when the broker is up. */
-  readonly #sparkplugNodes = new Map<string, SparkplugNode>()
-  /** Whether the broker is up (the Sparkplug nodes connect to it). */
-  #brokerUp = false
 
   /** `log` defaults to the node's own, from its options (--log-level, --log-format). */
   constructor (options: EdgeOptions, specs: PipelineSpec[], log: Logger = roleLogger('edge', options)) {
@@ -112,26 +108,6 @@ export class EdgeAgent implements ServiceApi {
     // meanwhile, as it would for a --fog that is down.
     const discoverFog = options.fog.length === 0 && meshEnabled(options)
     this.#discoverFog = discoverFog
-    this.#uplink = options.fog.length > 0 || options.cloud !== undefined || discoverFog
-      ? new Uplink({
-        edge: options.id,
-        dataDir: options.dataDir,
-        fog: options.fog,
-        cloud: options.cloud,
-        discoverFog,
-        failoverAfter: options.failoverAfter,
-        outboxMax: options.outboxMax,
-        requestTimeout: options.uplinkTimeout,
-        retryMax: options.uplinkRetryMax,
-        log,
-        client: this.#security.client,
-        // The shipper appends too, before each batch: the sinks' queues and the store follow at once (see #commit).
-        afterAppend: () => {
-          this.#sinks?.flush()
-          this.#store.flush()
-        }
-      }, this.#runner.operators.values())
-      : undefined
     this.#source = options.mqttUrl !== undefined
       ? new BrokerSubscriber({ url: options.mqttUrl, clientId: options.mqttClientId, filters: () => this.#runner.filters(), connectTimeout: 10_000, log, tls: this.#security.clientTls })
       : new EmbeddedBroker({
@@ -145,12 +121,26 @@ export class EdgeAgent implements ServiceApi {
         tlsPort: options.mqttTlsPort,
         tls
       })
+    this.#outputs = new EdgeOutputs({
+      options,
+      discoverFog,
+      log,
+      metrics: this.metrics,
+      security: this.#security,
+      source: this.#source,
+      operators: this.#runner.operators,
+      // The shipper appends too, before each batch: the other outputs' queues and the store follow at once (see #commit).
+      committed: by => {
+        this.#outputs.commit(by)
+        this.#store.flush()
+      }
+    })
+    this.#uplink = this.#outputs.get(upstreamOutput)?.uplink
     if (checkpoints) {
       this.#checkpoints = new Checkpointer({ dataDir: options.dataDir, log }, { operators: this.#runner.operators, store: this.#store, uplink: this.#uplink })
     } else if (removeCheckpoint(options.dataDir)) {
       log.info('checkpoint.removed_stale', 'checkpoints are off: removed the checkpoint of an earlier run (it would be stale when they are back on)')
     }
-    this.#actions = new LocalActions(async (topic, payload, qos, retain) => await this.#source.publish(topic, payload, qos, retain))
     // GET /v1/broker: the embedded broker's clients (guarded like every GET /v1 route); an edge that
     // subscribes to an external broker has none to list.
     const source = this.#source
@@ -170,9 +160,6 @@ export class EdgeAgent implements ServiceApi {
     })
     this.#registerMetrics()
     this.membership.registerMetrics(this.metrics)
-    this.#sinks = options.sinks !== undefined && options.sinks.length > 0
-      ? new Sinks(options.sinks, { dataDir: options.dataDir, log, metrics: this.metrics })
-      : undefined
   }
 
   get httpUrl (): string {
@@ -184,15 +171,14 @@ export class EdgeAgent implements ServiceApi {
   }
 
   async start (): Promise<void> {
+    // The mesh code (loaded only with the mesh on) and a bad --bootstrap: before any port is opened.
+    await this.membership.load()
     // Before the shipper can take items out of the outbox, and before any reading.
     this.#checkpoints?.restore(Date.now())
     await this.#http.listen()
-    this.#uplink?.start()
-    this.#sinks?.start()
+    this.#outputs.start()
     await this.#source.start((topic, payload, arrival) => this.#runner.onMessage(topic, payload, arrival))
-    this.#brokerUp = true
-    // Born before the first window closes, so hosts see the node as soon as the edge is up.
-    for (const o of this.#runner.operators.values()) this.#sparkplugNodesOf(o)
+    this.#outputs.sourceUp()
     await this.membership.start()
     this.#timers.push(setInterval(() => this.#tick(), this.#options.tick))
     this.#timers.push(setInterval(() => {
@@ -218,13 +204,12 @@ export class EdgeAgent implements ServiceApi {
     this.#ready = false
     for (const t of this.#timers) clearInterval(t)
     await this.membership.stop()
-    // Their NDEATH goes out before the embedded broker closes.
-    await Promise.all([...this.#sparkplugNodes.values()].map(n => n.stop()))
+    // Their last messages (Sparkplug NDEATH) go out before the embedded broker closes.
+    await this.#outputs.sourceDown()
     await this.#source.stop()
     this.#commit()
     this.#checkpoints?.take()
-    await this.#uplink?.stop()
-    await this.#sinks?.stop()
+    await this.#outputs.stop()
     await this.#http.close()
     this.#store.close()
     this.#checkpoints?.close()
@@ -292,7 +277,7 @@ export class EdgeAgent implements ServiceApi {
         const operator = running === undefined
           ? this.#runner.add(spec)
           : this.#runner.replace(spec, incompatibility(running, spec) === undefined, now)
-        this.#uplink?.addPipeline(operator)
+        this.#outputs.addPipeline(operator)
         this.#log.info('deploy.running', `running ${name} v${spec.version}${running === undefined ? '' : ` (was v${running.version})`}`, {
           pipeline: name, version: spec.version, was: running?.version
         })
@@ -342,46 +327,24 @@ export class EdgeAgent implements ServiceApi {
 
   /**
    * Commits the windows emitted since the last commit: the outbox first, then the result store (and
-   * its change log). Every path that writes results goes through here, or through the uplink's
-   * afterAppend when the shipper appends, because the order is what lets a restart from a checkpoint
+   * its change log). Every path that writes results goes through here, or through an output's
+   * `committed` (the uplink's afterAppend, when the shipper appends), because the order is what lets a restart from a checkpoint
    * tell emitted windows from open ones (see checkpoint.ts): a window in the store is always in the
    * outbox too (or delivered), and one only in the outbox is rolled forward into the store at start;
    * and the store commits in the same event-loop turn as the append, before the shipper can deliver
    * (and so remove) what was appended.
    */
   #commit (): void {
-    // The sinks' queues first: a window the store has (so a restart does not emit it again) is in them.
-    this.#sinks?.flush()
-    this.#uplink?.flush()
+    // The outputs in the registry's order (the sinks' queues, then the outbox), the store last: a
+    // window the store has (so a restart does not emit it again) is in every queue.
+    this.#outputs.commit()
     this.#store.flush()
   }
 
   #onWindow (operator: WindowOperator, w: WindowState): void {
     const result = this.#result(operator, w, true)
     this.#store.put(result)
-    this.#sinks?.offer(result)
-    this.#actions.run(operator.pipeline, result)
-    for (const node of this.#sparkplugNodesOf(operator)) node.publish(result)
-    this.#uplink?.onWindow(operator, w)
-  }
-
-  /** The Sparkplug Edge Nodes a pipeline emits to, started on first use. */
-  #sparkplugNodesOf (operator: WindowOperator): SparkplugNode[] {
-    const out: SparkplugNode[] = []
-    // Windows a checkpoint restore emits before the broker is up are not published.
-    if (!this.#brokerUp) return out
-    for (const e of operator.pipeline.emits) {
-      if (e.kind !== 'sparkplug' || e.group === undefined || e.node === undefined) continue
-      const id = `${e.group}/${e.node}`
-      let node = this.#sparkplugNodes.get(id)
-      if (node === undefined) {
-        node = new SparkplugNode({ url: this.#source.url, group: e.group, node: e.node, dataDir: this.#options.dataDir, log: this.#log, tls: this.#security.clientTls })
-        this.#sparkplugNodes.set(id, node)
-        node.start()
-      }
-      out.push(node)
-    }
-    return out
+    this.#outputs.window(operator, w, result)
   }
 
   #result (operator: WindowOperator, w: WindowState, final: boolean): WindowResult {
@@ -479,8 +442,6 @@ export class EdgeAgent implements ServiceApi {
       ops().flatMap(o => Object.entries(o.stats.rejected).map(([reason, n]): Sample => [{ pipeline: o.pipeline.spec.name, reason }, n])))
     m.counter('fogmesh_mqtt_messages_total', 'MQTT messages received', [], () => [[{}, this.#runner.stats.messages]])
     m.counter('fogmesh_mqtt_messages_unmatched_total', 'MQTT messages no pipeline subscribes to', [], () => [[{}, this.#runner.stats.unmatched]])
-    m.counter('fogmesh_actions_published_total', 'Local actions (emit: mqtt) published', [], () => [[{}, this.#actions.stats.published]])
-    m.counter('fogmesh_actions_failed_total', 'Local actions that failed to publish', [], () => [[{}, this.#actions.stats.failed]])
     m.gauge('fogmesh_deployment_revision', 'Revision of the deployed pipeline set this edge runs', [], () => [[{}, this.#deployments.current().revision]])
     m.counter('fogmesh_deployment_fetches_total', 'Fetches of a newer deployed set from a fog, by outcome', ['outcome'], () => [
       [{ outcome: 'applied' }, this.#follower.stats.applied], [{ outcome: 'failed' }, this.#follower.stats.failed]
@@ -490,7 +451,6 @@ export class EdgeAgent implements ServiceApi {
       (sparkplug()?.status() ?? []).map((s): Sample => [{ group: s.group, node: s.node, device: s.device }, s.online ? 1 : 0]))
     m.counter('fogmesh_sparkplug_seq_gaps_total', 'Sparkplug B messages whose seq did not follow the previous one of their node', [], () => [[{}, sparkplug()?.stats.seqGaps ?? 0]])
     m.counter('fogmesh_sparkplug_rebirth_requests_total', 'Sparkplug B rebirth requests (NCMD Node Control/Rebirth) sent', [], () => [[{}, sparkplug()?.stats.rebirthRequests ?? 0]])
-    this.#uplink?.registerMetrics(m)
     this.#checkpoints?.registerMetrics(m)
     if (this.#source instanceof EmbeddedBroker) {
       const broker = this.#source

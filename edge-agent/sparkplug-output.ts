@@ -1,0 +1,63 @@
+/**
+ * `emit: sparkplug` as an edge output: one Sparkplug Edge Node (sparkplug-node.ts) per group/node that
+ * some pipeline names, on the broker the readings come from.
+ *
+ * Invariants:
+ * - nodes are made once the broker is up, for every running pipeline (so hosts see them as soon as the
+ *   edge is up), and for a pipeline deployed later at its first window;
+ * - windows emitted before the broker is up (a checkpoint restore) are not published;
+ * - the nodes' NDEATH goes out before the broker stops (an embedded broker would take the will with it).
+ */
+import type { WindowOperator } from '../core/windows/operator.ts'
+import type { WindowState } from '../core/windows/window.ts'
+import type { WindowResult } from '../server/shell/results.ts'
+import type { EdgeOutput, OutputDefinition, OutputParts } from './output.ts'
+import { SparkplugNode } from './sparkplug-node.ts'
+
+export class SparkplugOutput implements EdgeOutput {
+  readonly #parts: OutputParts
+  /** By group/node. */
+  readonly #nodes = new Map<string, SparkplugNode>()
+  #up = false
+
+  constructor (parts: OutputParts) {
+    this.#parts = parts
+  }
+
+  window (operator: WindowOperator, _w: WindowState, result: WindowResult): void {
+    for (const node of this.#nodesOf(operator)) node.publish(result)
+  }
+
+  sourceUp (): void {
+    this.#up = true
+    for (const o of this.#parts.operators.values()) this.#nodesOf(o)
+  }
+
+  async sourceDown (): Promise<void> {
+    await Promise.all([...this.#nodes.values()].map(n => n.stop()))
+  }
+
+  /** The nodes a pipeline emits to, started on first use. */
+  #nodesOf (operator: WindowOperator): SparkplugNode[] {
+    const out: SparkplugNode[] = []
+    if (!this.#up) return out
+    const p = this.#parts
+    for (const e of operator.pipeline.emits) {
+      if (e.kind !== 'sparkplug' || e.group === undefined || e.node === undefined) continue
+      const id = `${e.group}/${e.node}`
+      let node = this.#nodes.get(id)
+      if (node === undefined) {
+        node = new SparkplugNode({ url: p.source.url, group: e.group, node: e.node, dataDir: p.options.dataDir, log: p.log, tls: p.security.clientTls })
+        this.#nodes.set(id, node)
+        node.start()
+      }
+      out.push(node)
+    }
+    return out
+  }
+}
+
+export const sparkplugOutput: OutputDefinition<SparkplugOutput> = {
+  kind: 'sparkplug',
+  create: parts => new SparkplugOutput(parts)
+}
