@@ -50,9 +50,10 @@ export interface ServiceApi {
   readonly id: string
   readonly metrics: Metrics
   isReady: () => boolean
-  pipelines: () => PipelineInfo[]
+  /** May answer later: a tier whose state lives in a database reads it there (cloud-sink/pg-cloud.ts). */
+  pipelines: () => PipelineInfo[] | Promise<PipelineInfo[]>
   /** Results sorted by start then key, at most `q.limit`; undefined for an unknown pipeline. */
-  results: (pipeline: string, q: ResultQuery) => WindowResult[] | undefined
+  results: (pipeline: string, q: ResultQuery) => WindowResult[] | undefined | Promise<WindowResult[] | undefined>
   mesh: () => unknown
 }
 
@@ -191,13 +192,13 @@ function standardRoutes (api: ServiceApi): Route[] {
       path: '/healthz',
       handle: () => ({ status: api.isReady() ? 200 : 503, body: { status: api.isReady() ? 'ok' : 'starting', role: api.role, id: api.id } })
     },
-    { method: 'GET', path: '/v1/pipelines', handle: () => ({ body: { pipelines: api.pipelines() } }) },
+    { method: 'GET', path: '/v1/pipelines', handle: async () => ({ body: { pipelines: await api.pipelines() } }) },
     {
       method: 'GET',
       path: '/v1/aggregates/{pipeline}',
-      handle: (req) => {
+      handle: async (req) => {
         const q = parseResultQuery(req.query)
-        const results = api.results(req.params.pipeline, q)
+        const results = await api.results(req.params.pipeline, q)
         if (results === undefined) throw new HttpError(404, 'unknown_pipeline', `no pipeline named "${req.params.pipeline}"`)
         return { body: { pipeline: req.params.pipeline, results: results.map(resultJson) } }
       }

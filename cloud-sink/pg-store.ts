@@ -1,0 +1,521 @@
+/**
+ * The cloud tier's state in PostgreSQL (tables in cloud-sink/pg-schema.ts), shared by every cloud
+ * process started on the same store.
+ *
+ * Invariants ("counts exactly once" across processes and crashes):
+ * - a group of batches is one transaction; its acks are answered only after COMMIT;
+ * - a contribution replaces the stored one only if it supersedes it (core's rule, `supersedes`: a
+ *   higher revision), enforced by the upsert's WHERE, so replays and the same batch taken by two
+ *   processes change nothing;
+ * - a batch that stores a contribution locks its window's row (the windows upsert), and a finalization
+ *   locks the rows it finalizes (FOR UPDATE SKIP LOCKED): a contribution is either seen by the
+ *   finalization that locked its window, or committed after it and marks the now final window dirty
+ *   (revision + 1 later). Never neither;
+ * - a window is finalized by the one transaction that holds its row lock and finds it still pending:
+ *   revision 0 once, then revision + 1 per later change, whichever process runs it;
+ * - rows are written in one sorted order in every transaction, so concurrent ones rarely deadlock;
+ *   a deadlock or serialization failure is retried whole.
+ *
+ * Every value is a bound parameter; the SQL text is constant.
+ */
+import { Decoder, Encoder } from 'cbor-x'
+import pg from 'pg'
+import { HttpError } from '../core/errors.ts'
+import type { Batch, Contribution, PipelineDef } from '../core/upstream/batch.ts'
+import { mergeContributions, sameSelects, supersedes } from '../core/upstream/merge.ts'
+import { windowId } from '../server/merge/contribution-store.ts'
+import type { MergeWindow } from '../server/merge/contribution-store.ts'
+import type { Ack } from '../server/merge/partials-route.ts'
+import type { Logger } from '../server/shell/log.ts'
+import { redactUrls } from '../server/shell/log.ts'
+import type { ResultQuery, WindowResult } from '../server/shell/results.ts'
+import { withLive } from '../server/shell/results.ts'
+import type { StoreConfig } from './config.ts'
+import { migrate } from './pg-schema.ts'
+
+// The same CBOR options as the wire format: states go back out exactly as they came in.
+const encoder = new Encoder({ useRecords: false, mapsAsObjects: true })
+const decoder = new Decoder({ useRecords: false, mapsAsObjects: true })
+
+/** Within what a bigint and a Date both hold: the API's from/to may be infinite. */
+const TIME_BOUND = 8.64e15
+/** Attempts of a transaction that failed on a deadlock or a serialization failure. */
+const ATTEMPTS = 5
+/** Most windows one finalization transaction takes (keeps its locks short). */
+const FINALIZE_MAX = 500
+
+/** The store cannot be reached or refused for a reason of its own: the sender retries later. */
+export class StoreUnavailable extends HttpError {
+  constructor (message: string, options?: ErrorOptions) {
+    super(503, 'store_unavailable', message, options)
+  }
+}
+
+export interface QueuedBatch {
+  batch: Batch
+  now: number
+}
+
+export interface PipelineCounts {
+  received: number
+  ignored: number
+  afterFinal: number
+}
+
+/** One batch's outcome in a group: its ack and counts, or the error that refused it alone. */
+export type BatchOutcome = { ack: Ack, counts: Map<string, PipelineCounts> } | { error: HttpError }
+
+/** A window not final yet, or final and changed since (without its contributions). */
+export type PendingWindow = Omit<MergeWindow, 'contributions' | 'finalAt'>
+
+export interface StoredWatermark {
+  pipeline: string
+  edge: string
+  watermark: number
+  lastSeen: number
+  idle: boolean
+}
+
+/** A finalization in one transaction: which windows, at which revision, with what result. */
+export interface Finalized {
+  window: PendingWindow
+  revision: number
+  result: WindowResult
+}
+
+interface WindowRow {
+  pipeline: string
+  key: string
+  start_ms: string
+  end_ms: string
+  first_seen: string
+  final_revision: number | null
+  dirty: boolean
+  upstream_final: boolean
+}
+
+function pendingOf (r: WindowRow): PendingWindow {
+  return {
+    pipeline: r.pipeline,
+    key: r.key,
+    start: Number(r.start_ms),
+    end: Number(r.end_ms),
+    firstSeen: Number(r.first_seen),
+    finalRevision: r.final_revision,
+    dirty: r.dirty,
+    upstreamFinal: r.upstream_final
+  }
+}
+
+function sqlState (err: unknown): string | undefined {
+  const code = (err as { code?: unknown } | null)?.code
+  return typeof code === 'string' && /^[0-9A-Z]{5}$/.test(code) ? code : undefined
+}
+
+function byWindow (a: { pipeline: string, key: string, start: number, end: number }, b: { pipeline: string, key: string, start: number, end: number }): number {
+  return a.pipeline < b.pipeline ? -1 : a.pipeline > b.pipeline ? 1 : a.key < b.key ? -1 : a.key > b.key ? 1 : a.start - b.start || a.end - b.end
+}
+
+function clampTime (t: number): number {
+  return Math.max(-TIME_BOUND, Math.min(TIME_BOUND, t))
+}
+
+/** Columns of window keys, as the unnest() arrays of a statement. */
+function windowColumns (ws: ReadonlyArray<{ pipeline: string, key: string, start: number, end: number }>): unknown[] {
+  return [ws.map(w => w.pipeline), ws.map(w => w.key), ws.map(w => w.start), ws.map(w => w.end)]
+}
+
+const PENDING_COLUMNS = 'pipeline, key, start_ms, end_ms, first_seen, final_revision, dirty, upstream_final'
+
+export class PgStore {
+  readonly #pool: pg.Pool
+  readonly #config: StoreConfig
+  readonly #log: Logger
+
+  constructor (config: StoreConfig, log: Logger, application: string) {
+    this.#config = config
+    this.#log = log
+    this.#pool = new pg.Pool({
+      connectionString: config.url,
+      max: config.pool,
+      connectionTimeoutMillis: 5_000,
+      idleTimeoutMillis: 30_000,
+      application_name: application.slice(0, 63)
+    })
+    // An idle connection that breaks (PostgreSQL restarting) must not crash the process; the next
+    // query on the pool opens a new one.
+    this.#pool.on('error', err => { this.#log.debug('store.connection_lost', `a pooled connection to ${config.shown} broke (${redactUrls(err.message)})`) })
+  }
+
+  /** The URL with its password masked. */
+  get shown (): string {
+    return this.#config.shown
+  }
+
+  /** Connects and brings the schema up to date; returns the versions applied by this call. */
+  async open (): Promise<number[]> {
+    const client = await this.#connect()
+    try {
+      const applied = await migrate(client)
+      client.release()
+      return applied
+    } catch (err) {
+      client.release(true)
+      throw this.#unavailable(err)
+    }
+  }
+
+  async close (): Promise<void> {
+    await this.#pool.end()
+  }
+
+  /** Definitions learned from batches, by name. */
+  async pipelines (): Promise<PipelineDef[]> {
+    const { rows } = await this.#query<{ def: PipelineDef }>('SELECT def FROM fogmesh_pipelines ORDER BY name')
+    return rows.map(r => r.def)
+  }
+
+  async watermarks (): Promise<StoredWatermark[]> {
+    const { rows } = await this.#query<{ pipeline: string, edge: string, watermark: number, last_seen: string, idle: boolean }>(
+      'SELECT pipeline, edge, watermark, last_seen, idle FROM fogmesh_watermarks')
+    return rows.map(r => ({ pipeline: r.pipeline, edge: r.edge, watermark: r.watermark, lastSeen: Number(r.last_seen), idle: r.idle }))
+  }
+
+  /** Windows to finalize (first time or again), unlocked: a finalization locks and checks them again. */
+  async pending (): Promise<PendingWindow[]> {
+    const { rows } = await this.#query<WindowRow>(`SELECT ${PENDING_COLUMNS} FROM fogmesh_windows WHERE final_revision IS NULL OR dirty`)
+    return rows.map(pendingOf)
+  }
+
+  /**
+   * Applies a group of batches in one transaction. `known(name)` is how this process merges a
+   * pipeline (its --pipelines file); a batch whose definitions merge differently from those, or from
+   * the stored ones, is refused alone (409). A batch whose data PostgreSQL refuses (a NUL in a key) is
+   * refused alone too (400), the rest of the group applied without it.
+   */
+  async commit (group: readonly QueuedBatch[], known: (name: string) => PipelineDef | undefined): Promise<BatchOutcome[]> {
+    try {
+      return await this.#transaction(async client => await this.#apply(client, group, known))
+    } catch (err) {
+      const state = sqlState(err)
+      if (state === undefined || !state.startsWith('22')) throw err
+      if (group.length === 1) return [{ error: new HttpError(400, 'bad_batch', `the store refused the batch's data (SQLSTATE ${state}: ${(err as Error).message})`) }]
+      const out: BatchOutcome[] = []
+      for (const q of group) out.push(...await this.commit([q], known))
+      return out
+    }
+  }
+
+  async #apply (client: pg.PoolClient, group: readonly QueuedBatch[], known: (name: string) => PipelineDef | undefined): Promise<BatchOutcome[]> {
+    const outcomes: Array<BatchOutcome | undefined> = group.map(() => undefined)
+    // Definitions: the first of a name in the group is stored if the name is new; then every batch is
+    // checked against what is stored (and this process's file), in the same transaction.
+    const offered = new Map<string, PipelineDef>()
+    for (const q of group) for (const d of q.batch.pipelines) if (!offered.has(d.name)) offered.set(d.name, d)
+    const stored = new Map<string, PipelineDef>()
+    if (offered.size > 0) {
+      const defs = [...offered.values()].sort((a, b) => a.name < b.name ? -1 : 1)
+      await client.query(`INSERT INTO fogmesh_pipelines (name, version, def) SELECT * FROM unnest($1::text[], $2::int[], $3::jsonb[])
+        ON CONFLICT (name) DO NOTHING`, [defs.map(d => d.name), defs.map(d => d.version), defs.map(d => JSON.stringify(d))])
+      const { rows } = await client.query<{ def: PipelineDef }>('SELECT def FROM fogmesh_pipelines WHERE name = ANY($1::text[])', [defs.map(d => d.name)])
+      for (const r of rows) stored.set(r.def.name, r.def)
+    }
+    const newer = new Map<string, PipelineDef>()
+    for (const [i, q] of group.entries()) {
+      for (const d of q.batch.pipelines) {
+        const have = known(d.name) ?? stored.get(d.name)
+        if (have !== undefined && !sameSelects(have, d)) {
+          outcomes[i] = {
+            error: new HttpError(409, 'pipeline_conflict', `pipeline "${d.name}" version ${d.version} from ${q.batch.sender} merges differently ` +
+              `(window or select) from the "${d.name}" this cloud merges (version ${have.version}); nothing was stored`)
+          }
+          break
+        }
+      }
+      if (outcomes[i] !== undefined) continue
+      for (const d of q.batch.pipelines) {
+        const s = stored.get(d.name)
+        if (s !== undefined && d.version > s.version && d.version > (newer.get(d.name)?.version ?? -Infinity)) newer.set(d.name, d)
+      }
+    }
+    for (const d of [...newer.values()].sort((a, b) => a.name < b.name ? -1 : 1)) {
+      await client.query('UPDATE fogmesh_pipelines SET version = $2, def = $3 WHERE name = $1 AND version < $2', [d.name, d.version, JSON.stringify(d)])
+    }
+
+    // Contributions: of several to the same window and edge in the group, the one that supersedes the
+    // others (an upsert cannot touch a row twice); the others are replays as far as the store goes.
+    interface Offer { pipeline: string, key: string, start: number, end: number, contribution: Contribution, batch: number }
+    const best = new Map<string, Offer>()
+    const offers: Offer[] = []
+    const upstreamFinal = new Map<string, { pipeline: string, key: string, start: number, end: number, firstSeen: number }>()
+    for (const [i, q] of group.entries()) {
+      if (outcomes[i] !== undefined) continue
+      for (const e of q.batch.windows) {
+        if (e.contributions.length === 0) continue
+        // Only a fog finalizes merged windows; an edge's `final` would mean nothing here.
+        if (q.batch.role === 'fog' && e.final !== undefined) upstreamFinal.set(windowId(e), { pipeline: e.pipeline, key: e.key, start: e.start, end: e.end, firstSeen: q.now })
+        for (const contribution of e.contributions) {
+          const o: Offer = { pipeline: e.pipeline, key: e.key, start: e.start, end: e.end, contribution, batch: i }
+          offers.push(o)
+          const id = JSON.stringify([e.pipeline, e.key, e.start, e.end, contribution.edge])
+          const held = best.get(id)
+          if (held === undefined || supersedes(held.contribution, contribution)) best.set(id, o)
+        }
+      }
+    }
+    const winners = [...best.values()].sort((a, b) => byWindow(a, b) || (a.contribution.edge < b.contribution.edge ? -1 : 1))
+    const applied = new Set<Offer>()
+    if (winners.length > 0) {
+      const { rows } = await client.query<{ pipeline: string, key: string, start_ms: string, end_ms: string, edge: string }>(
+        `INSERT INTO fogmesh_contributions AS c (pipeline, key, start_ms, end_ms, edge, revision, states)
+         SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::text[], $6::int[], $7::bytea[])
+         ON CONFLICT (pipeline, key, start_ms, end_ms, edge) DO UPDATE SET revision = excluded.revision, states = excluded.states
+         WHERE excluded.revision > c.revision
+         RETURNING pipeline, key, start_ms, end_ms, edge`,
+        [...windowColumns(winners), winners.map(w => w.contribution.edge), winners.map(w => w.contribution.revision),
+          winners.map(w => encoder.encode(w.contribution.states))])
+      for (const r of rows) applied.add(best.get(JSON.stringify([r.pipeline, r.key, Number(r.start_ms), Number(r.end_ms), r.edge]))!)
+    }
+
+    // Windows: created if new; a final one that got a contribution becomes dirty. Every window with an
+    // applied contribution is locked here (see the top). `dirty` in the values is "changed": it
+    // applies only to a row already final.
+    const touched = new Map<string, { pipeline: string, key: string, start: number, end: number, changed: boolean, upstream: boolean, firstSeen: number }>()
+    for (const o of applied) {
+      const id = windowId(o)
+      const t = touched.get(id)
+      if (t === undefined) touched.set(id, { pipeline: o.pipeline, key: o.key, start: o.start, end: o.end, changed: true, upstream: false, firstSeen: group[o.batch].now })
+    }
+    for (const [id, w] of upstreamFinal) {
+      const t = touched.get(id)
+      if (t === undefined) touched.set(id, { ...w, changed: false, upstream: true })
+      else t.upstream = true
+    }
+    const wasFinal = new Set<string>()
+    if (touched.size > 0) {
+      const ws = [...touched.values()].sort(byWindow)
+      const { rows } = await client.query<{ pipeline: string, key: string, start_ms: string, end_ms: string, was_final: boolean }>(
+        `INSERT INTO fogmesh_windows AS w (pipeline, key, start_ms, end_ms, first_seen, dirty, upstream_final)
+         SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], $6::boolean[], $7::boolean[])
+         ON CONFLICT (pipeline, key, start_ms, end_ms) DO UPDATE SET
+           dirty = w.dirty OR (w.final_revision IS NOT NULL AND excluded.dirty),
+           upstream_final = w.upstream_final OR (w.final_revision IS NULL AND excluded.upstream_final)
+         RETURNING pipeline, key, start_ms, end_ms, final_revision IS NOT NULL AS was_final`,
+        [...windowColumns(ws), ws.map(w => w.firstSeen), ws.map(w => w.changed), ws.map(w => w.upstream)])
+      for (const r of rows) if (r.was_final) wasFinal.add(windowId({ pipeline: r.pipeline, key: r.key, start: Number(r.start_ms), end: Number(r.end_ms) }))
+    }
+
+    // Watermarks: the highest per (pipeline, edge) in the group; never moved back.
+    const marks = new Map<string, { pipeline: string, edge: string, watermark: number, lastSeen: number, idle: boolean }>()
+    const seen = new Map<string, number>()
+    for (const [i, q] of group.entries()) {
+      if (outcomes[i] !== undefined) continue
+      for (const wm of q.batch.watermarks) {
+        const id = JSON.stringify([wm.pipeline, wm.edge])
+        const m = marks.get(id)
+        if (m === undefined) marks.set(id, { pipeline: wm.pipeline, edge: wm.edge, watermark: wm.watermark, lastSeen: q.now, idle: wm.idle === true })
+        else {
+          m.watermark = Math.max(m.watermark, wm.watermark)
+          m.lastSeen = Math.max(m.lastSeen, q.now)
+          m.idle = wm.idle === true
+        }
+      }
+      if (q.batch.role === 'edge') seen.set(q.batch.sender, Math.max(seen.get(q.batch.sender) ?? 0, q.now))
+    }
+    if (marks.size > 0) {
+      const ms = [...marks.values()].sort((a, b) => a.pipeline < b.pipeline ? -1 : a.pipeline > b.pipeline ? 1 : a.edge < b.edge ? -1 : 1)
+      await client.query(`INSERT INTO fogmesh_watermarks AS m (pipeline, edge, watermark, last_seen, idle)
+        SELECT * FROM unnest($1::text[], $2::text[], $3::float8[], $4::bigint[], $5::boolean[])
+        ON CONFLICT (pipeline, edge) DO UPDATE SET watermark = GREATEST(m.watermark, excluded.watermark),
+          last_seen = GREATEST(m.last_seen, excluded.last_seen), idle = excluded.idle`,
+      [ms.map(m => m.pipeline), ms.map(m => m.edge), ms.map(m => m.watermark), ms.map(m => m.lastSeen), ms.map(m => m.idle)])
+    }
+    // Any batch from an edge says it is alive, in every pipeline it feeds (rows locked in key order).
+    const senders = [...seen].sort((a, b) => a[0] < b[0] ? -1 : 1)
+    if (senders.length > 0) {
+      await client.query(`UPDATE fogmesh_watermarks m SET last_seen = GREATEST(m.last_seen, s.at)
+        FROM (SELECT x.pipeline, x.edge, v.at FROM fogmesh_watermarks x JOIN unnest($1::text[], $2::bigint[]) AS v (edge, at) ON x.edge = v.edge
+              ORDER BY x.pipeline, x.edge FOR UPDATE OF x) s
+        WHERE m.pipeline = s.pipeline AND m.edge = s.edge AND m.last_seen < s.at`, [senders.map(s => s[0]), senders.map(s => s[1])])
+    }
+
+    for (const [i, q] of group.entries()) {
+      if (outcomes[i] !== undefined) continue
+      outcomes[i] = { ack: { acked: q.batch.seq, applied: 0, ignored: 0 }, counts: new Map() }
+    }
+    for (const o of offers) {
+      const out = outcomes[o.batch] as { ack: Ack, counts: Map<string, PipelineCounts> }
+      let c = out.counts.get(o.pipeline)
+      if (c === undefined) out.counts.set(o.pipeline, c = { received: 0, ignored: 0, afterFinal: 0 })
+      c.received++
+      if (applied.has(o)) {
+        out.ack.applied++
+        if (wasFinal.has(windowId(o))) c.afterFinal++
+      } else {
+        out.ack.ignored++
+        c.ignored++
+      }
+    }
+    return outcomes as BatchOutcome[]
+  }
+
+  /**
+   * Finalizes what is due among `candidates` in one transaction: locks those rows that no other
+   * process holds and that are still pending, asks `decide` again on the locked row (the revision to
+   * give it, or undefined), merges each one's contributions, stores the results, hands them to
+   * `beforeCommit` (the sinks' durable queues: a repeat after a crash is harmless), records the
+   * windows as final and commits. Returns what was finalized.
+   */
+  async finalize (candidates: readonly PendingWindow[], decide: (w: PendingWindow) => number | undefined,
+    definition: (pipeline: string) => PipelineDef | undefined, beforeCommit: (results: WindowResult[]) => void, now: number): Promise<Finalized[]> {
+    if (candidates.length === 0) return []
+    const ws = [...candidates].sort(byWindow).slice(0, FINALIZE_MAX)
+    return await this.#transaction(async client => {
+      const { rows } = await client.query<WindowRow>(
+        `SELECT ${PENDING_COLUMNS} FROM fogmesh_windows
+         WHERE (pipeline, key, start_ms, end_ms) IN (SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[]))
+           AND (final_revision IS NULL OR dirty)
+         ORDER BY pipeline, key, start_ms, end_ms
+         FOR UPDATE SKIP LOCKED`, windowColumns(ws))
+      const due: Array<{ window: PendingWindow, revision: number, def: PipelineDef }> = []
+      for (const r of rows) {
+        const window = pendingOf(r)
+        const def = definition(window.pipeline)
+        const revision = decide(window)
+        if (def !== undefined && revision !== undefined) due.push({ window, revision, def })
+      }
+      if (due.length === 0) return []
+      const contributions = await this.#contributions(client, due.map(d => d.window))
+      const out: Finalized[] = due.map(({ window: w, revision, def }) => {
+        const cs = contributions.get(windowId(w)) ?? new Map<string, Contribution>()
+        return {
+          window: w,
+          revision,
+          result: { pipeline: w.pipeline, key: w.key, start: w.start, end: w.end, final: true, revision, sources: cs.size, values: mergeContributions(def, cs.values()) }
+        }
+      })
+      const rs = out.map(f => f.result)
+      await client.query(`INSERT INTO fogmesh_results AS r (pipeline, key, start_ms, end_ms, revision, sources, "values", final_at)
+        SELECT p, k, s, e, rev, src, v::json, $8 FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::int[], $6::int[], $7::text[]) AS x (p, k, s, e, rev, src, v)
+        ON CONFLICT (pipeline, start_ms, key, end_ms) DO UPDATE SET revision = excluded.revision, sources = excluded.sources,
+          "values" = excluded."values", final_at = excluded.final_at
+        WHERE excluded.revision >= r.revision`,
+      [...windowColumns(rs), rs.map(r => r.revision), rs.map(r => r.sources), rs.map(r => JSON.stringify(r.values)), now])
+      await client.query(`UPDATE fogmesh_windows w SET final_revision = x.rev, final_at = $6, dirty = false, upstream_final = false
+        FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::int[]) AS x (p, k, s, e, rev)
+        WHERE w.pipeline = x.p AND w.key = x.k AND w.start_ms = x.s AND w.end_ms = x.e`,
+      [...windowColumns(rs), rs.map(r => r.revision), now])
+      beforeCommit(rs)
+      return out
+    })
+  }
+
+  /**
+   * Final results with the windows not final yet (merged so far) mixed in, read in one snapshot so
+   * that a window finalized meanwhile shows once, either way.
+   */
+  async results (def: PipelineDef, q: ResultQuery): Promise<WindowResult[]> {
+    const from = clampTime(q.from)
+    const to = clampTime(q.to)
+    const key = q.key ?? null
+    return await this.#transaction(async client => {
+      const { rows } = await client.query<{ key: string, start_ms: string, end_ms: string, revision: number, sources: number, values: WindowResult['values'] }>(
+        `SELECT key, start_ms, end_ms, revision, sources, "values" FROM fogmesh_results
+         WHERE pipeline = $1 AND start_ms >= $2 AND start_ms < $3 AND ($4::text IS NULL OR key = $4)
+         ORDER BY start_ms, key, end_ms LIMIT $5`, [def.name, from, to, key, q.limit])
+      const stored: WindowResult[] = rows.map(r => ({
+        pipeline: def.name, key: r.key, start: Number(r.start_ms), end: Number(r.end_ms), final: true, revision: r.revision, sources: r.sources, values: r.values
+      }))
+      const open = await client.query<WindowRow>(
+        `SELECT ${PENDING_COLUMNS} FROM fogmesh_windows
+         WHERE pipeline = $1 AND final_revision IS NULL AND start_ms >= $2 AND start_ms < $3 AND ($4::text IS NULL OR key = $4)`, [def.name, from, to, key])
+      const windows = open.rows.map(pendingOf)
+      const contributions = await this.#contributions(client, windows)
+      const live = windows.map(w => {
+        const cs = contributions.get(windowId(w)) ?? new Map<string, Contribution>()
+        return { pipeline: w.pipeline, key: w.key, start: w.start, end: w.end, final: false, revision: 0, sources: cs.size, values: mergeContributions(def, cs.values()) }
+      })
+      return withLive(stored, live, q)
+    }, 'BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY')
+  }
+
+  /** The stored contributions of these windows, by window id, then edge. */
+  async #contributions (client: pg.PoolClient, ws: readonly PendingWindow[]): Promise<Map<string, Map<string, Contribution>>> {
+    const out = new Map<string, Map<string, Contribution>>()
+    if (ws.length === 0) return out
+    const { rows } = await client.query<{ pipeline: string, key: string, start_ms: string, end_ms: string, edge: string, revision: number, states: Buffer }>(
+      `SELECT pipeline, key, start_ms, end_ms, edge, revision, states FROM fogmesh_contributions
+       WHERE (pipeline, key, start_ms, end_ms) IN (SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[]))`, windowColumns(ws))
+    for (const r of rows) {
+      const id = windowId({ pipeline: r.pipeline, key: r.key, start: Number(r.start_ms), end: Number(r.end_ms) })
+      let m = out.get(id)
+      if (m === undefined) out.set(id, m = new Map())
+      m.set(r.edge, { edge: r.edge, revision: r.revision, states: decoder.decode(r.states) as unknown[] })
+    }
+    return out
+  }
+
+  /** Removes results and windows finalized before `before` (and unchanged since). */
+  async prune (before: number): Promise<void> {
+    await this.#transaction(async client => {
+      const old = 'SELECT pipeline, key, start_ms, end_ms FROM fogmesh_windows WHERE final_at < $1 AND NOT dirty'
+      await client.query(`DELETE FROM fogmesh_contributions WHERE (pipeline, key, start_ms, end_ms) IN (${old})`, [before])
+      await client.query(`DELETE FROM fogmesh_windows WHERE final_at < $1 AND NOT dirty`, [before])
+      await client.query('DELETE FROM fogmesh_results WHERE final_at < $1', [before])
+    })
+  }
+
+  async #connect (): Promise<pg.PoolClient> {
+    try {
+      return await this.#pool.connect()
+    } catch (err) {
+      throw new StoreUnavailable(`cannot reach the store ${this.#config.shown}: ${redactUrls((err as Error).message)}`, { cause: err })
+    }
+  }
+
+  async #query<R extends pg.QueryResultRow> (sql: string, params: unknown[] = []): Promise<pg.QueryResult<R>> {
+    const client = await this.#connect()
+    try {
+      const r = await client.query<R>(sql, params)
+      client.release()
+      return r
+    } catch (err) {
+      client.release(true)
+      throw this.#unavailable(err)
+    }
+  }
+
+  /** Runs `fn` in a transaction, again on a deadlock or serialization failure. */
+  async #transaction<T> (fn: (client: pg.PoolClient) => Promise<T>, begin = 'BEGIN'): Promise<T> {
+    for (let attempt = 1; ; attempt++) {
+      const client = await this.#connect()
+      try {
+        await client.query(begin)
+        const out = await fn(client)
+        await client.query('COMMIT')
+        client.release()
+        return out
+      } catch (err) {
+        const state = sqlState(err)
+        const retry = (state === '40P01' || state === '40001') && attempt < ATTEMPTS
+        // A connection whose state is unknown (broken mid-transaction) is not given back to the pool.
+        try {
+          await client.query('ROLLBACK')
+          client.release()
+        } catch {
+          client.release(true)
+        }
+        if (retry) continue
+        throw this.#unavailable(err)
+      }
+    }
+  }
+
+  /** A failure that is not about a batch's data: the store is unavailable for now. */
+  #unavailable (err: unknown): unknown {
+    if (err instanceof HttpError) return err
+    const state = sqlState(err)
+    if (state !== undefined && (state.startsWith('22') || state.startsWith('23') || state.startsWith('42'))) return err
+    return new StoreUnavailable(`the store ${this.#config.shown} failed: ${redactUrls((err as Error).message ?? String(err))}`, { cause: err })
+  }
+}
