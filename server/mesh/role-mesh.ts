@@ -3,14 +3,18 @@
  * the ready line, and the `self`/`peers` part of `GET /v1/mesh`. The mesh is on when `--mesh-port` or
  * `--bootstrap` is given, else off, so a single machine without those flags runs as it did before the
  * mesh (no libp2p, no peer key in the data dir).
+ *
+ * libp2p is loaded only by a role whose mesh is on (about 30 MB resident on a gateway that does not
+ * use it otherwise): mesh-node.ts and keys.ts are imported for their types alone. Their code starts
+ * loading at construction when the mesh is on; `load()` waits for it and checks `--bootstrap`, so a
+ * role that calls it before opening any port fails on a typo before listening (`start()` calls it too).
  */
 import { readFileSync } from 'node:fs'
 import type { MeshRole } from '../../core/mesh/heartbeat.ts'
 import type { Metrics, Sample } from '../shell/metrics.ts'
 import type { CommonOptions } from '../shell/options.ts'
-import { loadMeshKey } from './keys.ts'
-import { MeshNode, parseBootstrap } from './mesh-node.ts'
-import type { HeartbeatInput, MeshPeer } from './mesh-node.ts'
+import type * as MeshCode from './mesh-node.ts'
+import type { HeartbeatInput, MeshNode, MeshPeer } from './mesh-node.ts'
 
 /** The software version gossiped in heartbeats. */
 export const SOFTWARE_VERSION = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version
@@ -43,13 +47,25 @@ export class RoleMesh {
   readonly #heartbeat: () => HeartbeatInput
   readonly #started = Date.now()
   #node: MeshNode | undefined
+  /** The mesh code with --bootstrap checked, loading since construction; undefined with the mesh off. */
+  readonly #mesh: Promise<typeof MeshCode> | undefined
 
   constructor (options: CommonOptions, role: MeshRole, heartbeat: () => HeartbeatInput) {
     this.#options = options
     this.#role = role
     this.#heartbeat = heartbeat
-    // At construction, so that a bad address fails before the role opens any port.
-    parseBootstrap(options.bootstrap ?? [])
+    if (!meshEnabled(options)) return
+    this.#mesh = import('./mesh-node.ts').then(mesh => {
+      mesh.parseBootstrap(options.bootstrap ?? [])
+      return mesh
+    })
+    // Reported by load() or start(); unobserved until then.
+    this.#mesh.catch(() => {})
+  }
+
+  /** Loads the mesh code and checks --bootstrap (a ConfigError naming the value); nothing with the mesh off. */
+  async load (): Promise<void> {
+    await this.#mesh
   }
 
   get enabled (): boolean {
@@ -67,9 +83,11 @@ export class RoleMesh {
   }
 
   async start (): Promise<void> {
-    if (!this.enabled || this.#node !== undefined) return
+    if (this.#mesh === undefined || this.#node !== undefined) return
+    const mesh = await this.#mesh
     const o = this.#options
-    const node = new MeshNode({
+    const { loadMeshKey } = await import('./keys.ts')
+    const node = new mesh.MeshNode({
       id: o.id,
       role: this.#role,
       heartbeat: this.#heartbeat,
