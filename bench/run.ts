@@ -3,7 +3,7 @@
  * same run on the same machine. Shared CI machines are too noisy for absolute figures to mean anything,
  * so the bench reports ratios, takes the median of alternating rounds, and asserts nothing.
  *
- *   node bench/run.ts [--quick] [--only edge|upstream|cluster|cluster-long|mesh|formats] [--long DURATION] [--rounds N] [--readings N] [--poll-ms MS]
+ *   node bench/run.ts [--quick] [--only edge|upstream|cluster|cluster-long|mesh|formats|soak] [--long DURATION] [--rounds N] [--readings N] [--poll-ms MS]
  *                     [--profile | --no-profile] [--agent-node-args="--max-semi-space-size=2 ..."] [--out FILE]
  *
  * Throughput: bench/publisher.ts (its own process) writes M pre-encoded QoS 0 readings over one
@@ -21,7 +21,9 @@
  * `--only cluster-long [--long 5m]` samples etcd's size under a steady load instead. Mesh
  * (bench/mesh.ts): 20 mesh nodes on loopback, their convergence and gossip bytes per node against the
  * floor of every heartbeat received once, and the RSS of a process running one node against a bare
- * one and one with the mesh code loaded, in alternating rounds. Results go to
+ * one and one with the mesh code loaded, in alternating rounds. Soak (bench/soak.ts, `--only soak
+ * [--long 1h]`): edges -> fog -> cloud fed by the simulator at 10,000 readings/s for the whole run, each
+ * node's RSS and data dir sampled, every window checked against the ground truth at the end. Results go to
  * stdout and bench/results.json; with --only, the parts not run keep their figures from the previous file.
  */
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
@@ -41,6 +43,8 @@ import { runUpstreamTlsBench, upstreamTlsRows } from './upstream-tls.ts'
 import { clusterLongRows, clusterRows, runClusterBench, runClusterLongBench } from './cluster.ts'
 import { meshRows, runMeshBench } from './mesh.ts'
 import { formatsRows, runFormatsBench } from './formats.ts'
+import { runSoakBench, soakRows } from './soak.ts'
+import { edgePipelinesYaml } from './peers/workload.ts'
 import { parseDuration } from '../core/duration.ts'
 import { findEtcd } from '../simulators/etcd-cluster.ts'
 
@@ -48,21 +52,7 @@ const THROUGHPUT_GOAL = 0.6
 const RSS_GOAL_MIB = 150
 const PIPELINE = 'bench'
 
-const PIPELINES_YAML = `pipelines:
-  - name: ${PIPELINE}
-    from: sensors/+room/temperature
-    timestamp: ts
-    key: device
-    window: { tumbling: 10s }
-    lateness: 1s
-    select:
-      n: count()
-      mean: avg(value)
-      low: min(value)
-      high: max(value)
-      p95: percentile(value, 0.95)
-      devices: distinct(room)
-`
+const PIPELINES_YAML = edgePipelinesYaml(PIPELINE)
 
 function readArgs () {
   try {
@@ -73,7 +63,7 @@ function readArgs () {
 }
 
 function usage (message: string): never {
-  process.stderr.write(`bench: ${message}\nusage: node bench/run.ts [--quick] [--only edge|upstream|cluster|cluster-long|mesh|formats] [--long DURATION] [--rounds N] [--readings N] [--poll-ms MS] ` +
+  process.stderr.write(`bench: ${message}\nusage: node bench/run.ts [--quick] [--only edge|upstream|cluster|cluster-long|mesh|formats|soak] [--long DURATION] [--rounds N] [--readings N] [--poll-ms MS] ` +
     '[--profile | --no-profile] [--agent-node-args="--max-semi-space-size=2 ..."] [--out FILE]\n')
   process.exit(2)
 }
@@ -83,7 +73,7 @@ const ARG_OPTIONS = {
   // One part alone: the edge agent's throughput and memory, the upstream bytes and latency, the fog
   // cluster's commits and failover, the mesh's gossip and memory, or (only this way) etcd's size over a long run.
   only: { type: 'string' },
-  // How long cluster-long runs (default 2m, 40s with --quick: one retention and a maintenance).
+  // How long cluster-long runs (default 2m, 40s with --quick: one retention and a maintenance), or soak (default 10m).
   long: { type: 'string' },
   rounds: { type: 'string' },
   readings: { type: 'string' },
@@ -105,7 +95,7 @@ function positiveInt (name: string, raw: string | undefined, fallback: number): 
 }
 
 const quick = args.quick === true
-const PARTS = ['edge', 'upstream', 'cluster', 'cluster-long', 'mesh', 'formats']
+const PARTS = ['edge', 'upstream', 'cluster', 'cluster-long', 'mesh', 'formats', 'soak']
 if (args.only !== undefined && !PARTS.includes(args.only)) usage(`--only: expected ${PARTS.join(', ')}, got ${args.only}`)
 const parts = {
   edge: args.only === undefined || args.only === 'edge',
@@ -114,10 +104,12 @@ const parts = {
   clusterLong: args.only === 'cluster-long',
   mesh: args.only === undefined || args.only === 'mesh',
   // Sparkplug B ingest against JSON, in-process (bench/formats.ts)
-  formats: args.only === undefined || args.only === 'formats'
+  formats: args.only === undefined || args.only === 'formats',
+  // Only this way: an hour-long run is no part of a full bench (bench/soak.ts)
+  soak: args.only === 'soak'
 }
-if (args.long !== undefined && args.only !== 'cluster-long') usage('--long goes with --only cluster-long')
-let longMs = quick ? 40_000 : 120_000
+if (args.long !== undefined && args.only !== 'cluster-long' && args.only !== 'soak') usage('--long goes with --only cluster-long or --only soak')
+let longMs = parts.soak ? 600_000 : quick ? 40_000 : 120_000
 try {
   if (args.long !== undefined) longMs = parseDuration(args.long)
 } catch (err) {
@@ -557,12 +549,13 @@ async function main (): Promise<void> {
   const clusterLong = parts.clusterLong ? await runClusterLongBench({ workDir, durationMs: longMs, log }) : undefined
   const mesh = parts.mesh ? await runMeshBench({ quick, log, rounds: args.rounds === undefined ? undefined : opts.rounds }) : undefined
   const formats = parts.formats ? runFormatsBench({ quick, log }) : undefined
+  const soak = parts.soak ? await runSoakBench({ workDir, durationMs: longMs, log }) : undefined
   const loadAtEnd = loadavg().map(x => Math.round(x * 100) / 100)
 
   const out = args.out ?? join(BENCH_DIR, 'results.json')
   // A part not run keeps the figures of the previous file (the top-level date and machine are the edge part's).
   const previous = existsSync(out) ? JSON.parse(readFileSync(out, 'utf8')) as Record<string, unknown> : {}
-  const { upstream: previousUpstream, cluster: previousCluster, clusterLong: previousClusterLong, mesh: previousMesh, formats: previousFormats, ...previousEdge } = previous
+  const { upstream: previousUpstream, cluster: previousCluster, clusterLong: previousClusterLong, mesh: previousMesh, formats: previousFormats, soak: previousSoak, ...previousEdge } = previous
   const results = {
     ...(edge === undefined
       ? previousEdge
@@ -571,7 +564,8 @@ async function main (): Promise<void> {
     cluster: cluster === undefined ? previousCluster : { ...cluster, quick, machine: { ...machine, loadavgAtEnd: loadAtEnd } },
     clusterLong: clusterLong === undefined ? previousClusterLong : { ...clusterLong, machine: { ...machine, loadavgAtEnd: loadAtEnd } },
     mesh: mesh === undefined ? previousMesh : { ...mesh, quick, machine: { ...machine, loadavgAtEnd: loadAtEnd } },
-    formats: formats === undefined ? previousFormats : { ...formats, quick }
+    formats: formats === undefined ? previousFormats : { ...formats, quick },
+    soak: soak === undefined ? previousSoak : { ...soak, machine: { ...machine, loadavgAtEnd: loadAtEnd } }
   }
   writeFileSync(out, JSON.stringify(results, null, 2) + '\n')
 
@@ -586,9 +580,10 @@ async function main (): Promise<void> {
     ...(clusterLong !== undefined ? clusterLongRows(clusterLong) : []),
     ...(mesh !== undefined ? meshRows(mesh) : []),
     ...(formats !== undefined ? formatsRows(formats) : []),
+    ...(soak !== undefined ? soakRows(soak) : []),
     ['duration', `${Math.round((performance.now() - started) / 100) / 10} s; load ${machine.loadavgAtStart.join(' ')} -> ${loadAtEnd.join(' ')}`]
   ]))
-  for (const w of [...(edge?.results.warnings ?? []), ...(upstream?.warnings ?? []), ...(cluster?.warnings ?? []), ...(clusterLong?.warnings ?? []), ...(mesh?.warnings ?? [])]) log(`warning: ${w}`)
+  for (const w of [...(edge?.results.warnings ?? []), ...(upstream?.warnings ?? []), ...(cluster?.warnings ?? []), ...(clusterLong?.warnings ?? []), ...(mesh?.warnings ?? []), ...(soak?.warnings ?? [])]) log(`warning: ${w}`)
   log(`wrote ${out.startsWith(REPO_DIR + '/') ? relative(process.cwd(), out) : out}`)
 }
 
