@@ -57,9 +57,16 @@ export class FogCoordinator implements Runnable {
       onChange: deployed => { this.node.setDeployed(deployed) },
       log
     })
-    this.node = new MergeNode('fog', nodeOptions, specs, this.cluster, this.deployments.routes(), log, this.security)
+    this.node = new MergeNode('fog', nodeOptions, specs, {
+      replication: this.cluster,
+      routes: this.deployments.routes(),
+      log,
+      security: this.security,
+      // Read at each heartbeat: the forwarder is made from the node, below.
+      outboxDepth: () => this.forwarder?.outbox.items ?? 0,
+      deployedRevision: () => Math.max(0, this.deployments.revision)
+    })
     this.node.setDeployed(this.deployments.specs())
-    this.node.deployedRevision = () => Math.max(0, this.deployments.revision)
     this.deployments.registerMetrics(this.node.metrics)
     this.cluster?.registerMetrics(this.node.metrics)
     const cluster = this.cluster
@@ -77,17 +84,15 @@ export class FogCoordinator implements Runnable {
         // The replicated marks of what the cloud has: a coordinator taking over a shard forwards the rest.
         onDelivered: cluster === undefined ? undefined : windows => { cluster.forwarded(windows).catch(() => {}) }
       })
-    const forwarder = this.forwarder
-    if (forwarder !== undefined) this.node.outboxDepth = () => forwarder.outbox.items
   }
 
   async start (): Promise<void> {
     await this.node.start()
     await this.cluster?.start(this.node.advertisedUrl, {
-      apply: change => { this.node.applyReplicated(change) },
+      apply: change => { this.node.mirror.apply(change) },
       toForward: windows => { this.#forwardAgain(windows) },
-      expired: (before, limit) => this.node.finalBefore(before, limit),
-      removed: windows => { this.node.removeReplicated(windows) },
+      expired: (before, limit) => this.node.mirror.finalBefore(before, limit),
+      removed: windows => { this.node.mirror.remove(windows) },
       deployed: set => { this.deployments.adopt(set) }
     })
     this.forwarder?.start()
@@ -114,7 +119,7 @@ export class FogCoordinator implements Runnable {
     if (this.forwarder === undefined) return
     const entries: WindowEntry[] = []
     for (const { ref } of windows) {
-      const w = this.node.window(ref)
+      const w = this.node.mirror.window(ref)
       if (w === undefined || w.finalRevision === null) continue
       entries.push({ pipeline: w.pipeline, key: w.key, start: w.start, end: w.end, final: w.finalRevision, contributions: [...w.contributions.values()] })
     }
