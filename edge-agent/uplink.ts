@@ -22,13 +22,16 @@
  */
 import { Decoder, Encoder } from 'cbor-x'
 import { ConfigError } from '../core/errors.ts'
-import type { Batch, Contribution, PipelineDef, WindowEntry } from '../core/upstream/batch.ts'
+import type { Batch, PipelineDef } from '../core/upstream/batch.ts'
 import { pipelineDef } from '../core/upstream/pipeline-def.ts'
 import type { WindowOperator } from '../core/windows/operator.ts'
 import type { WindowState } from '../core/windows/window.ts'
 import type { Logger } from '../server/shell/log.ts'
 import type { Metrics } from '../server/shell/metrics.ts'
-import { BatchDefinitions, Outbox, OutboxDefinitions } from '../server/delivery/outbox.ts'
+import { BatchBuilder } from '../server/delivery/batch-builder.ts'
+import type { OutboxWindow, SenderWatermark } from '../server/delivery/batch-builder.ts'
+import { Outbox, OutboxDefinitions } from '../server/delivery/outbox.ts'
+import type { BatchDefinitions } from '../server/delivery/outbox.ts'
 import type { OutboxItem } from '../server/delivery/outbox.ts'
 import type { PeerClient } from '../server/shell/peer-client.ts'
 import { FAILURE_REASONS, SHIPPER_DEFAULTS, Shipper } from '../server/delivery/shipper.ts'
@@ -41,8 +44,8 @@ export interface UplinkOptions {
   dataDir?: string
   /** Fog coordinator URLs: tried in turn, or, when they are a cluster, where its shard map is asked. */
   fog: string[]
-  /** Cloud sink URL: the primary when there is no fog, else used on failover. */
-  cloud?: string
+  /** Cloud sink URLs, tried in turn: the primary when there is no fog, else used on failover. */
+  cloud?: string[]
   /**
    * With no `fog` URLs, have a fog tier anyway and wait for fogs to be found (`addFog`, from the mesh)
    * rather than send to the cloud, or need one: the cloud, if any, takes over only on failover.
@@ -67,7 +70,7 @@ export interface UplinkOptions {
 
 export interface UplinkStatus extends ShipperStatus {
   fog: string[]
-  cloud: string | null
+  cloud: string[] | null
   outbox: { items: number, bytes: number, dropped: number }
 }
 
@@ -105,7 +108,7 @@ export class Uplink {
   readonly #edge: string
   /** Fog URLs: from --fog, and those found through the mesh since. */
   readonly #fog: string[]
-  readonly #cloud: string | undefined
+  readonly #cloud: string[] | undefined
   readonly #log: Logger
   readonly #afterAppend: () => void
   readonly #maxBuffered: number
@@ -113,6 +116,8 @@ export class Uplink {
   readonly #upstream = new Map<string, Upstream>()
   /** Every definition items may refer to, by id (loaded from the outbox on demand). */
   readonly #defs: OutboxDefinitions
+  /** Builds the batches from the outbox's items. */
+  readonly #builder: BatchBuilder
   /** Per pipeline, the watermark as of the last flush: every window ending at or before it is in the outbox. */
   readonly #safe = new Map<string, number>()
   /** Pipelines idle as of the last flush that reached the outbox. */
@@ -120,7 +125,7 @@ export class Uplink {
   #buffer: Uint8Array[] = []
   #buffered = 0
   #closed = false
-  /** Contributions lost before reaching the outbox (it could not be written for too long) or unreadable in it. */
+  /** Contributions lost before reaching the outbox (it could not be written for too long); the builder counts the unreadable ones. */
   #lost = 0
   #appendFailing = false
   /** Per pipeline, the highest watermark the fog tier acknowledged from this edge. */
@@ -138,11 +143,12 @@ export class Uplink {
     const tiers = [
       // The fogs may be a cluster that splits windows by shard: the router finds out and follows it.
       ...(options.fog.length > 0 || options.discoverFog === true ? [{ name: 'fog', urls: options.fog, route: true, discovered: options.discoverFog }] : []),
-      ...(options.cloud !== undefined ? [{ name: 'cloud', urls: [options.cloud] }] : [])
+      ...(options.cloud !== undefined ? [{ name: 'cloud', urls: options.cloud }] : [])
     ]
     if (tiers.length === 0) throw new ConfigError('an uplink needs --fog or --cloud, or the mesh to find fogs in')
     this.outbox = new Outbox({ dataDir: options.dataDir, maxBytes: options.outboxMax, targets: tiers.map(t => t.name) })
     this.#defs = new OutboxDefinitions(this.outbox)
+    this.#builder = new BatchBuilder({ sender: this.#edge, role: 'edge', log: this.#log, read: item => this.#window(item), current: defs => this.#current(defs) })
     for (const operator of operators) this.addPipeline(operator)
     this.#shipper = new Shipper(this.outbox, this, {
       ...SHIPPER_DEFAULTS,
@@ -298,67 +304,26 @@ export class Uplink {
   }
 
   build (items: OutboxItem[], ctx: BatchContext): { batch: Omit<Batch, 'seq'>, used: number } {
-    const defs = new BatchDefinitions()
-    const windows = new Map<string, WindowEntry>()
-    const watermarks = new Map<string, number>()
-    const idle = new Set<string>()
-    let used = 0
-    for (const item of items) {
-      const parsed = this.#decode(item)
-      if (parsed === undefined) {
-        used++
-        continue
-      }
-      const [defId, key, start, end, edge, revision, states, watermark] = parsed
-      const def = this.#def(defId)!
-      if (!defs.take(defId, def)) break
-      used++
-      const id = `${def.name}\0${key}\0${start}\0${end}`
-      let entry = windows.get(id)
-      if (entry === undefined) {
-        entry = { pipeline: def.name, key, start, end, contributions: [] }
-        windows.set(id, entry)
-      }
-      const contribution: Contribution = { edge, revision, states }
-      const same = entry.contributions.findIndex(c => c.edge === edge)
-      if (same < 0) entry.contributions.push(contribution)
-      else if (revision > entry.contributions[same].revision) entry.contributions[same] = contribution
-      if (watermark !== null) watermarks.set(def.name, Math.max(watermarks.get(def.name) ?? -Infinity, watermark))
-    }
-    if (ctx.drained && used === items.length) {
-      // Nothing waits for this target: the current watermarks are safe to send.
-      for (const [name, up] of this.#upstream) {
-        if (!defs.take(up.defId, up.def)) continue
-        const safe = this.#safe.get(name)
-        if (safe === undefined) continue
-        watermarks.set(name, Math.max(watermarks.get(name) ?? -Infinity, safe))
-        // Idle only with no window of it left anywhere on this side: not pending, not buffered.
-        if (this.#idle.has(name) && this.#buffer.length === 0) idle.add(name)
-      }
-    }
-    return {
-      batch: {
-        sender: this.#edge,
-        role: 'edge',
-        pipelines: defs.list(windows.size > 0),
-        watermarks: [...watermarks].map(([pipeline, watermark]) => idle.has(pipeline)
-          ? { pipeline, edge: this.#edge, watermark, idle: true }
-          : { pipeline, edge: this.#edge, watermark }),
-        windows: [...windows.values()]
-      },
-      used
-    }
+    return this.#builder.build(items, ctx)
   }
 
-  /** An item's fields, or undefined (counted, logged) when it cannot be read. */
-  #decode (item: OutboxItem): Item | undefined {
-    try {
-      return this.#read(item)
-    } catch (err) {
-      this.#lost++
-      this.#log.warn('outbox.item_unreadable', `outbox item ${item.id} is unreadable (${(err as Error).message}); dropping it`, { item: item.id })
-      return undefined
+  /** An item as the batch builder takes it; throws when it cannot be read. */
+  #window (item: OutboxItem): OutboxWindow {
+    const [defId, key, start, end, edge, revision, states, watermark] = this.#read(item)
+    return { defId, def: this.#def(defId)!, key, start, end, contributions: [{ edge, revision, states }], watermark }
+  }
+
+  /** The pipelines' watermarks as of the last flush, for a batch that leaves nothing pending. */
+  #current (defs: BatchDefinitions): SenderWatermark[] {
+    const current: SenderWatermark[] = []
+    for (const [name, up] of this.#upstream) {
+      if (!defs.take(up.defId, up.def)) continue
+      const safe = this.#safe.get(name)
+      if (safe === undefined) continue
+      // Idle only with no window of it left anywhere on this side: not pending, not buffered.
+      current.push({ pipeline: name, watermark: safe, idle: this.#idle.has(name) && this.#buffer.length === 0 })
     }
+    return current
   }
 
   /** An item's fields, or undefined when it cannot be read. */
@@ -385,7 +350,7 @@ export class Uplink {
       ...this.#shipper.status(),
       fog: this.#fog,
       cloud: this.#cloud ?? null,
-      outbox: { items: this.outbox.items, bytes: this.outbox.bytes, dropped: this.outbox.dropped + this.#lost }
+      outbox: { items: this.outbox.items, bytes: this.outbox.bytes, dropped: this.outbox.dropped + this.#lost + this.#builder.unreadable }
     }
   }
 
@@ -393,7 +358,7 @@ export class Uplink {
     const stats = this.#shipper.stats
     m.gauge('fogmesh_outbox_bytes', 'Size of the partials waiting in the outbox', [], () => [[{}, this.outbox.bytes]])
     m.gauge('fogmesh_outbox_items', 'Partials (window contributions) waiting in the outbox', [], () => [[{}, this.outbox.items]])
-    m.counter('fogmesh_outbox_dropped_total', 'Partials dropped undelivered: the outbox was full (oldest first), or unwritable for too long', [], () => [[{}, this.outbox.dropped + this.#lost]])
+    m.counter('fogmesh_outbox_dropped_total', 'Partials dropped undelivered: the outbox was full (oldest first), or unwritable for too long', [], () => [[{}, this.outbox.dropped + this.#lost + this.#builder.unreadable]])
     m.counter('fogmesh_failovers_total', 'Times the uplink failed over from the fog to the cloud', [], () => [[{}, stats.failovers]])
     m.counter('fogmesh_batches_sent_total', 'Batches acknowledged upstream, by tier', ['target'], () => Object.entries(stats.sent).map(([target, n]) => [{ target }, n]))
     m.counter('fogmesh_batches_failed_total', 'Batch requests that failed, by tier and reason', ['target', 'reason'], () =>

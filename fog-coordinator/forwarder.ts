@@ -31,11 +31,13 @@
  * --finalize-after. The fog's id must not also be an edge's.
  */
 import { Decoder, Encoder } from 'cbor-x'
-import type { Batch, PipelineDef, Watermark, WindowEntry } from '../core/upstream/batch.ts'
+import type { Batch, WindowEntry } from '../core/upstream/batch.ts'
 import type { Logger } from '../server/shell/log.ts'
 import type { MergeNode } from '../server/merge/merge-node.ts'
 import type { Metrics } from '../server/shell/metrics.ts'
-import { BatchDefinitions, Outbox, OutboxDefinitions } from '../server/delivery/outbox.ts'
+import { BatchBuilder } from '../server/delivery/batch-builder.ts'
+import type { OutboxWindow } from '../server/delivery/batch-builder.ts'
+import { Outbox, OutboxDefinitions } from '../server/delivery/outbox.ts'
 import type { OutboxItem } from '../server/delivery/outbox.ts'
 import type { PeerClient } from '../server/shell/peer-client.ts'
 import { FAILURE_REASONS, SHIPPER_DEFAULTS, Shipper } from '../server/delivery/shipper.ts'
@@ -46,8 +48,8 @@ export interface ForwarderOptions {
   fog: string
   /** Directory of the outbox database; undefined keeps it in memory (tests). */
   dataDir?: string
-  /** Cloud sink URL. */
-  cloud: string
+  /** Cloud sink URL, or several (processes of one cloud tier), tried in turn. */
+  cloud: string | readonly string[]
   /** Outbox bound, bytes. */
   outboxMax: number
   requestTimeout: number
@@ -59,6 +61,9 @@ export interface ForwarderOptions {
   onDelivered?: (windows: Array<{ ref: { pipeline: string, key: string, start: number, end: number }, revision: number }>) => void
 }
 
+/** What the forwarder takes from the fog's merge node: its passes, definitions, watermarks and metrics. */
+export type ForwardedNode = Pick<MergeNode, 'onFinal' | 'definition' | 'watermarks' | 'metrics'>
+
 /** The outbox target, and the tier name in metrics. */
 const TARGET = 'cloud'
 
@@ -69,7 +74,7 @@ type Item = [defId: string, key: string, start: number, end: number, final: numb
 
 export class Forwarder {
   readonly outbox: Outbox
-  readonly #node: MergeNode
+  readonly #node: ForwardedNode
   readonly #fog: string
   readonly #shipper: Shipper
   readonly #log: Logger
@@ -78,19 +83,28 @@ export class Forwarder {
   readonly #defs: OutboxDefinitions
   /** Per pipeline, the fog's progress as of the last pass that reached the outbox. */
   readonly #progress = new Map<string, number>()
-  /** Items that could not be read back (counted with the dropped ones). */
-  #lost = 0
+  /** Builds the batches for the cloud from the outbox's items. */
+  readonly #builder: BatchBuilder
   readonly #onDelivered: ForwarderOptions['onDelivered']
 
-  constructor (node: MergeNode, options: ForwarderOptions) {
+  constructor (node: ForwardedNode, options: ForwarderOptions) {
     this.#node = node
     this.#fog = options.fog
     this.#log = options.log
     this.outbox = new Outbox({ dataDir: options.dataDir, maxBytes: options.outboxMax, targets: [TARGET] })
     this.#defs = new OutboxDefinitions(this.outbox)
+    this.#builder = new BatchBuilder({
+      sender: this.#fog,
+      role: 'fog',
+      log: this.#log,
+      read: item => this.#read(item),
+      current: () => [...this.#progress].map(([pipeline, watermark]) => ({ pipeline, watermark })),
+      // An edge that has not reported a watermark here holds the fog's progress back, but has none to send.
+      relayed: () => node.watermarks().filter(w => Number.isFinite(w.watermark))
+    })
     this.#shipper = new Shipper(this.outbox, this, {
       ...SHIPPER_DEFAULTS,
-      tiers: [{ name: TARGET, urls: [options.cloud] }],
+      tiers: [{ name: TARGET, urls: [options.cloud].flat() }],
       requestTimeout: options.requestTimeout,
       retryMax: options.retryMax,
       log: this.#log,
@@ -164,55 +178,16 @@ export class Forwarder {
   }
 
   build (items: OutboxItem[], ctx: BatchContext): { batch: Omit<Batch, 'seq'>, used: number } {
-    const defs = new BatchDefinitions()
-    const windows = new Map<string, WindowEntry>()
-    const progress = new Map<string, number>()
-    let used = 0
-    for (const item of items) {
-      const parsed = this.#decode(item)
-      if (parsed === undefined) {
-        used++
-        continue
-      }
-      const [defId, key, start, end, final, contributions, recorded] = parsed
-      const def = this.#def(defId)!
-      if (!defs.take(defId, def)) break
-      used++
-      // A later revision of the same window holds every contribution of the earlier one, or a newer one.
-      windows.set(JSON.stringify([def.name, key, start, end]), {
-        pipeline: def.name, key, start, end, final, contributions: contributions.map(([edge, revision, states]) => ({ edge, revision, states }))
-      })
-      if (recorded !== null) progress.set(def.name, Math.max(progress.get(def.name) ?? -Infinity, recorded))
-    }
-    if (ctx.drained && used === items.length) {
-      for (const [pipeline, p] of this.#progress) progress.set(pipeline, Math.max(progress.get(pipeline) ?? -Infinity, p))
-    }
-    const watermarks: Watermark[] = [
-      // An edge that has not reported a watermark here holds the fog's progress back, but has none to send.
-      ...this.#node.watermarks().filter(w => Number.isFinite(w.watermark)),
-      ...[...progress].map(([pipeline, watermark]) => ({ pipeline, edge: this.#fog, watermark }))
-    ]
-    return {
-      batch: { sender: this.#fog, role: 'fog', pipelines: defs.list(windows.size > 0), watermarks, windows: [...windows.values()] },
-      used
-    }
+    return this.#builder.build(items, ctx)
   }
 
-  /** An item's fields, or undefined (counted, logged) when it cannot be read. */
-  #decode (item: OutboxItem): Item | undefined {
-    try {
-      const v = decoder.decode(item.data) as Item
-      if (!Array.isArray(v) || v.length !== 7 || this.#def(v[0]) === undefined) throw new Error('not a forwarded window')
-      return v
-    } catch (err) {
-      this.#lost++
-      this.#log.warn('outbox.item_unreadable', `outbox item ${item.id} is unreadable (${(err as Error).message}); dropping it`, { item: item.id })
-      return undefined
-    }
-  }
-
-  #def (defId: string): PipelineDef | undefined {
-    return this.#defs.get(defId)
+  /** An item's fields; throws when it is not a forwarded window of a known definition. */
+  #read (item: OutboxItem): OutboxWindow {
+    const v = decoder.decode(item.data) as Item
+    const def = Array.isArray(v) && v.length === 7 ? this.#defs.get(v[0]) : undefined
+    if (def === undefined) throw new Error('not a forwarded window')
+    const [defId, key, start, end, final, contributions, progress] = v
+    return { defId, def, key, start, end, final, contributions: contributions.map(([edge, revision, states]) => ({ edge, revision, states })), watermark: progress }
   }
 
   /** The edge's uplink metrics, for the fog's one tier. */
@@ -220,7 +195,7 @@ export class Forwarder {
     const stats = this.#shipper.stats
     m.gauge('fogmesh_outbox_bytes', 'Size of the final windows waiting in the outbox for the cloud', [], () => [[{}, this.outbox.bytes]])
     m.gauge('fogmesh_outbox_items', 'Final windows waiting in the outbox for the cloud', [], () => [[{}, this.outbox.items]])
-    m.counter('fogmesh_outbox_dropped_total', 'Final windows dropped undelivered: the outbox was full (oldest first), or unreadable', [], () => [[{}, this.outbox.dropped + this.#lost]])
+    m.counter('fogmesh_outbox_dropped_total', 'Final windows dropped undelivered: the outbox was full (oldest first), or unreadable', [], () => [[{}, this.outbox.dropped + this.#builder.unreadable]])
     m.counter('fogmesh_batches_sent_total', 'Batches acknowledged upstream, by tier', ['target'], () => Object.entries(stats.sent).map(([target, n]) => [{ target }, n]))
     m.counter('fogmesh_batches_failed_total', 'Batch requests that failed, by tier and reason', ['target', 'reason'], () =>
       Object.entries(stats.failed).flatMap(([target, byReason]) => FAILURE_REASONS.map(reason => [{ target, reason }, byReason[reason] ?? 0] as [Record<string, string>, number])))
