@@ -21,7 +21,7 @@ export const EDGE_OPTIONS: OptionTable = {
   'mqtt-max-connections': { type: 'int', default: 1024, help: 'embedded broker: most open client connections; further ones are closed at once' },
   tick: { type: 'duration', default: '250ms', help: 'how often idle pipelines and arrival-time windows are checked' },
   fog: { type: 'urls', help: 'fog coordinator URL (repeatable)' },
-  cloud: { type: 'url', help: 'cloud sink URL: used on failover, or always without --fog' },
+  cloud: { type: 'urls', help: 'cloud sink URL: used on failover, or always without --fog (repeatable: several processes of one cloud tier, tried in turn)' },
   'failover-after': { type: 'duration', default: '30s', help: 'how long no fog may answer before partials go to the cloud' },
   'outbox-max': { type: 'bytes', default: '256mib', help: 'most partials kept for the fog/cloud while they cannot take them; when full the oldest are dropped (and counted)' },
   'uplink-timeout': { type: 'duration', default: '10s', help: 'longest a request to a fog or the cloud may take' },
@@ -53,7 +53,7 @@ export interface EdgeOptions extends CommonOptions {
   mqttMaxConnections: number
   tick: number
   fog: string[]
-  cloud?: string
+  cloud?: string[]
   failoverAfter: number
   outboxMax: number
   uplinkTimeout: number

@@ -9,7 +9,7 @@ import type { OptionTable } from '../server/shell/options.ts'
 export const FOG_OPTIONS: OptionTable = {
   ...COMMON_OPTIONS,
   ...MERGE_OPTIONS,
-  cloud: { type: 'url', help: 'cloud sink URL: every final window goes there, through a durable outbox in the data dir' },
+  cloud: { type: 'urls', help: 'cloud sink URL: every final window goes there, through a durable outbox in the data dir (repeatable: several processes of one cloud tier, tried in turn)' },
   'outbox-max': { type: 'bytes', default: '256mib', help: 'most final windows kept for the cloud while it cannot take them; when full the oldest are dropped (and counted)' },
   'uplink-timeout': { type: 'duration', default: '10s', help: 'longest a request to the cloud may take' },
   'uplink-retry-max': { type: 'duration', default: '10s', help: 'longest wait between retries to the cloud (exponential backoff with jitter from 200ms)' },
@@ -25,7 +25,7 @@ export const FOG_OPTIONS: OptionTable = {
 }
 
 export interface FogOptions extends MergeOptions {
-  cloud?: string
+  cloud?: string[]
   outboxMax: number
   uplinkTimeout: number
   uplinkRetryMax: number
