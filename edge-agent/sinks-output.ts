@@ -11,7 +11,7 @@ export const sinksOutput: OutputDefinition<EdgeOutput & { sinks: Sinks }> = {
   create (parts) {
     const configs = parts.options.sinks
     if (configs === undefined || configs.length === 0) return undefined
-    const sinks = new Sinks(configs, { dataDir: parts.options.dataDir, log: parts.log, metrics: parts.metrics })
+    const sinks = new Sinks(configs, { dataDir: parts.options.dataDir, log: parts.log, metrics: parts.metrics, security: parts.security })
     return {
       sinks,
       window: (_operator, _w, result) => { sinks.offer(result) },

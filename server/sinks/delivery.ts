@@ -14,6 +14,8 @@
 import { join } from 'node:path'
 import type { Logger } from '../shell/log.ts'
 import type { Metrics, Sample } from '../shell/metrics.ts'
+import { PeerClient } from '../shell/peer-client.ts'
+import type { NodeSecurity } from '../shell/security.ts'
 import { Outbox } from '../delivery/outbox.ts'
 import type { OutboxItem } from '../delivery/outbox.ts'
 import type { WindowResult } from '../shell/results.ts'
@@ -51,7 +53,7 @@ class Lane {
   problem: string | undefined
   wake: (() => void) | undefined
 
-  constructor (config: SinkConfig, dataDir: string | undefined, log: Logger) {
+  constructor (config: SinkConfig, dataDir: string | undefined, log: Logger, security: Pick<NodeSecurity, 'client' | 'clientTls'>) {
     const def = SINKS.get(config.type)
     if (def === undefined) throw new Error(`unknown sink type ${config.type}`)
     this.config = config
@@ -60,7 +62,7 @@ class Lane {
     this.outbox = new Outbox({ dataDir: dir, file: `${config.name}.db`, maxBytes: config.maxPending, targets: [TARGET] })
     this.rejected = new Outbox({ dataDir: dir, file: `${config.name}.rejected.db`, maxBytes: REJECTED_MAX, targets: [TARGET] })
     this.batch = def.batch
-    this.sink = def.create(config.settings, { name: config.name, log: this.log, timeout: config.timeout })
+    this.sink = def.create(config.settings, { name: config.name, log: this.log, timeout: config.timeout, client: security.client, tls: security.clientTls })
   }
 
   wants (r: WindowResult): boolean {
@@ -73,23 +75,33 @@ export interface SinksParts {
   dataDir: string | undefined
   log: Logger
   metrics: Metrics
+  /**
+   * The node's TLS trust (--tls-ca) and certificate, for https and mqtts targets. Default: the
+   * system's CAs and no client certificate.
+   */
+  security?: Pick<NodeSecurity, 'client' | 'clientTls'>
 }
 
 export class Sinks {
   readonly #lanes: Lane[]
   readonly #abort = new AbortController()
+  /** Made here when no security was passed in, so closed here. */
+  readonly #ownClient: PeerClient | undefined
   #loops: Array<Promise<void>> = []
   #stopped = false
 
   constructor (configs: readonly SinkConfig[], parts: SinksParts) {
     this.#lanes = []
+    this.#ownClient = parts.security === undefined ? new PeerClient() : undefined
+    const security = parts.security ?? { client: this.#ownClient!, clientTls: {} }
     try {
-      for (const c of configs) this.#lanes.push(new Lane(c, parts.dataDir, parts.log))
+      for (const c of configs) this.#lanes.push(new Lane(c, parts.dataDir, parts.log, security))
     } catch (err) {
       for (const l of this.#lanes) {
         l.outbox.close()
         l.rejected.close()
       }
+      this.#ownClient?.close()
       throw err
     }
     this.#registerMetrics(parts.metrics)
@@ -144,6 +156,7 @@ export class Sinks {
       lane.outbox.close()
       lane.rejected.close()
     }
+    this.#ownClient?.close()
   }
 
   /** Per sink: delivered, pending, set aside, dropped. */

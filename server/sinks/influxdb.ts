@@ -10,6 +10,7 @@
  * `token-env`, POST <url>/api/v2/write. A 4xx other than 401, 403, 404, 408 and 429 refuses the points
  * for good (a field type conflict): sent one at a time, the offending ones are set aside and counted.
  * 401/403/404 (credentials, a missing database) are retried: they are not the result's fault.
+ * An https url is verified against the node's --tls-ca (the system's CAs without it), never skipped.
  */
 import type { WindowResult } from '../shell/results.ts'
 import { bodySummary, SinkRejected } from './sink.ts'
@@ -95,10 +96,9 @@ export const influxdb: SinkDefinition<InfluxConfig> = {
         const body = results.map(linePoint).join('\n')
         const headers: Record<string, string> = { 'content-type': 'text/plain; charset=utf-8' }
         if (config.authorization !== undefined) headers.authorization = config.authorization
-        const res = await fetch(config.writeUrl, { method: 'POST', headers, body, signal: AbortSignal.any([signal, AbortSignal.timeout(parts.timeout)]) })
-        const text = await res.text().catch(() => '')
+        const res = await parts.client.request(config.writeUrl, { method: 'POST', headers, body: Buffer.from(body), signal: AbortSignal.any([signal, AbortSignal.timeout(parts.timeout)]) })
         if (res.status >= 200 && res.status < 300) return
-        const detail = `${res.status} ${bodySummary(text)}`
+        const detail = `${res.status} ${bodySummary(res.text)}`
         if (res.status >= 400 && res.status < 500 && ![401, 403, 404, 408, 429].includes(res.status)) throw new SinkRejected(detail)
         throw new Error(detail)
       },

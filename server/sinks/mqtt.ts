@@ -66,7 +66,10 @@ export const mqtt: SinkDefinition<MqttConfig> = {
           reconnectPeriod: 1000,
           connectTimeout: parts.timeout,
           // Results are queued durably by the sink; mqtt.js need not queue them again while offline.
-          queueQoSZero: false
+          queueQoSZero: false,
+          // mqtts:// and wss:// are verified against the node's --tls-ca (mqtt.js verifies unless told not to).
+          ...parts.tls.ca !== undefined ? { ca: parts.tls.ca } : {},
+          ...parts.tls.cert !== undefined && parts.tls.key !== undefined ? { cert: parts.tls.cert, key: parts.tls.key } : {}
         })
         client.on('error', err => { parts.log.debug('sink.mqtt_error', `broker error (${err.message})`) })
       }

@@ -8,7 +8,9 @@ import { readFileSync } from 'node:fs'
 import { parseDuration } from '../../core/duration.ts'
 import { ConfigError, FogmeshError } from '../../core/errors.ts'
 import type { Logger } from '../shell/log.ts'
+import type { PeerClient } from '../shell/peer-client.ts'
 import type { WindowResult } from '../shell/results.ts'
+import type { ClientTls } from '../shell/tls.ts'
 
 /** The parts a sink is made with (passed in; nothing is assigned later). */
 export interface SinkParts {
@@ -18,6 +20,13 @@ export interface SinkParts {
   log: Logger
   /** Longest one delivery may take, ms. */
   timeout: number
+  /**
+   * How http(s) targets are called: verified against the node's --tls-ca (the system's CAs without
+   * it), never unverified; the node's certificate is its client certificate.
+   */
+  client: PeerClient
+  /** The same trust for other TLS connections (mqtts://, wss://). */
+  tls: ClientTls
 }
 
 /** A sink as the delivery loop uses it. */

@@ -4,6 +4,7 @@
  * percent-encoded) that a receiver can use to ignore a repeat. 2xx: delivered; 408, 429, other
  * statuses and network errors: retried; any other 4xx: the result is set aside and counted.
  * Optional `token` (or `token-file`, `token-env`): sent as `Authorization: Bearer <token>`.
+ * An https target is verified against the node's --tls-ca (the system's CAs without it), never skipped.
  */
 import { resultJson } from '../shell/results.ts'
 import type { WindowResult } from '../shell/results.ts'
@@ -37,14 +38,13 @@ export const webhook: SinkDefinition<WebhookConfig> = {
         for (const r of results) {
           const headers: Record<string, string> = { 'content-type': 'application/json', 'idempotency-key': idempotencyKey(r) }
           if (config.token !== undefined) headers.authorization = `Bearer ${config.token}`
-          const res = await fetch(config.url, {
+          const res = await parts.client.request(config.url, {
             method: 'POST',
             headers,
-            body: resultBody(r),
+            body: Buffer.from(resultBody(r)),
             signal: AbortSignal.any([signal, AbortSignal.timeout(parts.timeout)])
           })
-          const text = await res.text().catch(() => '')
-          httpVerdict(res.status, bodySummary(text))
+          httpVerdict(res.status, bodySummary(res.text))
         }
       },
       async close () {}

@@ -1,7 +1,9 @@
 // A small recording HTTP server for the webhook sink tests: keeps every request (headers and body) and
-// answers with what `answer` says for it (default 204).
+// answers with what `answer` says for it (default 204). With `tls` (a certificate and its key, PEM) it
+// serves https.
 import { createServer } from 'node:http'
-import type { IncomingHttpHeaders } from 'node:http'
+import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http'
+import { createServer as createHttpsServer } from 'node:https'
 
 export interface Recorded {
   method: string
@@ -11,7 +13,7 @@ export interface Recorded {
 }
 
 export interface Recorder {
-  /** http://127.0.0.1:<port>/hook */
+  /** http://127.0.0.1:<port>/hook (https:// with `tls`) */
   url: string
   /** Every request so far, answered or not, in order. */
   requests: Recorded[]
@@ -22,7 +24,7 @@ export interface Recorder {
   close: () => Promise<void>
 }
 
-export async function startRecorder (): Promise<Recorder> {
+export async function startRecorder (opts: { tls?: { cert: string | Buffer, key: string | Buffer } } = {}): Promise<Recorder> {
   const rec: Recorder = {
     url: '',
     requests: [],
@@ -30,7 +32,7 @@ export async function startRecorder (): Promise<Recorder> {
     answer: () => 204,
     close: async () => await new Promise<void>(resolve => { server.closeAllConnections(); server.close(() => resolve()) })
   }
-  const server = createServer((req, res) => {
+  const handle = (req: IncomingMessage, res: ServerResponse): void => {
     const chunks: Buffer[] = []
     req.on('data', (c: Buffer) => chunks.push(c))
     req.on('end', () => {
@@ -41,10 +43,11 @@ export async function startRecorder (): Promise<Recorder> {
       res.writeHead(status, { 'content-type': 'application/json' })
       res.end(status >= 300 ? JSON.stringify({ error: 'refused by the test' }) : '')
     })
-  })
+  }
+  const server = opts.tls === undefined ? createServer(handle) : createHttpsServer({ cert: opts.tls.cert, key: opts.tls.key }, handle)
   await new Promise<void>(resolve => server.listen(0, '127.0.0.1', resolve))
   const address = server.address()
   if (address === null || typeof address === 'string') throw new Error('no address')
-  rec.url = `http://127.0.0.1:${address.port}/hook`
+  rec.url = `${opts.tls === undefined ? 'http' : 'https'}://127.0.0.1:${address.port}/hook`
   return rec
 }
