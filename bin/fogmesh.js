@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 // The fogmesh executable. fogmesh is written in TypeScript and run with Node's native type
-// stripping, which needs Node.js 22.18 or newer. On an older Node (Debian and Raspberry Pi OS ship
+// stripping, which needs Node.js 22.18 or newer (or, after `npm run build`, as the JavaScript in dist/:
+// see bin/compiled.js). On an older Node (Debian and Raspberry Pi OS ship
 // Node 18/20) this launcher looks for the Node bundled through the optional dependency
 // `node-<platform>-<arch>` and re-executes itself with it; otherwise it loads the CLI in-process.
 //
@@ -117,6 +118,10 @@ function reexec (nodePath) {
 }
 
 async function run () {
+  // Compiled JavaScript from dist/ where `npm run build` made it and the source has not changed since
+  // (bin/compiled.js): no type stripper in the process. Without it, the .ts sources run as they are.
+  const { installCompiledHook } = await import('./compiled.js')
+  installCompiledHook((await import('node:module')).registerHooks)
   const { main } = await import('../cli/main.ts')
   const code = await main(process.argv.slice(2))
   if (typeof code === 'number') process.exitCode = code
