@@ -165,7 +165,7 @@ export class MergeNode implements ServiceApi {
     this.membership = new RoleMesh(options, role, () => this.#heartbeat())
     // Their queues live in the data dir in a cluster too: results wait there while a sink is down.
     this.#sinks = options.sinks !== undefined && options.sinks.length > 0
-      ? new Sinks(options.sinks, { dataDir: options.dataDir, log: this.#log, metrics: this.metrics })
+      ? new Sinks(options.sinks, { dataDir: options.dataDir, log: this.#log, metrics: this.metrics, security: this.#security })
       : undefined
     this.#finalization = new Finalization({
       ...state,
