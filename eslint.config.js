@@ -22,7 +22,7 @@ const unusedVars = ['error', {
 }]
 
 export default defineConfig(
-  { ignores: ['**/node_modules/', '.tap/', 'coverage/', 'data/', 'tmp/'] },
+  { ignores: ['**/node_modules/', '.tap/', 'coverage/', 'data/', 'tmp/', 'dist/'] },
   {
     files: ['**/*.ts', '**/*.js'],
     extends: [js.configs.recommended, tseslint.configs.recommended],
