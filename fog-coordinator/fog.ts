@@ -51,7 +51,7 @@ export class FogCoordinator implements Runnable {
     const nodeOptions = this.cluster === undefined ? options : { ...options, retention: options.etcdRetention }
     this.deployments = new Deployments({
       adminToken: options.adminToken,
-      store: this.cluster ?? new FileDeploymentStore(options.dataDir, log),
+      store: this.cluster?.deployments ?? new FileDeploymentStore(options.dataDir, log),
       local: new Map(specs.map(s => [s.name, s])),
       definition: name => this.node.definition(name),
       onChange: deployed => { this.node.setDeployed(deployed) },

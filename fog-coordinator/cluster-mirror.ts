@@ -1,0 +1,313 @@
+/**
+ * A fog cluster member's mirror of etcd: it loads everything under the cluster's prefix, then watches
+ * it, so each coordinator holds the whole replicated state (all windows, the map, the members, the
+ * leader, the deployed set, the "to forward" marks); queries answer the same everywhere, and a new
+ * owner already has the open windows of the shards it takes over.
+ *
+ * Invariants:
+ * - the map comes through the same watch as the windows, in revision order: when a coordinator sees
+ *   it own a shard, it has seen every write the previous owner could make to it;
+ * - the mod revision of every key known here is kept, and an event no newer is not applied again
+ *   (this coordinator's own commits come back through the watch and change nothing);
+ * - a broken watch is dropped and a new one starts right after the last event applied here (the
+ *   etcd3 watcher resumes from the revision etcd reports on reconnecting, and could skip events);
+ *   when that history was compacted away, everything is loaded again, without the members, leader
+ *   and marks that went meanwhile;
+ * - a value no coordinator could have written is reported and ignored, never applied.
+ */
+import type { Etcd3, IKeyValue, Watcher } from 'etcd3'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { EMPTY_DEPLOYMENT, readDeployedSet } from '../core/pipeline/deployment.ts'
+import type { DeployedSet } from '../core/pipeline/deployment.ts'
+import type { PipelineDef } from '../core/upstream/batch.ts'
+import { shardOf } from '../core/upstream/shards.ts'
+import type { ShardMap } from '../core/upstream/shards.ts'
+import { windowId } from '../server/merge/contribution-store.ts'
+import type { ReplicatedChange } from '../server/merge/replication.ts'
+import type { Logger } from '../server/shell/log.ts'
+import { decodeWindow } from './cluster-layout.ts'
+import type { ClusterLayout, MemberRecord, WindowRef } from './cluster-layout.ts'
+import type { ClusterSink } from './cluster.ts'
+
+/** Pages of the initial load. */
+const LOAD_PAGE = 1_000
+
+/** A window final at `revision` that the cloud has not acknowledged yet. */
+export interface Mark {
+  ref: WindowRef
+  revision: number
+}
+
+export interface ClusterMirrorParts {
+  id: string
+  client: Etcd3
+  layout: ClusterLayout
+  log: Logger
+  /** Whether this coordinator has joined (before, shards it owns are not news to forward). */
+  joined: () => boolean
+  /** The members or the leader changed (not at a load). */
+  membershipChanged: () => void
+  /** This coordinator's member key is gone from etcd (its lease expired). */
+  selfMissing: () => void
+}
+
+export class ClusterMirror {
+  readonly #p: ClusterMirrorParts
+  #sink: ClusterSink | undefined
+  #watcher: Watcher | undefined
+  #rewatching = false
+  #stopped = false
+  /** Mod revision of every key known here: older events are not applied again. */
+  readonly #revs = new Map<string, number>()
+  readonly #members = new Map<string, MemberRecord>()
+  readonly #marks = new Map<string, Mark>()
+  #leader: string | null = null
+  #deployed: DeployedSet = EMPTY_DEPLOYMENT
+  #map: ShardMap | undefined
+  #mapRev = 0
+  /** The revision of the last event applied here: a new watch starts after it. */
+  #seenRev = 0
+
+  constructor (parts: ClusterMirrorParts) {
+    this.#p = parts
+  }
+
+  /** Where what others committed goes (see ClusterSink); set before the first load. */
+  sendTo (sink: ClusterSink): void {
+    this.#sink = sink
+  }
+
+  async stop (): Promise<void> {
+    this.#stopped = true
+    await this.#watcher?.cancel().catch(() => {})
+  }
+
+  get leader (): string | null { return this.#leader }
+  get map (): ShardMap | undefined { return this.#map }
+  /** The mod revision of the shard map: commits are fenced on it. */
+  get mapRev (): number { return this.#mapRev }
+  get deployed (): DeployedSet { return this.#deployed }
+  get members (): ReadonlyMap<string, MemberRecord> { return this.#members }
+
+  /** The mod revision of `key` as known here (0: none). */
+  rev (key: string): number {
+    return this.#revs.get(key) ?? 0
+  }
+
+  mark (ref: WindowRef): Mark | undefined {
+    return this.#marks.get(windowId(ref))
+  }
+
+  /**
+   * This coordinator committed `puts` at `rev`. The watch skips the commit when it comes back (the
+   * revision is known), so what matters of it is noted now: the revisions, and the marks.
+   */
+  committed (puts: ReadonlyArray<[string, Buffer | string]>, rev: number): void {
+    for (const [k, v] of puts) {
+      this.#revs.set(k, Math.max(this.#revs.get(k) ?? 0, rev))
+      const parsed = this.#p.layout.parse(k)
+      if (parsed.kind === 'mark') this.#marks.set(windowId(parsed.ref), { ref: parsed.ref, revision: Number(v) })
+    }
+  }
+
+  /** This coordinator's key compared at `rev` held (definitions committed with a batch). */
+  compared (keys: readonly string[], rev: number): void {
+    for (const k of keys) this.#revs.set(k, Math.max(this.#revs.get(k) ?? 0, rev))
+  }
+
+  /** This coordinator registered: known at once, not when the watch brings it. */
+  registered (member: MemberRecord, rev: number): void {
+    this.#members.set(member.id, member)
+    this.#revs.set(this.#p.layout.member(member.id), rev)
+  }
+
+  /** This coordinator stored the deployed set `set` at `rev`. */
+  deployedStored (set: DeployedSet, rev: number): void {
+    this.#revs.set(this.#p.layout.deployed, rev)
+    this.#deployed = set
+  }
+
+  ownedShards (): Set<number> {
+    const owned = new Set<number>()
+    this.#map?.owners.forEach((o, i) => { if (o === this.#p.id) owned.add(i) })
+    return owned
+  }
+
+  /** The coordinator that owns the shard of (pipeline, key), or null without a map. */
+  owner (pipeline: string, key: string): string | null {
+    const map = this.#map
+    return map === undefined || map.shards === 0 ? null : map.owners[shardOf(pipeline, key, map.shards)]
+  }
+
+  /** Whether this coordinator owns the shard of (pipeline, key), and so commits and finalizes its windows. */
+  owns (pipeline: string, key: string): boolean {
+    return this.owner(pipeline, key) === this.#p.id
+  }
+
+  /** Everything under the prefix, page by page at one revision, then a watch from the next one. */
+  async load (): Promise<void> {
+    const { client, layout } = this.#p
+    const end = prefixEnd(layout.prefix)
+    let from = layout.prefix
+    let rev = 0
+    const kvs: IKeyValue[] = []
+    for (;;) {
+      let q = client.getAll().inRange({ start: from, end }).limit(LOAD_PAGE)
+      if (rev > 0) q = q.revision(rev)
+      const res = await q.exec()
+      if (rev === 0) rev = Number(res.header.revision)
+      kvs.push(...res.kvs)
+      if (!res.more || res.kvs.length === 0) break
+      from = res.kvs[res.kvs.length - 1].key.toString() + '\0'
+    }
+    // A reload must not keep members, the leader or marks that went while this was not watching.
+    for (const key of this.#revs.keys()) {
+      const kind = layout.parse(key).kind
+      if (kind === 'member' || kind === 'leader' || kind === 'mark') this.#revs.delete(key)
+    }
+    this.#members.clear()
+    this.#marks.clear()
+    this.#leader = null
+    this.#applyEvents(kvs.map(kv => ({ type: 'Put' as const, kv })), true)
+    this.#seenRev = rev
+    await this.#watch(rev + 1)
+  }
+
+  async #watch (fromRev: number): Promise<void> {
+    const watcher = await this.#p.client.watch().prefix(this.#p.layout.prefix).startRevision(String(fromRev)).create()
+    if (this.#stopped) {
+      await watcher.cancel().catch(() => {})
+      return
+    }
+    this.#watcher = watcher
+    watcher.on('data', res => {
+      if (watcher === this.#watcher) this.#applyEvents(res.events, false)
+    })
+    const drop = (reload: boolean) => {
+      if (watcher !== this.#watcher || this.#stopped) return
+      this.#watcher = undefined
+      void watcher.cancel().catch(() => {})
+      void this.#rewatch(reload)
+    }
+    watcher.on('disconnected', () => { drop(false) })
+    // Canceled by etcd (e.g. its start revision was compacted): load everything again.
+    watcher.on('error', err => {
+      this.#p.log.warn('cluster.watch_canceled', `watch canceled (${err.message}); loading the state again`, { reason: err.message })
+      drop(true)
+    })
+  }
+
+  async #rewatch (reload: boolean): Promise<void> {
+    if (this.#rewatching) return
+    this.#rewatching = true
+    try {
+      for (let attempt = 0; !this.#stopped && this.#watcher === undefined; attempt++) {
+        try {
+          if (reload) {
+            await this.load()
+          } else {
+            await this.#watch(this.#seenRev + 1)
+          }
+        } catch (err) {
+          reload = reload || /compact/i.test((err as Error).message)
+          await sleep(Math.min(2_000, 100 * 2 ** Math.min(attempt, 5)))
+        }
+      }
+    } finally {
+      this.#rewatching = false
+    }
+  }
+
+  #applyEvents (events: ReadonlyArray<{ type: 'Put' | 'Delete', kv: IKeyValue }>, initial: boolean): void {
+    const { id, layout, log } = this.#p
+    const change: ReplicatedChange = { pipelines: [], windows: [] }
+    const removed: WindowRef[] = []
+    const before = this.ownedShards()
+    let membership = false
+    for (const { type, kv } of events) {
+      const key = kv.key.toString()
+      const rev = Number(kv.mod_revision)
+      this.#seenRev = Math.max(this.#seenRev, rev)
+      const parsed = layout.parse(key)
+      if (type === 'Delete') {
+        this.#revs.delete(key)
+        if (parsed.kind === 'member') {
+          this.#members.delete(parsed.id)
+          membership = true
+        } else if (parsed.kind === 'leader') {
+          this.#leader = null
+          membership = true
+        } else if (parsed.kind === 'mark') {
+          this.#marks.delete(windowId(parsed.ref))
+        } else if (parsed.kind === 'window') {
+          removed.push(parsed.ref)
+        }
+        continue
+      }
+      // This coordinator's own commits come back through the watch: nothing newer than them is lost.
+      if ((this.#revs.get(key) ?? 0) >= rev) continue
+      this.#revs.set(key, rev)
+      try {
+        switch (parsed.kind) {
+          case 'member': {
+            this.#members.set(parsed.id, JSON.parse(kv.value.toString()) as MemberRecord)
+            membership = true
+            break
+          }
+          case 'leader': {
+            const leader = kv.value.toString()
+            if (leader !== this.#leader) log.info('cluster.leader', `leader: ${leader}${leader === id ? ' (this coordinator)' : ''}`, { leader })
+            this.#leader = leader
+            membership = true
+            break
+          }
+          case 'shardmap': {
+            const map = JSON.parse(kv.value.toString()) as ShardMap
+            this.#map = map
+            this.#mapRev = rev
+            break
+          }
+          case 'pipeline':
+            change.pipelines.push(JSON.parse(kv.value.toString()) as PipelineDef)
+            break
+          case 'deployed':
+            this.#deployed = readDeployedSet(JSON.parse(kv.value.toString()))
+            this.#sink?.deployed(this.#deployed)
+            break
+          case 'window':
+            change.windows.push(decodeWindow(kv.value))
+            break
+          case 'mark':
+            this.#marks.set(windowId(parsed.ref), { ref: parsed.ref, revision: Number(kv.value.toString()) })
+            break
+        }
+      } catch (err) {
+        // Only coordinators write here; a value they cannot read is a bug or tampering: report, go on.
+        log.error('cluster.unreadable_value', `unreadable value at ${key} (${(err as Error).message}); ignored`, { key, err })
+      }
+    }
+    if (change.pipelines.length > 0 || change.windows.length > 0) this.#sink?.apply(change)
+    if (removed.length > 0) this.#sink?.removed(removed)
+    if (membership && !initial) this.#p.membershipChanged()
+    if (!initial && this.#p.joined()) this.gained(before)
+    if (!initial && this.#members.get(id) === undefined) this.#p.selfMissing()
+  }
+
+  /** Windows still to forward in shards this coordinator has just taken over (owned now, not in `before`). */
+  gained (before: Set<number>): void {
+    const map = this.#map
+    if (map === undefined || map.shards === 0 || this.#marks.size === 0) return
+    const now = this.ownedShards()
+    if ([...now].every(s => before.has(s))) return
+    const take = [...this.#marks.values()].filter(m => {
+      const s = shardOf(m.ref.pipeline, m.ref.key, map.shards)
+      return now.has(s) && !before.has(s)
+    })
+    if (take.length > 0) this.#sink?.toForward(take)
+  }
+}
+
+/** The first key after every key with this prefix. */
+function prefixEnd (prefix: string): string {
+  return prefix.slice(0, -1) + String.fromCharCode(prefix.charCodeAt(prefix.length - 1) + 1)
+}
