@@ -3,7 +3,7 @@
  * same run on the same machine. Shared CI machines are too noisy for absolute figures to mean anything,
  * so the bench reports ratios, takes the median of alternating rounds, and asserts nothing.
  *
- *   node bench/run.ts [--quick] [--only edge|upstream|cluster|cluster-long|mesh|formats|soak] [--long DURATION] [--rounds N] [--readings N] [--poll-ms MS]
+ *   node bench/run.ts [--quick] [--only edge|upstream|cluster|cluster-long|mesh|formats|soak|cloud-pg] [--long DURATION] [--rounds N] [--readings N] [--poll-ms MS]
  *                     [--profile | --no-profile] [--agent-node-args="--max-semi-space-size=2 ..."] [--out FILE]
  *
  * Throughput: bench/publisher.ts (its own process) writes M pre-encoded QoS 0 readings over one
@@ -47,6 +47,7 @@ import { clusterLongRows, clusterRows, runClusterBench, runClusterLongBench } fr
 import { meshRows, runMeshBench } from './mesh.ts'
 import { formatsRows, runFormatsBench } from './formats.ts'
 import { runSoakBench, soakRows } from './soak.ts'
+import { cloudPgRows, runCloudPgBench } from './cloud-pg.ts'
 import { edgePipelinesYaml } from './peers/workload.ts'
 import { parseDuration } from '../core/duration.ts'
 import { findEtcd } from '../simulators/etcd-cluster.ts'
@@ -72,7 +73,7 @@ function readArgs () {
 }
 
 function usage (message: string): never {
-  process.stderr.write(`bench: ${message}\nusage: node bench/run.ts [--quick] [--only edge|upstream|cluster|cluster-long|mesh|formats|soak] [--long DURATION] [--rounds N] [--readings N] [--poll-ms MS] ` +
+  process.stderr.write(`bench: ${message}\nusage: node bench/run.ts [--quick] [--only edge|upstream|cluster|cluster-long|mesh|formats|soak|cloud-pg] [--long DURATION] [--rounds N] [--readings N] [--poll-ms MS] ` +
     '[--profile | --no-profile] [--agent-node-args="--max-semi-space-size=2 ..."] [--out FILE]\n')
   process.exit(2)
 }
@@ -104,7 +105,7 @@ function positiveInt (name: string, raw: string | undefined, fallback: number): 
 }
 
 const quick = args.quick === true
-const PARTS = ['edge', 'upstream', 'cluster', 'cluster-long', 'mesh', 'formats', 'soak']
+const PARTS = ['edge', 'upstream', 'cluster', 'cluster-long', 'mesh', 'formats', 'soak', 'cloud-pg']
 if (args.only !== undefined && !PARTS.includes(args.only)) usage(`--only: expected ${PARTS.join(', ')}, got ${args.only}`)
 const parts = {
   edge: args.only === undefined || args.only === 'edge',
@@ -115,7 +116,9 @@ const parts = {
   // Sparkplug B ingest against JSON, in-process (bench/formats.ts)
   formats: args.only === undefined || args.only === 'formats',
   // Only this way: an hour-long run is no part of a full bench (bench/soak.ts)
-  soak: args.only === 'soak'
+  soak: args.only === 'soak',
+  // Contributions committed through the cloud tier on PostgreSQL against raw inserts (bench/cloud-pg.ts)
+  cloudPg: args.only === undefined || args.only === 'cloud-pg'
 }
 if (args.long !== undefined && args.only !== 'cluster-long' && args.only !== 'soak') usage('--long goes with --only cluster-long or --only soak')
 let longMs = parts.soak ? 600_000 : quick ? 40_000 : 120_000
@@ -561,12 +564,13 @@ async function main (): Promise<void> {
   const mesh = parts.mesh ? await runMeshBench({ quick, log, rounds: args.rounds === undefined ? undefined : opts.rounds }) : undefined
   const formats = parts.formats ? runFormatsBench({ quick, log }) : undefined
   const soak = parts.soak ? await runSoakBench({ workDir, durationMs: longMs, log }) : undefined
+  const cloudPg = parts.cloudPg ? await runCloudPgBench({ workDir, quick, log, rounds: args.rounds === undefined ? undefined : opts.rounds }) : undefined
   const loadAtEnd = loadavg().map(x => Math.round(x * 100) / 100)
 
   const out = args.out ?? join(BENCH_DIR, 'results.json')
   // A part not run keeps the figures of the previous file (the top-level date and machine are the edge part's).
   const previous = existsSync(out) ? JSON.parse(readFileSync(out, 'utf8')) as Record<string, unknown> : {}
-  const { upstream: previousUpstream, cluster: previousCluster, clusterLong: previousClusterLong, mesh: previousMesh, formats: previousFormats, soak: previousSoak, ...previousEdge } = previous
+  const { upstream: previousUpstream, cluster: previousCluster, clusterLong: previousClusterLong, mesh: previousMesh, formats: previousFormats, soak: previousSoak, cloudPg: previousCloudPg, ...previousEdge } = previous
   const results = {
     ...(edge === undefined
       ? previousEdge
@@ -576,7 +580,8 @@ async function main (): Promise<void> {
     clusterLong: clusterLong === undefined ? previousClusterLong : { ...clusterLong, machine: { ...machine, loadavgAtEnd: loadAtEnd } },
     mesh: mesh === undefined ? previousMesh : { ...mesh, quick, machine: { ...machine, loadavgAtEnd: loadAtEnd } },
     formats: formats === undefined ? previousFormats : { ...formats, quick },
-    soak: soak === undefined ? previousSoak : { ...soak, machine: { ...machine, loadavgAtEnd: loadAtEnd } }
+    soak: soak === undefined ? previousSoak : { ...soak, machine: { ...machine, loadavgAtEnd: loadAtEnd } },
+    cloudPg: cloudPg === undefined ? previousCloudPg : { ...cloudPg, quick, machine: { ...machine, loadavgAtEnd: loadAtEnd } }
   }
   writeFileSync(out, JSON.stringify(results, null, 2) + '\n')
 
@@ -592,9 +597,10 @@ async function main (): Promise<void> {
     ...(mesh !== undefined ? meshRows(mesh) : []),
     ...(formats !== undefined ? formatsRows(formats) : []),
     ...(soak !== undefined ? soakRows(soak) : []),
+    ...(cloudPg !== undefined ? cloudPgRows(cloudPg) : []),
     ['duration', `${Math.round((performance.now() - started) / 100) / 10} s; load ${machine.loadavgAtStart.join(' ')} -> ${loadAtEnd.join(' ')}`]
   ]))
-  for (const w of [...(edge?.results.warnings ?? []), ...(upstream?.warnings ?? []), ...(cluster?.warnings ?? []), ...(clusterLong?.warnings ?? []), ...(mesh?.warnings ?? []), ...(soak?.warnings ?? [])]) log(`warning: ${w}`)
+  for (const w of [...(edge?.results.warnings ?? []), ...(upstream?.warnings ?? []), ...(cluster?.warnings ?? []), ...(clusterLong?.warnings ?? []), ...(mesh?.warnings ?? []), ...(soak?.warnings ?? []), ...(cloudPg?.warnings ?? [])]) log(`warning: ${w}`)
   log(`wrote ${out.startsWith(REPO_DIR + '/') ? relative(process.cwd(), out) : out}`)
 }
 

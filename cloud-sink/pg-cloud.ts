@@ -40,6 +40,8 @@ import type { PendingWindow, PipelineCounts, QueuedBatch, StoredWatermark } from
 const GROUP_MAX = 64
 /** Groups committed at once by one process (each on its own connection). */
 const GROUPS_IN_FLIGHT = 3
+/** Least time between the starts of two finalization passes, ms. */
+const PASS_GAP = 50
 /** How often windows and results past retention are pruned. */
 const PRUNE_EVERY = 60_000
 /** Waits between attempts to reach the store at start: from the first, doubling up to the last. */
@@ -83,6 +85,7 @@ export class PgCloud implements ServiceApi {
   #storeUp = false
   #passing = false
   #passQueued = false
+  #lastPass = 0
   #passes: Promise<void> = Promise.resolve()
   #storeErrors = 0
   #sinkErrors = 0
@@ -107,8 +110,8 @@ export class PgCloud implements ServiceApi {
           this.#queue.push({ batch, now, resolve, reject })
           this.#drain()
         })
-        // A window this batch completed should not wait for the next tick.
-        this.#queuePass()
+        // A window this batch completed (a watermark, a fog's final) should not wait for the next tick.
+        if (batch.watermarks.length > 0 || batch.role === 'fog') this.#queuePass()
         return ack
       }
     })
@@ -229,17 +232,22 @@ export class PgCloud implements ServiceApi {
 
   // Finalization
 
+  /**
+   * Runs a pass soon: at once, or PASS_GAP after the last one began. Under load batches come faster
+   * than passes are worth running (each reads the pending windows), so they share one.
+   */
   #queuePass (): void {
     if (this.#stopped || this.#passQueued || !this.#ready) return
     this.#passQueued = true
-    setImmediate(() => {
+    setTimeout(() => {
       this.#passQueued = false
       if (this.#passing || this.#stopped) return
       this.#passing = true
-      this.#passes = this.#pass(Date.now()).catch((err: unknown) => {
+      this.#lastPass = Date.now()
+      this.#passes = this.#pass(this.#lastPass).catch((err: unknown) => {
         this.#storeFailed(err)
       }).finally(() => { this.#passing = false })
-    })
+    }, Math.max(0, this.#lastPass + PASS_GAP - Date.now()))
   }
 
   /**

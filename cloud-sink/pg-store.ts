@@ -43,6 +43,8 @@ const TIME_BOUND = 8.64e15
 const ATTEMPTS = 5
 /** Most windows one finalization transaction takes (keeps its locks short). */
 const FINALIZE_MAX = 500
+/** How often at most one process records an edge as heard from, ms. */
+const SEEN_EVERY = 1_000
 
 /** The store cannot be reached or refused for a reason of its own: the sender retries later. */
 export class StoreUnavailable extends HttpError {
@@ -131,6 +133,14 @@ export class PgStore {
   readonly #pool: pg.Pool
   readonly #config: StoreConfig
   readonly #log: Logger
+  /**
+   * Definitions known to be stored, as last read: a batch whose definitions merge the same way and
+   * are not newer needs no statement about them (a stored definition only ever gets a higher version,
+   * never another shape).
+   */
+  readonly #storedDefs = new Map<string, PipelineDef>()
+  /** When this process last recorded each edge as heard from (see #apply). */
+  readonly #seenWritten = new Map<string, number>()
 
   constructor (config: StoreConfig, log: Logger, application: string) {
     this.#config = config
@@ -195,7 +205,7 @@ export class PgStore {
    */
   async commit (group: readonly QueuedBatch[], known: (name: string) => PipelineDef | undefined): Promise<BatchOutcome[]> {
     try {
-      return await this.#transaction(async client => await this.#apply(client, group, known))
+      return await this.#transaction(async (client, begin) => await this.#apply(client, begin, group, known), null)
     } catch (err) {
       const state = sqlState(err)
       if (state === undefined || !state.startsWith('22')) throw err
@@ -206,19 +216,29 @@ export class PgStore {
     }
   }
 
-  async #apply (client: pg.PoolClient, group: readonly QueuedBatch[], known: (name: string) => PipelineDef | undefined): Promise<BatchOutcome[]> {
+  async #apply (client: pg.PoolClient, begin: () => Promise<void>, group: readonly QueuedBatch[], known: (name: string) => PipelineDef | undefined): Promise<BatchOutcome[]> {
     const outcomes: Array<BatchOutcome | undefined> = group.map(() => undefined)
     // Definitions: the first of a name in the group is stored if the name is new; then every batch is
     // checked against what is stored (and this process's file), in the same transaction.
     const offered = new Map<string, PipelineDef>()
-    for (const q of group) for (const d of q.batch.pipelines) if (!offered.has(d.name)) offered.set(d.name, d)
     const stored = new Map<string, PipelineDef>()
+    for (const q of group) {
+      for (const d of q.batch.pipelines) {
+        const cached = this.#storedDefs.get(d.name)
+        if (cached !== undefined && sameSelects(cached, d) && d.version <= cached.version) stored.set(d.name, cached)
+        else if (!offered.has(d.name)) offered.set(d.name, d)
+      }
+    }
     if (offered.size > 0) {
+      await begin()
       const defs = [...offered.values()].sort((a, b) => a.name < b.name ? -1 : 1)
       await client.query(`INSERT INTO fogmesh_pipelines (name, version, def) SELECT * FROM unnest($1::text[], $2::int[], $3::jsonb[])
         ON CONFLICT (name) DO NOTHING`, [defs.map(d => d.name), defs.map(d => d.version), defs.map(d => JSON.stringify(d))])
       const { rows } = await client.query<{ def: PipelineDef }>('SELECT def FROM fogmesh_pipelines WHERE name = ANY($1::text[])', [defs.map(d => d.name)])
-      for (const r of rows) stored.set(r.def.name, r.def)
+      for (const r of rows) {
+        stored.set(r.def.name, r.def)
+        this.#storedDefs.set(r.def.name, r.def)
+      }
     }
     const newer = new Map<string, PipelineDef>()
     for (const [i, q] of group.entries()) {
@@ -238,8 +258,11 @@ export class PgStore {
         if (s !== undefined && d.version > s.version && d.version > (newer.get(d.name)?.version ?? -Infinity)) newer.set(d.name, d)
       }
     }
+    if (newer.size > 0) await begin()
     for (const d of [...newer.values()].sort((a, b) => a.name < b.name ? -1 : 1)) {
       await client.query('UPDATE fogmesh_pipelines SET version = $2, def = $3 WHERE name = $1 AND version < $2', [d.name, d.version, JSON.stringify(d)])
+      // Read again at the next batch that brings it: the update may not commit.
+      this.#storedDefs.delete(d.name)
     }
 
     // Contributions: of several to the same window and edge in the group, the one that supersedes the
@@ -247,13 +270,13 @@ export class PgStore {
     interface Offer { pipeline: string, key: string, start: number, end: number, contribution: Contribution, batch: number }
     const best = new Map<string, Offer>()
     const offers: Offer[] = []
-    const upstreamFinal = new Map<string, { pipeline: string, key: string, start: number, end: number, firstSeen: number }>()
+    const upstreamFinal = new Map<string, { pipeline: string, key: string, start: number, end: number }>()
     for (const [i, q] of group.entries()) {
       if (outcomes[i] !== undefined) continue
       for (const e of q.batch.windows) {
         if (e.contributions.length === 0) continue
         // Only a fog finalizes merged windows; an edge's `final` would mean nothing here.
-        if (q.batch.role === 'fog' && e.final !== undefined) upstreamFinal.set(windowId(e), { pipeline: e.pipeline, key: e.key, start: e.start, end: e.end, firstSeen: q.now })
+        if (q.batch.role === 'fog' && e.final !== undefined) upstreamFinal.set(windowId(e), { pipeline: e.pipeline, key: e.key, start: e.start, end: e.end })
         for (const contribution of e.contributions) {
           const o: Offer = { pipeline: e.pipeline, key: e.key, start: e.start, end: e.end, contribution, batch: i }
           offers.push(o)
@@ -264,52 +287,15 @@ export class PgStore {
       }
     }
     const winners = [...best.values()].sort((a, b) => byWindow(a, b) || (a.contribution.edge < b.contribution.edge ? -1 : 1))
-    const applied = new Set<Offer>()
-    if (winners.length > 0) {
-      const { rows } = await client.query<{ pipeline: string, key: string, start_ms: string, end_ms: string, edge: string }>(
-        `INSERT INTO fogmesh_contributions AS c (pipeline, key, start_ms, end_ms, edge, revision, states)
-         SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::text[], $6::int[], $7::bytea[])
-         ON CONFLICT (pipeline, key, start_ms, end_ms, edge) DO UPDATE SET revision = excluded.revision, states = excluded.states
-         WHERE excluded.revision > c.revision
-         RETURNING pipeline, key, start_ms, end_ms, edge`,
-        [...windowColumns(winners), winners.map(w => w.contribution.edge), winners.map(w => w.contribution.revision),
-          winners.map(w => encoder.encode(w.contribution.states))])
-      for (const r of rows) applied.add(best.get(JSON.stringify([r.pipeline, r.key, Number(r.start_ms), Number(r.end_ms), r.edge]))!)
-    }
-
-    // Windows: created if new; a final one that got a contribution becomes dirty. Every window with an
-    // applied contribution is locked here (see the top). `dirty` in the values is "changed": it
-    // applies only to a row already final.
-    const touched = new Map<string, { pipeline: string, key: string, start: number, end: number, changed: boolean, upstream: boolean, firstSeen: number }>()
-    for (const o of applied) {
-      const id = windowId(o)
-      const t = touched.get(id)
-      if (t === undefined) touched.set(id, { pipeline: o.pipeline, key: o.key, start: o.start, end: o.end, changed: true, upstream: false, firstSeen: group[o.batch].now })
-    }
-    for (const [id, w] of upstreamFinal) {
-      const t = touched.get(id)
-      if (t === undefined) touched.set(id, { ...w, changed: false, upstream: true })
-      else t.upstream = true
-    }
-    const wasFinal = new Set<string>()
-    if (touched.size > 0) {
-      const ws = [...touched.values()].sort(byWindow)
-      const { rows } = await client.query<{ pipeline: string, key: string, start_ms: string, end_ms: string, was_final: boolean }>(
-        `INSERT INTO fogmesh_windows AS w (pipeline, key, start_ms, end_ms, first_seen, dirty, upstream_final)
-         SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], $6::boolean[], $7::boolean[])
-         ON CONFLICT (pipeline, key, start_ms, end_ms) DO UPDATE SET
-           dirty = w.dirty OR (w.final_revision IS NOT NULL AND excluded.dirty),
-           upstream_final = w.upstream_final OR (w.final_revision IS NULL AND excluded.upstream_final)
-         RETURNING pipeline, key, start_ms, end_ms, final_revision IS NOT NULL AS was_final`,
-        [...windowColumns(ws), ws.map(w => w.firstSeen), ws.map(w => w.changed), ws.map(w => w.upstream)])
-      for (const r of rows) if (r.was_final) wasFinal.add(windowId({ pipeline: r.pipeline, key: r.key, start: Number(r.start_ms), end: Number(r.end_ms) }))
-    }
+    const finals = [...upstreamFinal.values()].sort(byWindow)
 
     // Watermarks: the highest per (pipeline, edge) in the group; never moved back.
     const marks = new Map<string, { pipeline: string, edge: string, watermark: number, lastSeen: number, idle: boolean }>()
     const seen = new Map<string, number>()
+    let firstSeen = Infinity
     for (const [i, q] of group.entries()) {
       if (outcomes[i] !== undefined) continue
+      firstSeen = Math.min(firstSeen, q.now)
       for (const wm of q.batch.watermarks) {
         const id = JSON.stringify([wm.pipeline, wm.edge])
         const m = marks.get(id)
@@ -320,23 +306,68 @@ export class PgStore {
           m.idle = wm.idle === true
         }
       }
-      if (q.batch.role === 'edge') seen.set(q.batch.sender, Math.max(seen.get(q.batch.sender) ?? 0, q.now))
+      // Heard from: recorded at most every SEEN_EVERY per edge and process, far finer than the
+      // --finalize-after it is compared with, and a write less per batch.
+      if (q.batch.role === 'edge' && q.now - (this.#seenWritten.get(q.batch.sender) ?? -Infinity) >= SEEN_EVERY) {
+        seen.set(q.batch.sender, Math.max(seen.get(q.batch.sender) ?? 0, q.now))
+      }
     }
-    if (marks.size > 0) {
-      const ms = [...marks.values()].sort((a, b) => a.pipeline < b.pipeline ? -1 : a.pipeline > b.pipeline ? 1 : a.edge < b.edge ? -1 : 1)
-      await client.query(`INSERT INTO fogmesh_watermarks AS m (pipeline, edge, watermark, last_seen, idle)
-        SELECT * FROM unnest($1::text[], $2::text[], $3::float8[], $4::bigint[], $5::boolean[])
-        ON CONFLICT (pipeline, edge) DO UPDATE SET watermark = GREATEST(m.watermark, excluded.watermark),
-          last_seen = GREATEST(m.last_seen, excluded.last_seen), idle = excluded.idle`,
-      [ms.map(m => m.pipeline), ms.map(m => m.edge), ms.map(m => m.watermark), ms.map(m => m.lastSeen), ms.map(m => m.idle)])
+    const ms = [...marks.values()].sort((a, b) => a.pipeline < b.pipeline ? -1 : a.pipeline > b.pipeline ? 1 : a.edge < b.edge ? -1 : 1)
+
+    // One statement (one round trip; a transaction of its own unless definitions or "heard from" need
+    // more): the contributions that supersede the stored ones; their windows, created if new, a final
+    // one made dirty, each locked (see the top); windows a fog finalized flagged; the watermarks.
+    // `dirty` in the windows' values is "changed": it applies only to a row already final.
+    const applied = new Set<Offer>()
+    const wasFinal = new Set<string>()
+    if (seen.size > 0) await begin()
+    if (winners.length > 0 || finals.length > 0 || ms.length > 0) {
+      const { rows } = await client.query<{ kind: string, pipeline: string, key: string, start_ms: string, end_ms: string, edge: string | null, was_final: boolean | null }>(
+        `WITH c AS (
+           INSERT INTO fogmesh_contributions AS c (pipeline, key, start_ms, end_ms, edge, revision, states)
+           SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::text[], $6::int[], $7::bytea[])
+           ON CONFLICT (pipeline, key, start_ms, end_ms, edge) DO UPDATE SET revision = excluded.revision, states = excluded.states
+           WHERE excluded.revision > c.revision
+           RETURNING pipeline, key, start_ms, end_ms, edge),
+         t AS (
+           SELECT pipeline, key, start_ms, end_ms, bool_or(changed) AS changed, bool_or(upstream) AS upstream FROM (
+             SELECT pipeline, key, start_ms, end_ms, true AS changed, false AS upstream FROM c
+             UNION ALL
+             SELECT *, false, true FROM unnest($8::text[], $9::text[], $10::bigint[], $11::bigint[])) x
+           GROUP BY pipeline, key, start_ms, end_ms),
+         w AS (
+           INSERT INTO fogmesh_windows AS w (pipeline, key, start_ms, end_ms, first_seen, dirty, upstream_final)
+           SELECT pipeline, key, start_ms, end_ms, $12::bigint, changed, upstream FROM t ORDER BY pipeline, key, start_ms, end_ms
+           ON CONFLICT (pipeline, key, start_ms, end_ms) DO UPDATE SET
+             dirty = w.dirty OR (w.final_revision IS NOT NULL AND excluded.dirty),
+             upstream_final = w.upstream_final OR (w.final_revision IS NULL AND excluded.upstream_final)
+           RETURNING pipeline, key, start_ms, end_ms, final_revision IS NOT NULL AS was_final),
+         m AS (
+           INSERT INTO fogmesh_watermarks AS m (pipeline, edge, watermark, last_seen, idle)
+           SELECT * FROM unnest($13::text[], $14::text[], $15::float8[], $16::bigint[], $17::boolean[])
+           ON CONFLICT (pipeline, edge) DO UPDATE SET watermark = GREATEST(m.watermark, excluded.watermark),
+             last_seen = GREATEST(m.last_seen, excluded.last_seen), idle = excluded.idle)
+         SELECT 'c' AS kind, pipeline, key, start_ms, end_ms, edge, NULL::boolean AS was_final FROM c
+         UNION ALL
+         SELECT 'w', pipeline, key, start_ms, end_ms, NULL, was_final FROM w WHERE was_final`,
+        [...windowColumns(winners), winners.map(w => w.contribution.edge), winners.map(w => w.contribution.revision),
+          winners.map(w => encoder.encode(w.contribution.states)),
+          ...windowColumns(finals), firstSeen,
+          ms.map(m => m.pipeline), ms.map(m => m.edge), ms.map(m => m.watermark), ms.map(m => m.lastSeen), ms.map(m => m.idle)])
+      for (const r of rows) {
+        const ref = { pipeline: r.pipeline, key: r.key, start: Number(r.start_ms), end: Number(r.end_ms) }
+        if (r.kind === 'c') applied.add(best.get(JSON.stringify([ref.pipeline, ref.key, ref.start, ref.end, r.edge]))!)
+        else wasFinal.add(windowId(ref))
+      }
     }
     // Any batch from an edge says it is alive, in every pipeline it feeds (rows locked in key order).
-    const senders = [...seen].sort((a, b) => a[0] < b[0] ? -1 : 1)
-    if (senders.length > 0) {
+    if (seen.size > 0) {
+      const senders = [...seen].sort((a, b) => a[0] < b[0] ? -1 : 1)
       await client.query(`UPDATE fogmesh_watermarks m SET last_seen = GREATEST(m.last_seen, s.at)
         FROM (SELECT x.pipeline, x.edge, v.at FROM fogmesh_watermarks x JOIN unnest($1::text[], $2::bigint[]) AS v (edge, at) ON x.edge = v.edge
               ORDER BY x.pipeline, x.edge FOR UPDATE OF x) s
         WHERE m.pipeline = s.pipeline AND m.edge = s.edge AND m.last_seen < s.at`, [senders.map(s => s[0]), senders.map(s => s[1])])
+      for (const [edge, at] of senders) this.#seenWritten.set(edge, at)
     }
 
     for (const [i, q] of group.entries()) {
@@ -485,14 +516,27 @@ export class PgStore {
     }
   }
 
-  /** Runs `fn` in a transaction, again on a deadlock or serialization failure. */
-  async #transaction<T> (fn: (client: pg.PoolClient) => Promise<T>, begin = 'BEGIN'): Promise<T> {
+  /**
+   * Runs `fn` in a transaction (begun with `begin`), again on a deadlock or serialization failure.
+   * With `begin` null, `fn` begins one only if it calls the `begin` it is given: a single statement
+   * needs none (it commits by itself, in one round trip).
+   */
+  async #transaction<T> (fn: (client: pg.PoolClient, begin: () => Promise<void>) => Promise<T>, begin: string | null = 'BEGIN'): Promise<T> {
     for (let attempt = 1; ; attempt++) {
       const client = await this.#connect()
+      let open = false
+      const start = async (): Promise<void> => {
+        if (open) return
+        await client.query('BEGIN')
+        open = true
+      }
       try {
-        await client.query(begin)
-        const out = await fn(client)
-        await client.query('COMMIT')
+        if (begin !== null) {
+          await client.query(begin)
+          open = true
+        }
+        const out = await fn(client, start)
+        if (open) await client.query('COMMIT')
         client.release()
         return out
       } catch (err) {
@@ -500,7 +544,7 @@ export class PgStore {
         const retry = (state === '40P01' || state === '40001') && attempt < ATTEMPTS
         // A connection whose state is unknown (broken mid-transaction) is not given back to the pool.
         try {
-          await client.query('ROLLBACK')
+          if (open) await client.query('ROLLBACK')
           client.release()
         } catch {
           client.release(true)

@@ -1,0 +1,131 @@
+/**
+ * The `cloud-pg` part of the bench: contributions committed per second through the cloud tier on
+ * PostgreSQL (`fogmesh cloud --store`), through one cloud process and through two on the same store,
+ * against raw inserts of the same rows into the same PostgreSQL (the baseline, measured in the same
+ * run): how much of what the database takes the tier keeps, and how it scales with processes.
+ *
+ * The load: closed loops, each an edge posting batches of WINDOWS windows (one contribution each, a
+ * higher revision every batch, so every contribution is a committed upsert). The raw baseline runs the
+ * same loops with the same rows as one multi-row upsert per batch into a bare table, from a pool of as
+ * many connections as loops. Rounds alternate raw, one, two; the medians are reported. Finalization
+ * stays out of the figure (--finalize-after is longer than the run). Ratios, not absolute figures: the
+ * machine (and its CPU cores, which PostgreSQL, the clouds and the load share) is whatever runs it.
+ */
+import { join } from 'node:path'
+import { encode } from 'cbor-x'
+import pg from 'pg'
+import { batchRequest, closedLoop, windowEntries } from './cluster-workload.ts'
+import type { Request } from './cluster-workload.ts'
+import { median, REPO_DIR, spawnNode, stopChild } from './lib.ts'
+import type { Child } from './lib.ts'
+import { startPostgres } from '../test/helpers/postgres.ts'
+
+/** Windows (contributions) per batch. */
+const WINDOWS = 50
+/** Loops in flight, split evenly over the processes measured. */
+const LOOPS = 8
+const WINDOW_START = Date.UTC(2026, 0, 1)
+const WINDOW_MS = 10_000
+/** Ratio aims: of raw inserts through one process, and two processes over one. */
+const AIM_OF_RAW = 0.5
+const AIM_SCALING = 1.6
+
+export interface CloudPgResult {
+  rounds: number
+  roundMs: number
+  contributionsPerBatch: number
+  loops: number
+  /** Medians, contributions per second. */
+  rawPerSecond: number
+  onePerSecond: number
+  twoPerSecond: number
+  /** one / raw. */
+  oneOfRaw: number
+  /** two / one. */
+  scaling: number
+  warnings: string[]
+}
+
+async function post (url: string, req: Request): Promise<string> {
+  const res = await fetch(url, { method: 'POST', headers: req.headers, body: req.body, signal: AbortSignal.timeout(10_000) })
+  await res.arrayBuffer()
+  return res.status === 200 ? 'ok' : `HTTP ${res.status}`
+}
+
+export async function runCloudPgBench (o: { workDir: string, quick: boolean, log: (line: string) => void, rounds?: number }): Promise<CloudPgResult> {
+  const rounds = o.rounds ?? (o.quick ? 1 : 3)
+  const roundMs = o.quick ? 3_000 : 6_000
+  const pgServer = await startPostgres()
+  const clouds: Child[] = []
+  const pool = new pg.Pool({ connectionString: pgServer.url, max: LOOPS })
+  try {
+    const start = async (i: number): Promise<string> => {
+      const child = spawnNode(`cloud-${i}`, join(REPO_DIR, 'bin', 'fogmesh.js'), ['cloud', '--id', `c${i}`, '--http-port', '0', '--data-dir', join(o.workDir, `cloud-pg-${i}`),
+        '--store', pgServer.url, '--finalize-after', '1h', '--log-level', 'warn'])
+      clouds.push(child)
+      return (await child.line(/^ready cloud \S+ http=(\S+)/, 30_000))[1]
+    }
+    const urls = [await start(1), await start(2)]
+    await pool.query(`CREATE TABLE bench_raw (pipeline text, key text, start_ms bigint, end_ms bigint, edge text, revision int, states bytea,
+      PRIMARY KEY (pipeline, key, start_ms, end_ms, edge))`)
+
+    // Each loop is one edge with its own keys; its revision goes up with every batch it sends.
+    const revisions = new Map<string, number>()
+    const loops = (target: (i: number) => (edge: string, rev: number) => Promise<string>): Array<() => Promise<string>> =>
+      Array.from({ length: LOOPS }, (_, i) => {
+        const edge = `e${i}`
+        const send = target(i)
+        return async () => {
+          const rev = (revisions.get(edge) ?? 0) + 1
+          revisions.set(edge, rev)
+          return await send(edge, rev)
+        }
+      })
+    const entries = (edge: string, rev: number) => windowEntries(edge, rev, Array.from({ length: WINDOWS }, (_, k) => `${edge}-k${k}`), WINDOW_START, WINDOW_START + WINDOW_MS)
+    const through = (processes: number) => loops(i => async (edge, rev) => await post(`${urls[i % processes]}/v1/partials`, batchRequest(edge, rev, entries(edge, rev))))
+    const raw = loops(() => async (edge, rev) => {
+      const ws = entries(edge, rev)
+      // Encoded as the tier's loops encode theirs, so that the load process does the same work either way.
+      batchRequest(edge, rev, ws)
+      await pool.query(`INSERT INTO bench_raw AS c SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::text[], $6::int[], $7::bytea[])
+        ON CONFLICT (pipeline, key, start_ms, end_ms, edge) DO UPDATE SET revision = excluded.revision, states = excluded.states`,
+      [ws.map(w => w.pipeline), ws.map(w => w.key), ws.map(w => w.start), ws.map(w => w.end), ws.map(() => edge), ws.map(() => rev),
+        ws.map(w => encode(w.contributions[0].states))])
+      return 'ok'
+    })
+    const rate = async (what: string, ops: Array<() => Promise<string>>): Promise<number> => {
+      const r = await closedLoop(ops, roundMs)
+      const failed = Object.entries(r.failed).map(([k, n]) => `${k} x${n}`).join(', ')
+      const perSecond = r.ok * WINDOWS / (roundMs / 1000)
+      o.log(`cloud-pg: ${what}: ${Math.round(perSecond)} contributions/s${failed === '' ? '' : ` (failed: ${failed})`}`)
+      return perSecond
+    }
+    // A first short pass of each warms up the connections and the JIT; it is not counted.
+    await closedLoop(raw, 500)
+    await closedLoop(through(2), 500)
+    const figures = { raw: [] as number[], one: [] as number[], two: [] as number[] }
+    for (let round = 0; round < rounds; round++) {
+      figures.raw.push(await rate('raw inserts', raw))
+      figures.one.push(await rate('one cloud process', through(1)))
+      figures.two.push(await rate('two cloud processes', through(2)))
+    }
+    const rawPerSecond = Math.round(median(figures.raw))
+    const onePerSecond = Math.round(median(figures.one))
+    const twoPerSecond = Math.round(median(figures.two))
+    const oneOfRaw = Math.round(onePerSecond / rawPerSecond * 100) / 100
+    const scaling = Math.round(twoPerSecond / onePerSecond * 100) / 100
+    const warnings: string[] = []
+    if (oneOfRaw < AIM_OF_RAW) warnings.push(`cloud-pg: one process commits ${oneOfRaw} of raw inserts (aim ${AIM_OF_RAW})`)
+    if (scaling < AIM_SCALING) warnings.push(`cloud-pg: two processes commit ${scaling}x one (aim ${AIM_SCALING}x)`)
+    return { rounds, roundMs, contributionsPerBatch: WINDOWS, loops: LOOPS, rawPerSecond, onePerSecond, twoPerSecond, oneOfRaw, scaling, warnings }
+  } finally {
+    await pool.end().catch(() => {})
+    await Promise.all(clouds.map(async c => await stopChild(c)))
+    await pgServer.stop()
+  }
+}
+
+export function cloudPgRows (r: CloudPgResult): Array<[string, string]> {
+  return [['cloud on PostgreSQL', `raw inserts ${r.rawPerSecond}/s, one cloud process ${r.onePerSecond}/s (x${r.oneOfRaw} of raw, aim ${AIM_OF_RAW}), ` +
+    `two ${r.twoPerSecond}/s (x${r.scaling} of one, aim ${AIM_SCALING}); contributions committed, ${r.loops} loops of ${r.contributionsPerBatch}-window batches, median of ${r.rounds} rounds`]]
+}
