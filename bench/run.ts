@@ -3,7 +3,7 @@
  * same run on the same machine. Shared CI machines are too noisy for absolute figures to mean anything,
  * so the bench reports ratios, takes the median of alternating rounds, and asserts nothing.
  *
- *   node bench/run.ts [--quick] [--only edge|upstream|cluster|cluster-long|mesh|formats|soak|cloud-pg] [--long DURATION] [--rounds N] [--readings N] [--poll-ms MS]
+ *   node bench/run.ts [--quick] [--only edge|upstream|cluster|cluster-long|mesh|formats|soak|peers|cloud-pg] [--long DURATION] [--rounds N] [--readings N] [--poll-ms MS]
  *                     [--profile | --no-profile] [--agent-node-args="--max-semi-space-size=2 ..."] [--out FILE]
  *
  * Throughput: bench/publisher.ts (its own process) writes M pre-encoded QoS 0 readings over one
@@ -25,7 +25,9 @@
  * floor of every heartbeat received once, and the RSS of a process running one node against a bare
  * one and one with the mesh code loaded, in alternating rounds. Soak (bench/soak.ts, `--only soak
  * [--long 1h]`): edges -> fog -> cloud fed by the simulator at 10,000 readings/s for the whole run, each
- * node's RSS and data dir sampled, every window checked against the ground truth at the end. Results go to
+ * node's RSS and data dir sampled, every window checked against the ground truth at the end. Peers
+ * (bench/peers.ts, `--only peers`): the agent against a hand-written mqtt.js subscriber and Node-RED
+ * on the same burst through one Mosquitto: rate fully counted, peak RSS, CPU per reading. Results go to
  * stdout and bench/results.json; with --only, the parts not run keep their figures from the previous file.
  */
 import { execFileSync } from 'node:child_process'
@@ -47,6 +49,7 @@ import { clusterLongRows, clusterRows, runClusterBench, runClusterLongBench } fr
 import { meshRows, runMeshBench } from './mesh.ts'
 import { formatsRows, runFormatsBench } from './formats.ts'
 import { runSoakBench, soakRows } from './soak.ts'
+import { peersRows, runPeersBench } from './peers.ts'
 import { cloudPgRows, runCloudPgBench } from './cloud-pg.ts'
 import { edgePipelinesYaml } from './peers/workload.ts'
 import { parseDuration } from '../core/duration.ts'
@@ -73,7 +76,7 @@ function readArgs () {
 }
 
 function usage (message: string): never {
-  process.stderr.write(`bench: ${message}\nusage: node bench/run.ts [--quick] [--only edge|upstream|cluster|cluster-long|mesh|formats|soak|cloud-pg] [--long DURATION] [--rounds N] [--readings N] [--poll-ms MS] ` +
+  process.stderr.write(`bench: ${message}\nusage: node bench/run.ts [--quick] [--only edge|upstream|cluster|cluster-long|mesh|formats|soak|peers|cloud-pg] [--long DURATION] [--rounds N] [--readings N] [--poll-ms MS] ` +
     '[--profile | --no-profile] [--agent-node-args="--max-semi-space-size=2 ..."] [--out FILE]\n')
   process.exit(2)
 }
@@ -105,7 +108,7 @@ function positiveInt (name: string, raw: string | undefined, fallback: number): 
 }
 
 const quick = args.quick === true
-const PARTS = ['edge', 'upstream', 'cluster', 'cluster-long', 'mesh', 'formats', 'soak', 'cloud-pg']
+const PARTS = ['edge', 'upstream', 'cluster', 'cluster-long', 'mesh', 'formats', 'soak', 'peers', 'cloud-pg']
 if (args.only !== undefined && !PARTS.includes(args.only)) usage(`--only: expected ${PARTS.join(', ')}, got ${args.only}`)
 const parts = {
   edge: args.only === undefined || args.only === 'edge',
@@ -116,6 +119,8 @@ const parts = {
   // Sparkplug B ingest against JSON, in-process (bench/formats.ts)
   formats: args.only === undefined || args.only === 'formats',
   // Only this way: an hour-long run is no part of a full bench (bench/soak.ts)
+  // Only this way: it installs Node-RED on first use (bench/peers.ts)
+  peers: args.only === 'peers',
   soak: args.only === 'soak',
   // Contributions committed through the cloud tier on PostgreSQL against raw inserts (bench/cloud-pg.ts)
   cloudPg: args.only === undefined || args.only === 'cloud-pg'
@@ -564,13 +569,16 @@ async function main (): Promise<void> {
   const mesh = parts.mesh ? await runMeshBench({ quick, log, rounds: args.rounds === undefined ? undefined : opts.rounds }) : undefined
   const formats = parts.formats ? runFormatsBench({ quick, log }) : undefined
   const soak = parts.soak ? await runSoakBench({ workDir, durationMs: longMs, log }) : undefined
+  const peers = parts.peers
+    ? await runPeersBench({ workDir, quick, log, rounds: args.rounds === undefined ? undefined : opts.rounds, readings: args.readings === undefined ? undefined : opts.readings })
+    : undefined
   const cloudPg = parts.cloudPg ? await runCloudPgBench({ workDir, quick, log, rounds: args.rounds === undefined ? undefined : opts.rounds }) : undefined
   const loadAtEnd = loadavg().map(x => Math.round(x * 100) / 100)
 
   const out = args.out ?? join(BENCH_DIR, 'results.json')
   // A part not run keeps the figures of the previous file (the top-level date and machine are the edge part's).
   const previous = existsSync(out) ? JSON.parse(readFileSync(out, 'utf8')) as Record<string, unknown> : {}
-  const { upstream: previousUpstream, cluster: previousCluster, clusterLong: previousClusterLong, mesh: previousMesh, formats: previousFormats, soak: previousSoak, cloudPg: previousCloudPg, ...previousEdge } = previous
+  const { upstream: previousUpstream, cluster: previousCluster, clusterLong: previousClusterLong, mesh: previousMesh, formats: previousFormats, soak: previousSoak, peers: previousPeers, cloudPg: previousCloudPg, ...previousEdge } = previous
   const results = {
     ...(edge === undefined
       ? previousEdge
@@ -580,6 +588,7 @@ async function main (): Promise<void> {
     clusterLong: clusterLong === undefined ? previousClusterLong : { ...clusterLong, machine: { ...machine, loadavgAtEnd: loadAtEnd } },
     mesh: mesh === undefined ? previousMesh : { ...mesh, quick, machine: { ...machine, loadavgAtEnd: loadAtEnd } },
     formats: formats === undefined ? previousFormats : { ...formats, quick },
+    peers: peers === undefined ? previousPeers : { ...peers, quick, machine: { ...machine, loadavgAtEnd: loadAtEnd } },
     soak: soak === undefined ? previousSoak : { ...soak, machine: { ...machine, loadavgAtEnd: loadAtEnd } },
     cloudPg: cloudPg === undefined ? previousCloudPg : { ...cloudPg, quick, machine: { ...machine, loadavgAtEnd: loadAtEnd } }
   }
@@ -597,10 +606,11 @@ async function main (): Promise<void> {
     ...(mesh !== undefined ? meshRows(mesh) : []),
     ...(formats !== undefined ? formatsRows(formats) : []),
     ...(soak !== undefined ? soakRows(soak) : []),
+    ...(peers !== undefined ? peersRows(peers) : []),
     ...(cloudPg !== undefined ? cloudPgRows(cloudPg) : []),
     ['duration', `${Math.round((performance.now() - started) / 100) / 10} s; load ${machine.loadavgAtStart.join(' ')} -> ${loadAtEnd.join(' ')}`]
   ]))
-  for (const w of [...(edge?.results.warnings ?? []), ...(upstream?.warnings ?? []), ...(cluster?.warnings ?? []), ...(clusterLong?.warnings ?? []), ...(mesh?.warnings ?? []), ...(soak?.warnings ?? []), ...(cloudPg?.warnings ?? [])]) log(`warning: ${w}`)
+  for (const w of [...(edge?.results.warnings ?? []), ...(upstream?.warnings ?? []), ...(cluster?.warnings ?? []), ...(clusterLong?.warnings ?? []), ...(mesh?.warnings ?? []), ...(soak?.warnings ?? []), ...(peers?.warnings ?? []), ...(cloudPg?.warnings ?? [])]) log(`warning: ${w}`)
   log(`wrote ${out.startsWith(REPO_DIR + '/') ? relative(process.cwd(), out) : out}`)
 }
 
