@@ -118,10 +118,13 @@ t.test('two clouds on one store: one tier', async t => {
   t.teardown(() => dir.cleanup())
   const urlFile = join(dir.path, 'store-url')
   writeFileSync(urlFile, withPassword(pg) + '\n', { mode: 0o600 })
+  // Both deliver their final windows to a postgres sink (a table of the same database, here).
+  const config = join(dir.path, 'cloud.yaml')
+  writeFileSync(config, `sinks:\n  - { name: warehouse, type: postgres, url: "${pg.url}", table: warehouse }\n`)
   // One reads the URL from a file, the other takes the password from the environment.
   const [a, b] = await Promise.all([
-    cloud(t, ['--id', 'ca', '--store-file', urlFile]),
-    cloud(t, ['--id', 'cb', '--store', pg.url.replace('postgres@', 'fogmesh:${FOGMESH_STORE_PASSWORD}@')], { FOGMESH_STORE_PASSWORD: PASSWORD })
+    cloud(t, ['--id', 'ca', '--config', config, '--store-file', urlFile]),
+    cloud(t, ['--id', 'cb', '--config', config, '--store', pg.url.replace('postgres@', 'fogmesh:${FOGMESH_STORE_PASSWORD}@')], { FOGMESH_STORE_PASSWORD: PASSWORD })
   ])
   const versions = await pg.query<{ version: number }>('SELECT version FROM fogmesh_schema_version ORDER BY version')
   t.same(versions.rows.map(r => r.version), [1], 'the schema was created once, though both started at once')
@@ -163,6 +166,13 @@ t.test('two clouds on one store: one tier', async t => {
   for (const p of [a, b]) t.same(await result(p.http, 'r1', 0), want1, `${p.id}: revision 1, once`)
   const row = await pg.query<{ final_revision: number, dirty: boolean }>('SELECT final_revision, dirty FROM fogmesh_windows')
   t.same(row.rows, [{ final_revision: 1, dirty: false }], 'the window was finalized twice in all: revisions 0 and 1')
+  // The sink got the final window, whichever process finalized it, at its last revision.
+  const sink = async () => (await pg.query('SELECT key, revision, sources, final, "values" FROM warehouse').catch(() => ({ rows: [] }))).rows
+  await waitFor(async () => (await sink())[0]?.revision === 1, { timeoutMs: 10_000, message: 'the sink holding revision 1' })
+  t.same(await sink(), [{ key: 'r1', revision: 1, sources: 3, final: true, values: want1.values }], 'the sink has the window at revision 1')
+  let delivered = 0
+  for (const p of [a, b]) delivered += (await fetchMetric(p.http, 'fogmesh_sink_delivered_total')).get('{sink="warehouse"}') ?? 0
+  t.ok(delivered >= 2, `revisions 0 and 1 were both delivered (${delivered} deliveries across the tier)`)
 
   const sum = async (name: string): Promise<number> => {
     let n = 0
