@@ -49,6 +49,7 @@ import { SerialQueue } from '../shell/serial-queue.ts'
 import { Sinks } from '../sinks/delivery.ts'
 import { withLive } from '../shell/results.ts'
 import type { ResultQuery, WindowResult } from '../shell/results.ts'
+import { edgesView } from './edges-view.ts'
 import { Finalization } from './finalization.ts'
 import type { FinalListener } from './finalization.ts'
 import { GossipWatermarks } from './gossip-watermarks.ts'
@@ -318,20 +319,7 @@ export class MergeNode implements ServiceApi {
   }
 
   mesh (): unknown {
-    const edges = new Map<string, { id: string, lastSeen: number, watermarks: Record<string, string> }>()
-    for (const w of this.#finalizer.watermarks()) {
-      if (!Number.isFinite(w.watermark)) continue
-      let e = edges.get(w.edge)
-      if (e === undefined) edges.set(w.edge, e = { id: w.edge, lastSeen: w.lastSeen, watermarks: {} })
-      e.lastSeen = Math.max(e.lastSeen, w.lastSeen)
-      e.watermarks[w.pipeline] = new Date(w.watermark).toISOString()
-    }
-    return {
-      ...this.membership.json(),
-      fog: this.#fogView(),
-      edges: [...edges.values()].sort((a, b) => a.id < b.id ? -1 : a.id > b.id ? 1 : 0)
-        .map(e => ({ id: e.id, lastSeen: Number.isFinite(e.lastSeen) ? new Date(e.lastSeen).toISOString() : null, watermarks: e.watermarks }))
-    }
+    return { ...this.membership.json(), fog: this.#fogView(), edges: edgesView(this.#finalizer.watermarks()) }
   }
 
   #fogView (): { leader: string | null, shardMapVersion: number, shards: number, status: string } {
