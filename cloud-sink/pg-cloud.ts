@@ -21,6 +21,8 @@ import { Finalizer } from '../core/upstream/merge.ts'
 import { pipelineDef } from '../core/upstream/pipeline-def.ts'
 import { RoleMesh, SOFTWARE_VERSION } from '../server/mesh/role-mesh.ts'
 import type { HeartbeatInput } from '../server/mesh/mesh-node.ts'
+import { edgesView } from '../server/merge/edges-view.ts'
+import { MergeStats } from '../server/merge/merge-stats.ts'
 import { PartialsRoute } from '../server/merge/partials-route.ts'
 import type { Ack } from '../server/merge/partials-route.ts'
 import { advertisedUrl } from '../server/shell/advertise.ts'
@@ -28,13 +30,12 @@ import { HttpService, httpLimits } from '../server/shell/http.ts'
 import type { PipelineInfo, ServiceApi } from '../server/shell/http.ts'
 import type { Logger } from '../server/shell/log.ts'
 import { Metrics } from '../server/shell/metrics.ts'
-import type { Sample } from '../server/shell/metrics.ts'
 import type { ResultQuery, WindowResult } from '../server/shell/results.ts'
 import { NodeSecurity } from '../server/shell/security.ts'
 import { Sinks } from '../server/sinks/delivery.ts'
 import type { CloudOptions, StoreConfig } from './config.ts'
 import { PgStore } from './pg-store.ts'
-import type { PendingWindow, PipelineCounts, QueuedBatch, StoredWatermark } from './pg-store.ts'
+import type { PendingWindow, QueuedBatch, StoredWatermark } from './pg-store.ts'
 
 /** Most batches committed together in one transaction. */
 const GROUP_MAX = 64
@@ -50,11 +51,6 @@ const CONNECT_RETRY = { min: 200, max: 5_000 }
 interface Queued extends QueuedBatch {
   resolve: (ack: Ack) => void
   reject: (err: unknown) => void
-}
-
-interface PipelineStats extends PipelineCounts {
-  finalized: number
-  revised: number
 }
 
 export class PgCloud implements ServiceApi {
@@ -77,7 +73,8 @@ export class PgCloud implements ServiceApi {
   /** The watermarks and pending windows of the last pass, for /v1/mesh and the gauges. */
   #watermarks: StoredWatermark[] = []
   #pending: PendingWindow[] = []
-  readonly #stats = new Map<string, PipelineStats>()
+  /** This process's counts: each process counts what it took and finalized (Prometheus sums them). */
+  readonly #stats = new MergeStats()
   readonly #queue: Queued[] = []
   #inFlight = 0
   #ready = false
@@ -221,7 +218,7 @@ export class PgCloud implements ServiceApi {
         continue
       }
       for (const [pipeline, c] of o.counts) {
-        const s = this.#statsOf(pipeline)
+        const s = this.#stats.of(pipeline)
         s.received += c.received
         s.ignored += c.ignored
         s.afterFinal += c.afterFinal
@@ -271,7 +268,7 @@ export class PgCloud implements ServiceApi {
     if (due.some(w => this.#definition(w.pipeline) === undefined)) await this.#refreshPipelines()
     const done = await this.#store.finalize(due, decide, p => this.#definition(p), results => this.#toSinks(results), now)
     for (const f of done) {
-      const s = this.#statsOf(f.window.pipeline)
+      const s = this.#stats.of(f.window.pipeline)
       if (f.revision === 0) s.finalized++
       else s.revised++
     }
@@ -326,12 +323,6 @@ export class PgCloud implements ServiceApi {
     this.#learned = new Map((await this.#store.pipelines()).map(d => [d.name, d]))
   }
 
-  #statsOf (pipeline: string): PipelineStats {
-    let s = this.#stats.get(pipeline)
-    if (s === undefined) this.#stats.set(pipeline, s = { received: 0, ignored: 0, afterFinal: 0, finalized: 0, revised: 0 })
-    return s
-  }
-
   // ServiceApi
 
   isReady (): boolean {
@@ -357,20 +348,11 @@ export class PgCloud implements ServiceApi {
   }
 
   mesh (): unknown {
-    const edges = new Map<string, { id: string, lastSeen: number, watermarks: Record<string, string> }>()
-    for (const w of this.#watermarks) {
-      if (!Number.isFinite(w.watermark)) continue
-      let e = edges.get(w.edge)
-      if (e === undefined) edges.set(w.edge, e = { id: w.edge, lastSeen: w.lastSeen, watermarks: {} })
-      e.lastSeen = Math.max(e.lastSeen, w.lastSeen)
-      e.watermarks[w.pipeline] = new Date(w.watermark).toISOString()
-    }
     return {
       ...this.membership.json(),
       fog: { leader: null, shardMapVersion: 0, shards: 0, status: 'embedded' },
       store: { kind: 'postgres', url: this.#store.shown, up: this.#storeUp },
-      edges: [...edges.values()].sort((a, b) => a.id < b.id ? -1 : a.id > b.id ? 1 : 0)
-        .map(e => ({ id: e.id, lastSeen: new Date(e.lastSeen).toISOString(), watermarks: e.watermarks }))
+      edges: edgesView(this.#watermarks)
     }
   }
 
@@ -387,13 +369,8 @@ export class PgCloud implements ServiceApi {
 
   #registerMetrics (): void {
     const m = this.metrics
-    const perPipeline = (read: (s: PipelineStats) => number) => (): Sample[] => [...this.#stats].map(([pipeline, s]) => [{ pipeline }, read(s)])
     this.#partials.registerMetrics(m)
-    m.counter('fogmesh_partials_received_total', 'Contributions (one edge\'s partial of one window) in accepted batches', ['pipeline'], perPipeline(s => s.received))
-    m.counter('fogmesh_partials_ignored_total', 'Contributions already known at this or a higher revision (replays, second routes)', ['pipeline'], perPipeline(s => s.ignored))
-    m.counter('fogmesh_partials_after_final_total', 'Contributions that changed a window already final (merged; the window gets revision + 1)', ['pipeline'], perPipeline(s => s.afterFinal))
-    m.counter('fogmesh_windows_finalized_total', 'Merged windows this process finalized (revision 0)', ['pipeline'], perPipeline(s => s.finalized))
-    m.counter('fogmesh_windows_revised_total', 'Final windows this process finalized again with a new revision', ['pipeline'], perPipeline(s => s.revised))
+    this.#stats.registerMetrics(m)
     m.counter('fogmesh_final_listener_errors_total', 'Finalization passes whose windows the sinks\' queues did not take; they are offered again', [], () => [[{}, this.#sinkErrors]])
     m.gauge('fogmesh_pending_windows', 'Merged windows not final yet (in the whole store, as of the last pass)', ['pipeline'], () => {
       const n = new Map<string, number>()
