@@ -2,11 +2,11 @@
  * The merge tier that fog coordinators and the cloud sink share, as one node: it wires the parts that
  * each do one job and serves the shared API (pipelines, results, mesh, shards, metrics).
  *
- *   POST /v1/partials ─ PartialsRoute (authenticate, decode, authorize) ─▶ Intake (group commit, acks)
- *        ─▶ MergeWindows (ContributionStore + pending windows) ◀─ Finalization (due windows → results,
- *        sinks, final-window listeners) ; PipelineRegistry (how each pipeline merges) ;
- *        ReplicaMirror (a cluster member's copy of what others committed) ; GossipWatermarks (a fog's
- *        edges as the mesh sees them)
+ *   POST /v1/partials ─▶ PartialsRoute (authenticate, decode, authorize) ─▶ Intake (group commit, acks)
+ *        ─▶ MergeWindows (ContributionStore + pending windows) ─▶ Finalization (results, sinks, listeners)
+ *
+ * beside them: PipelineRegistry (how each pipeline merges), ReplicaMirror (a cluster member's copy of
+ * what the others committed), GossipWatermarks (a fog's edges as the mesh sees them), MergeStats.
  *
  * It keeps per window and edge the contribution with the highest revision, finalizes a merged window
  * once every live edge's watermark has passed its end (or `--finalize-after` after it was first seen,
