@@ -43,6 +43,11 @@ const TIME_BOUND = 8.64e15
 const ATTEMPTS = 5
 /** Most windows one finalization transaction takes (keeps its locks short). */
 const FINALIZE_MAX = 500
+/**
+ * Most pending windows one pass considers, the earliest ends first (those are due first): a bound on
+ * the pass's cost when a backlog builds up; the rest wait for the next passes.
+ */
+const PENDING_MAX = 50_000
 /** How often at most one process records an edge as heard from, ms. */
 const SEEN_EVERY = 1_000
 
@@ -193,7 +198,8 @@ export class PgStore {
 
   /** Windows to finalize (first time or again), unlocked: a finalization locks and checks them again. */
   async pending (): Promise<PendingWindow[]> {
-    const { rows } = await this.#query<WindowRow>(`SELECT ${PENDING_COLUMNS} FROM fogmesh_windows WHERE final_revision IS NULL OR dirty`)
+    const { rows } = await this.#query<WindowRow>(`SELECT ${PENDING_COLUMNS} FROM fogmesh_windows WHERE final_revision IS NULL OR dirty
+      ORDER BY end_ms LIMIT ${PENDING_MAX}`)
     return rows.map(pendingOf)
   }
 
@@ -205,7 +211,14 @@ export class PgStore {
    */
   async commit (group: readonly QueuedBatch[], known: (name: string) => PipelineDef | undefined): Promise<BatchOutcome[]> {
     try {
-      return await this.#transaction(async (client, begin) => await this.#apply(client, begin, group, known), null)
+      let read = new Map<string, PipelineDef>()
+      const outcomes = await this.#transaction(async (client, begin) => {
+        read = new Map()
+        return await this.#apply(client, begin, group, known, read)
+      }, null)
+      // Only what a committed transaction read: a definition inserted by one that rolled back is not stored.
+      for (const [name, def] of read) this.#storedDefs.set(name, def)
+      return outcomes
     } catch (err) {
       const state = sqlState(err)
       if (state === undefined || !state.startsWith('22')) throw err
@@ -216,7 +229,8 @@ export class PgStore {
     }
   }
 
-  async #apply (client: pg.PoolClient, begin: () => Promise<void>, group: readonly QueuedBatch[], known: (name: string) => PipelineDef | undefined): Promise<BatchOutcome[]> {
+  async #apply (client: pg.PoolClient, begin: () => Promise<void>, group: readonly QueuedBatch[], known: (name: string) => PipelineDef | undefined,
+    read: Map<string, PipelineDef>): Promise<BatchOutcome[]> {
     const outcomes: Array<BatchOutcome | undefined> = group.map(() => undefined)
     // Definitions: the first of a name in the group is stored if the name is new; then every batch is
     // checked against what is stored (and this process's file), in the same transaction.
@@ -237,7 +251,7 @@ export class PgStore {
       const { rows } = await client.query<{ def: PipelineDef }>('SELECT def FROM fogmesh_pipelines WHERE name = ANY($1::text[])', [defs.map(d => d.name)])
       for (const r of rows) {
         stored.set(r.def.name, r.def)
-        this.#storedDefs.set(r.def.name, r.def)
+        read.set(r.def.name, r.def)
       }
     }
     const newer = new Map<string, PipelineDef>()
@@ -261,8 +275,7 @@ export class PgStore {
     if (newer.size > 0) await begin()
     for (const d of [...newer.values()].sort((a, b) => a.name < b.name ? -1 : 1)) {
       await client.query('UPDATE fogmesh_pipelines SET version = $2, def = $3 WHERE name = $1 AND version < $2', [d.name, d.version, JSON.stringify(d)])
-      // Read again at the next batch that brings it: the update may not commit.
-      this.#storedDefs.delete(d.name)
+      read.set(d.name, d)
     }
 
     // Contributions: of several to the same window and edge in the group, the one that supersedes the
