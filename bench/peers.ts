@@ -33,8 +33,8 @@ import { homedir } from 'node:os'
 import { delimiter, dirname, join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { connectAsync } from 'mqtt'
-import { cpuTimes, getText, median, metricValue, peakRssMiB, pollCounter, rateOf, REPO_DIR, scriptPath, spawnNode, stopChild } from './lib.ts'
-import type { Child } from './lib.ts'
+import { cpuTimes, getText, median, metricValue, peakRssMiB, rateOf, REPO_DIR, scriptPath, spawnNode, stopChild } from './lib.ts'
+import type { Child, Sample } from './lib.ts'
 import { edgePipelinesYaml } from './peers/workload.ts'
 
 const PIPELINE = 'peers'
@@ -94,6 +94,8 @@ export interface PeersResults {
   peers: PeerSummary[]
   /** The agent's rate over each peer's (medians). */
   agentOver: { subscriber: number | null, nodeRed: number | null }
+  /** Each peer's CPU time per reading over the agent's (medians): above 1, the agent costs less. */
+  cpuOverAgent: { subscriber: number | null, nodeRed: number | null }
   goal: number
   meetsGoal: boolean | null
   runs: PeerRun[]
@@ -306,6 +308,39 @@ async function probe (broker: Broker, target: Target): Promise<number> {
   return target.counter(await getText(target.metricsUrl)) ?? 0
 }
 
+/** A peer that has counted nothing more for this long has lost readings (or stopped). */
+const STALL_MS = 60_000
+
+/**
+ * Polls a counter every 50 ms until it reaches `target`. Unlike lib's pollCounter, a scrape that fails
+ * or takes long is not the end of the run: Node-RED answers its HTTP endpoint on the same event loop as
+ * its flow, and with a backlog queued inside it, an answer can take seconds. `samples` is undefined when
+ * the counter stalled; `last` is its last value.
+ */
+async function countUntil (url: string, read: (text: string) => number, target: number): Promise<{ samples?: Sample[], last: number }> {
+  const samples: Sample[] = []
+  let last = 0
+  let movedAt = performance.now()
+  for (;;) {
+    const t0 = performance.now()
+    let text: string | undefined
+    try {
+      text = await getText(url, STALL_MS)
+    } catch {}
+    const t1 = performance.now()
+    if (text !== undefined) {
+      const count = read(text)
+      samples.push({ t: (t0 + t1) / 2, count })
+      if (count >= target) return { samples, last: count }
+      if (count !== last) movedAt = t1
+      last = count
+    }
+    if (t1 - movedAt > STALL_MS) return { last }
+    const wait = t0 + 50 - performance.now()
+    if (wait > 0) await sleep(wait)
+  }
+}
+
 async function runOnce (kind: PeerKind, round: number, dir: string, pipelines: string, broker: Broker, readings: number): Promise<PeerRun> {
   const run: PeerRun = { kind, round, fullyCounted: false, counted: 0, readingsPerSecond: null, cpuUsPerReading: null, peakRssMiB: null, checks: {} }
   let target: Target | undefined
@@ -316,27 +351,14 @@ async function runOnce (kind: PeerKind, round: number, dir: string, pipelines: s
     await publisher.line(/^ready /, 60_000)
     const probes = await probe(broker, target)
     const t = target
-    const poll = pollCounter({
-      url: t.metricsUrl,
-      read: text => { const n = t.counter(text); return n === undefined ? undefined : n - probes },
-      intervalMs: 50,
-      startMs: 30_000,
-      stallMs: 20_000,
-      timeoutMs: 300_000
-    })
     const cpuBefore = cpuTimes(t.child.pid).process
-    const polling = poll.until(readings)
     publisher.send('go\n')
-    let samples
-    try {
-      samples = await polling
-    } catch (err) {
-      run.error = (err as Error).message
-      run.counted = (t.counter(await getText(t.metricsUrl)) ?? probes) - probes
+    const { samples, last } = await countUntil(t.metricsUrl, text => (t.counter(text) ?? probes) - probes, readings)
+    if (samples === undefined) {
+      run.error = `counted ${last} of ${readings}: no progress for ${STALL_MS / 1000} s`
+      run.counted = last
       run.peakRssMiB = round1(peakRssMiB(t.child.pid))
       return run
-    } finally {
-      poll.stop()
     }
     const cpu = cpuTimes(t.child.pid).process - cpuBefore
     run.peakRssMiB = round1(peakRssMiB(t.child.pid))
@@ -368,6 +390,10 @@ function round2 (x: number): number {
   return Math.round(x * 100) / 100
 }
 
+function roundOrNull (x: number | null, digits: number): number | null {
+  return x === null ? null : Math.round(x * 10 ** digits) / 10 ** digits
+}
+
 function medianOf (xs: Array<number | null>): number | null {
   const known = xs.filter(x => x !== null)
   return known.length === 0 ? null : median(known)
@@ -381,7 +407,7 @@ const WHAT: Record<PeerKind, string> = {
 
 export async function runPeersBench (o: PeersOptions): Promise<PeersResults> {
   const began = performance.now()
-  const rounds = o.rounds ?? (o.quick ? 2 : 3)
+  const rounds = o.rounds ?? (o.quick ? 2 : 5)
   const readings = o.readings ?? (o.quick ? 100_000 : 200_000)
   const dir = join(o.workDir, 'peers')
   mkdirSync(dir, { recursive: true })
@@ -395,7 +421,8 @@ export async function runPeersBench (o: PeersOptions): Promise<PeersResults> {
   const runs: PeerRun[] = []
   try {
     for (let round = 1; round <= rounds; round++) {
-      for (const kind of kinds) {
+      // Each round starts with the next peer, so that none always runs right after the same one.
+      for (const kind of kinds.map((_, i) => kinds[(i + round - 1) % kinds.length])) {
         const r = await runOnce(kind, round, join(dir, `round-${round}`), join(dir, 'pipelines.yaml'), broker, readings)
         runs.push(r)
         const c = r.checks
@@ -419,14 +446,17 @@ export async function runPeersBench (o: PeersOptions): Promise<PeersResults> {
       ...(kind === 'node-red' && skipped !== undefined ? { skipped } : {}),
       runs: mine.length,
       allFullyCounted: mine.length > 0 && ok.length === mine.length,
-      readingsPerSecond: medianOf(ok.map(r => r.readingsPerSecond)),
-      cpuUsPerReading: medianOf(ok.map(r => r.cpuUsPerReading)),
-      peakRssMiB: medianOf(mine.map(r => r.peakRssMiB))
+      readingsPerSecond: roundOrNull(medianOf(ok.map(r => r.readingsPerSecond)), 0),
+      cpuUsPerReading: roundOrNull(medianOf(ok.map(r => r.cpuUsPerReading)), 2),
+      peakRssMiB: roundOrNull(medianOf(mine.map(r => r.peakRssMiB)), 1)
     }
   })
   const rate = (k: PeerKind) => peers.find(p => p.kind === k)!.readingsPerSecond
   const over = (k: PeerKind) => { const a = rate('agent'); const b = rate(k); return a === null || b === null ? null : Math.round(a / b * 1000) / 1000 }
   const agentOver = { subscriber: over('subscriber'), nodeRed: over('node-red') }
+  const cpu = (k: PeerKind) => peers.find(p => p.kind === k)!.cpuUsPerReading
+  const cpuOver = (k: PeerKind) => { const a = cpu('agent'); const b = cpu(k); return a === null || b === null ? null : Math.round(b / a * 1000) / 1000 }
+  const cpuOverAgent = { subscriber: cpuOver('subscriber'), nodeRed: cpuOver('node-red') }
   const meetsGoal = agentOver.subscriber === null ? null : agentOver.subscriber >= GOAL
   if (meetsGoal === false) warnings.push(`peers: the agent reached ${pct(agentOver.subscriber!)} of the hand-written subscriber's rate (goal ${pct(GOAL)})`)
   return {
@@ -439,6 +469,7 @@ export async function runPeersBench (o: PeersOptions): Promise<PeersResults> {
     nodeRed: { version: installedVersion(nodeRedDir(), 'node-red'), aggregator: installedVersion(nodeRedDir(), 'node-red-contrib-aggregator'), ...(skipped === undefined ? {} : { skipped }) },
     peers,
     agentOver,
+    cpuOverAgent,
     goal: GOAL,
     meetsGoal,
     runs,
@@ -460,6 +491,7 @@ export function peersRows (r: PeersResults): Array<[string, string]> {
       : `${fmt(p.readingsPerSecond, ' readings/s')} fully counted${p.allFullyCounted ? '' : ' (NOT in every round)'}, peak RSS ${fmt(p.peakRssMiB, ' MiB')}, ` +
         `${fmt(p.cpuUsPerReading, ' cpu µs/reading')}`]),
     ['peers agent/subscriber', r.agentOver.subscriber === null ? 'n/a' : `${pct(r.agentOver.subscriber)} (goal >= ${pct(r.goal)}: ${r.meetsGoal === true ? 'met' : 'NOT met'})` +
-      (r.agentOver.nodeRed === null ? '' : `; agent/Node-RED ${pct(r.agentOver.nodeRed)}`)]
+      (r.agentOver.nodeRed === null ? '' : `; agent/Node-RED ${pct(r.agentOver.nodeRed)}`)],
+    ['peers cpu per reading', `subscriber/agent ${r.cpuOverAgent.subscriber ?? 'n/a'}, Node-RED/agent ${r.cpuOverAgent.nodeRed ?? 'n/a'} (above 1: the agent costs less)`]
   ]
 }
