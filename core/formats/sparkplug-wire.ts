@@ -6,11 +6,27 @@
  *
  * 64-bit fields (timestamps, seq, aliases, Int64/UInt64/DateTime values) arrive as Long objects or
  * numbers; they become numbers, exact below 2^53.
+ *
+ * The protobuf code (protobufjs and long, about a megabyte resident) is loaded at the first payload
+ * encoded or decoded, not by every node that merely lists the format: it is CommonJS, so a synchronous
+ * require() does it.
  */
-import proto from 'sparkplug-payload/lib/sparkplugPayloadProto.js'
+import { createRequire } from 'node:module'
+import type ProtoModule from 'sparkplug-payload/lib/sparkplugPayloadProto.js'
 
-export const SparkplugPayload = proto.org.eclipse.tahu.protobuf.Payload
-export type WirePayload = InstanceType<typeof SparkplugPayload>
+type PayloadClass = typeof ProtoModule.org.eclipse.tahu.protobuf.Payload
+let payloadClass: PayloadClass | undefined
+
+/** The generated Payload class, loaded on first use. */
+function sparkplugPayload (): PayloadClass {
+  if (payloadClass === undefined) {
+    const proto = createRequire(import.meta.url)('sparkplug-payload/lib/sparkplugPayloadProto.js') as typeof ProtoModule
+    payloadClass = proto.org.eclipse.tahu.protobuf.Payload
+  }
+  return payloadClass
+}
+
+export type WirePayload = InstanceType<PayloadClass>
 export type WireMetric = WirePayload['metrics'][number]
 
 export const NAMESPACE = 'spBv1.0'
@@ -143,13 +159,13 @@ export function valueFields (datatype: number, value: number | boolean | string)
   }
 }
 
-export function encodeSparkplug (payload: ConstructorParameters<typeof SparkplugPayload>[0]): Uint8Array {
-  return SparkplugPayload.encode(payload ?? {}).finish()
+export function encodeSparkplug (payload: ConstructorParameters<PayloadClass>[0]): Uint8Array {
+  return sparkplugPayload().encode(payload ?? {}).finish()
 }
 
 /** Throws what protobufjs throws on a truncated or garbled payload. */
 export function decodeSparkplug (bytes: Uint8Array): WirePayload {
-  return SparkplugPayload.decode(bytes)
+  return sparkplugPayload().decode(bytes)
 }
 
 /** The NCMD a host application sends to ask a node for a new NBIRTH (and DBIRTHs). */
