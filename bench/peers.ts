@@ -96,6 +96,8 @@ export interface PeersResults {
   agentOver: { subscriber: number | null, nodeRed: number | null }
   /** Each peer's CPU time per reading over the agent's (medians): above 1, the agent costs less. */
   cpuOverAgent: { subscriber: number | null, nodeRed: number | null }
+  /** The agent's rate over the subscriber's in each round (null where either was not fully counted). */
+  agentOverSubscriberPerRound: Array<number | null>
   goal: number
   meetsGoal: boolean | null
   runs: PeerRun[]
@@ -457,6 +459,12 @@ export async function runPeersBench (o: PeersOptions): Promise<PeersResults> {
   const cpu = (k: PeerKind) => peers.find(p => p.kind === k)!.cpuUsPerReading
   const cpuOver = (k: PeerKind) => { const a = cpu('agent'); const b = cpu(k); return a === null || b === null ? null : Math.round(b / a * 1000) / 1000 }
   const cpuOverAgent = { subscriber: cpuOver('subscriber'), nodeRed: cpuOver('node-red') }
+  const agentOverSubscriberPerRound = Array.from({ length: rounds }, (_, i) => {
+    const of = (k: PeerKind) => runs.find(r => r.kind === k && r.round === i + 1 && r.fullyCounted)?.readingsPerSecond ?? null
+    const a = of('agent')
+    const b = of('subscriber')
+    return a === null || b === null ? null : Math.round(a / b * 1000) / 1000
+  })
   const meetsGoal = agentOver.subscriber === null ? null : agentOver.subscriber >= GOAL
   if (meetsGoal === false) warnings.push(`peers: the agent reached ${pct(agentOver.subscriber!)} of the hand-written subscriber's rate (goal ${pct(GOAL)})`)
   return {
@@ -470,6 +478,7 @@ export async function runPeersBench (o: PeersOptions): Promise<PeersResults> {
     peers,
     agentOver,
     cpuOverAgent,
+    agentOverSubscriberPerRound,
     goal: GOAL,
     meetsGoal,
     runs,
@@ -490,7 +499,8 @@ export function peersRows (r: PeersResults): Array<[string, string]> {
       ? `skipped: ${p.skipped}`
       : `${fmt(p.readingsPerSecond, ' readings/s')} fully counted${p.allFullyCounted ? '' : ' (NOT in every round)'}, peak RSS ${fmt(p.peakRssMiB, ' MiB')}, ` +
         `${fmt(p.cpuUsPerReading, ' cpu µs/reading')}`]),
-    ['peers agent/subscriber', r.agentOver.subscriber === null ? 'n/a' : `${pct(r.agentOver.subscriber)} (goal >= ${pct(r.goal)}: ${r.meetsGoal === true ? 'met' : 'NOT met'})` +
+    ['peers agent/subscriber', r.agentOver.subscriber === null ? 'n/a' : `${pct(r.agentOver.subscriber)} (goal >= ${pct(r.goal)}: ${r.meetsGoal === true ? 'met' : 'NOT met'}; ` +
+      `per round ${r.agentOverSubscriberPerRound.map(x => x === null ? 'n/a' : pct(x)).join(' ')})` +
       (r.agentOver.nodeRed === null ? '' : `; agent/Node-RED ${pct(r.agentOver.nodeRed)}`)],
     ['peers cpu per reading', `subscriber/agent ${r.cpuOverAgent.subscriber ?? 'n/a'}, Node-RED/agent ${r.cpuOverAgent.nodeRed ?? 'n/a'} (above 1: the agent costs less)`]
   ]
