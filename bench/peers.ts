@@ -191,7 +191,9 @@ async function ensureNodeRed (log: (line: string) => void): Promise<string | und
     execFile('npm', ['install', '--prefix', dir, '--no-audit', '--no-fund', '--loglevel=error', NODE_RED, AGGREGATOR],
       { env, timeout: 600_000, maxBuffer: 16 * 1048576 }, (err, _stdout, stderr) => {
         if (err === null) return resolve(undefined)
-        const why = (stderr.trim().split('\n').filter(l => l.trim() !== '').slice(-2).join(' ') || err.message).slice(0, 300)
+        // npm's first error lines say what failed (code, request); its last ones only where its log is.
+        const lines = stderr.split('\n').map(l => l.trim()).filter(l => l !== '' && !/complete log|proxy|npm help/i.test(l))
+        const why = (lines.slice(0, 2).join(' ') || err.message).slice(0, 300)
         resolve(`npm install failed: ${why}`)
       })
   })
