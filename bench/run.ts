@@ -3,7 +3,7 @@
  * same run on the same machine. Shared CI machines are too noisy for absolute figures to mean anything,
  * so the bench reports ratios, takes the median of alternating rounds, and asserts nothing.
  *
- *   node bench/run.ts [--quick] [--only edge|upstream|cluster|cluster-long|mesh|formats|soak|peers|cloud-pg] [--long DURATION] [--rounds N] [--readings N] [--poll-ms MS]
+ *   node bench/run.ts [--quick] [--only edge|upstream|cluster|cluster-long|mesh|formats|soak|sinks|peers|cloud-pg] [--long DURATION] [--rounds N] [--readings N] [--poll-ms MS]
  *                     [--profile | --no-profile] [--agent-node-args="--max-semi-space-size=2 ..."] [--out FILE]
  *
  * Throughput: bench/publisher.ts (its own process) writes M pre-encoded QoS 0 readings over one
@@ -29,6 +29,9 @@
  * (bench/peers.ts, `--only peers`): the agent against a hand-written mqtt.js subscriber and Node-RED
  * on the same burst through one Mosquitto: rate fully counted, peak RSS, CPU per reading. Results go to
  * stdout and bench/results.json; with --only, the parts not run keep their figures from the previous file.
+ * Sinks (bench/sinks.ts, `--only sinks`): each sink type against its real target on loopback, at the
+ * demo's rate of final windows and at 10x it (delivered/offered, lag from offer to acknowledgement),
+ * and its max sustained rate.
  */
 import { execFileSync } from 'node:child_process'
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
@@ -49,6 +52,7 @@ import { clusterLongRows, clusterRows, runClusterBench, runClusterLongBench } fr
 import { meshRows, runMeshBench } from './mesh.ts'
 import { formatsRows, runFormatsBench } from './formats.ts'
 import { runSoakBench, soakRows } from './soak.ts'
+import { runSinksBench, sinksRows } from './sinks.ts'
 import { peersRows, runPeersBench } from './peers.ts'
 import { cloudPgRows, runCloudPgBench } from './cloud-pg.ts'
 import { edgePipelinesYaml } from './peers/workload.ts'
@@ -76,7 +80,7 @@ function readArgs () {
 }
 
 function usage (message: string): never {
-  process.stderr.write(`bench: ${message}\nusage: node bench/run.ts [--quick] [--only edge|upstream|cluster|cluster-long|mesh|formats|soak|peers|cloud-pg] [--long DURATION] [--rounds N] [--readings N] [--poll-ms MS] ` +
+  process.stderr.write(`bench: ${message}\nusage: node bench/run.ts [--quick] [--only edge|upstream|cluster|cluster-long|mesh|formats|soak|sinks|peers|cloud-pg] [--long DURATION] [--rounds N] [--readings N] [--poll-ms MS] ` +
     '[--profile | --no-profile] [--agent-node-args="--max-semi-space-size=2 ..."] [--out FILE]\n')
   process.exit(2)
 }
@@ -108,7 +112,7 @@ function positiveInt (name: string, raw: string | undefined, fallback: number): 
 }
 
 const quick = args.quick === true
-const PARTS = ['edge', 'upstream', 'cluster', 'cluster-long', 'mesh', 'formats', 'soak', 'peers', 'cloud-pg']
+const PARTS = ['edge', 'upstream', 'cluster', 'cluster-long', 'mesh', 'formats', 'soak', 'peers', 'cloud-pg', 'sinks']
 if (args.only !== undefined && !PARTS.includes(args.only)) usage(`--only: expected ${PARTS.join(', ')}, got ${args.only}`)
 const parts = {
   edge: args.only === undefined || args.only === 'edge',
@@ -118,6 +122,8 @@ const parts = {
   mesh: args.only === undefined || args.only === 'mesh',
   // Sparkplug B ingest against JSON, in-process (bench/formats.ts)
   formats: args.only === undefined || args.only === 'formats',
+  // Only this way: its paced runs at the demo's rate take minutes (bench/sinks.ts)
+  sinks: args.only === 'sinks',
   // Only this way: an hour-long run is no part of a full bench (bench/soak.ts)
   // Only this way: it installs Node-RED on first use (bench/peers.ts)
   peers: args.only === 'peers',
@@ -569,6 +575,7 @@ async function main (): Promise<void> {
   const mesh = parts.mesh ? await runMeshBench({ quick, log, rounds: args.rounds === undefined ? undefined : opts.rounds }) : undefined
   const formats = parts.formats ? runFormatsBench({ quick, log }) : undefined
   const soak = parts.soak ? await runSoakBench({ workDir, durationMs: longMs, log }) : undefined
+  const sinks = parts.sinks ? await runSinksBench({ workDir, quick, log }) : undefined
   const peers = parts.peers
     ? await runPeersBench({ workDir, quick, log, rounds: args.rounds === undefined ? undefined : opts.rounds, readings: args.readings === undefined ? undefined : opts.readings })
     : undefined
@@ -578,7 +585,7 @@ async function main (): Promise<void> {
   const out = args.out ?? join(BENCH_DIR, 'results.json')
   // A part not run keeps the figures of the previous file (the top-level date and machine are the edge part's).
   const previous = existsSync(out) ? JSON.parse(readFileSync(out, 'utf8')) as Record<string, unknown> : {}
-  const { upstream: previousUpstream, cluster: previousCluster, clusterLong: previousClusterLong, mesh: previousMesh, formats: previousFormats, soak: previousSoak, peers: previousPeers, cloudPg: previousCloudPg, ...previousEdge } = previous
+  const { upstream: previousUpstream, cluster: previousCluster, clusterLong: previousClusterLong, mesh: previousMesh, formats: previousFormats, soak: previousSoak, peers: previousPeers, cloudPg: previousCloudPg, sinks: previousSinks, ...previousEdge } = previous
   const results = {
     ...(edge === undefined
       ? previousEdge
@@ -588,6 +595,7 @@ async function main (): Promise<void> {
     clusterLong: clusterLong === undefined ? previousClusterLong : { ...clusterLong, machine: { ...machine, loadavgAtEnd: loadAtEnd } },
     mesh: mesh === undefined ? previousMesh : { ...mesh, quick, machine: { ...machine, loadavgAtEnd: loadAtEnd } },
     formats: formats === undefined ? previousFormats : { ...formats, quick },
+    sinks: sinks === undefined ? previousSinks : { ...sinks, quick, machine: { ...machine, loadavgAtEnd: loadAtEnd } },
     peers: peers === undefined ? previousPeers : { ...peers, quick, machine: { ...machine, loadavgAtEnd: loadAtEnd } },
     soak: soak === undefined ? previousSoak : { ...soak, machine: { ...machine, loadavgAtEnd: loadAtEnd } },
     cloudPg: cloudPg === undefined ? previousCloudPg : { ...cloudPg, quick, machine: { ...machine, loadavgAtEnd: loadAtEnd } }
@@ -605,12 +613,13 @@ async function main (): Promise<void> {
     ...(clusterLong !== undefined ? clusterLongRows(clusterLong) : []),
     ...(mesh !== undefined ? meshRows(mesh) : []),
     ...(formats !== undefined ? formatsRows(formats) : []),
+    ...(sinks !== undefined ? sinksRows(sinks) : []),
     ...(soak !== undefined ? soakRows(soak) : []),
     ...(peers !== undefined ? peersRows(peers) : []),
     ...(cloudPg !== undefined ? cloudPgRows(cloudPg) : []),
     ['duration', `${Math.round((performance.now() - started) / 100) / 10} s; load ${machine.loadavgAtStart.join(' ')} -> ${loadAtEnd.join(' ')}`]
   ]))
-  for (const w of [...(edge?.results.warnings ?? []), ...(upstream?.warnings ?? []), ...(cluster?.warnings ?? []), ...(clusterLong?.warnings ?? []), ...(mesh?.warnings ?? []), ...(soak?.warnings ?? []), ...(peers?.warnings ?? []), ...(cloudPg?.warnings ?? [])]) log(`warning: ${w}`)
+  for (const w of [...(edge?.results.warnings ?? []), ...(upstream?.warnings ?? []), ...(cluster?.warnings ?? []), ...(clusterLong?.warnings ?? []), ...(mesh?.warnings ?? []), ...(sinks?.warnings ?? []), ...(soak?.warnings ?? []), ...(peers?.warnings ?? []), ...(cloudPg?.warnings ?? [])]) log(`warning: ${w}`)
   log(`wrote ${out.startsWith(REPO_DIR + '/') ? relative(process.cwd(), out) : out}`)
 }
 
