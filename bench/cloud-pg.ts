@@ -11,12 +11,13 @@
  * stays out of the figure (--finalize-after is longer than the run). Ratios, not absolute figures: the
  * machine (and its CPU cores, which PostgreSQL, the clouds and the load share) is whatever runs it.
  */
+import { readdirSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { encode } from 'cbor-x'
 import pg from 'pg'
 import { batchRequest, closedLoop, windowEntries } from './cluster-workload.ts'
 import type { Request } from './cluster-workload.ts'
-import { median, REPO_DIR, spawnNode, stopChild } from './lib.ts'
+import { cpuTimes, median, REPO_DIR, spawnNode, stopChild } from './lib.ts'
 import type { Child } from './lib.ts'
 import { startPostgres } from '../test/helpers/postgres.ts'
 
@@ -30,6 +31,8 @@ const WINDOW_MS = 10_000
 const AIM_OF_RAW = 0.5
 const AIM_SCALING = 1.6
 
+interface Cpu { postgres: number, clouds: number, load: number }
+
 export interface CloudPgResult {
   rounds: number
   roundMs: number
@@ -39,11 +42,49 @@ export interface CloudPgResult {
   rawPerSecond: number
   onePerSecond: number
   twoPerSecond: number
+  /**
+   * CPU time per 1,000 contributions (medians, ms): of PostgreSQL (every process of that server), of
+   * the cloud processes, and of this load process. Where the time goes on a machine whose cores all
+   * three share.
+   */
+  cpuPerThousand: Record<'raw' | 'one' | 'two', { postgres: number, clouds: number, load: number }>
   /** one / raw. */
   oneOfRaw: number
   /** two / one. */
   scaling: number
   warnings: string[]
+}
+
+/** CPU time (ms) of the PostgreSQL server listening on `port`: the postmaster, its exited children and its live ones. */
+function postgresCpuMs (port: number): number {
+  const stat = (pid: string): string[] => {
+    const line = readFileSync(`/proc/${pid}/stat`, 'utf8')
+    return line.slice(line.lastIndexOf(')') + 2).split(' ')
+  }
+  let master: string | undefined
+  const all = readdirSync('/proc').filter(e => /^\d+$/.test(e))
+  for (const pid of all) {
+    try {
+      const args = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0')
+      if (args[0].endsWith('/postgres') && args.includes(String(port))) master = pid
+    } catch {}
+  }
+  if (master === undefined) return NaN
+  // utime, stime, cutime, cstime (fields 14-17, here 11-14): in clock ticks of 10 ms.
+  const ms = (f: string[], children: boolean) => (Number(f[11]) + Number(f[12]) + (children ? Number(f[13]) + Number(f[14]) : 0)) * 10
+  let total = ms(stat(master), true)
+  for (const pid of all) {
+    try {
+      const f = stat(pid)
+      if (f[1] === master) total += ms(f, false)
+    } catch {}
+  }
+  return total
+}
+
+function ownCpuMs (): number {
+  const u = process.cpuUsage()
+  return (u.user + u.system) / 1000
 }
 
 async function post (url: string, req: Request): Promise<string> {
@@ -93,11 +134,18 @@ export async function runCloudPgBench (o: { workDir: string, quick: boolean, log
         ws.map(w => encode(w.contributions[0].states))])
       return 'ok'
     })
-    const rate = async (what: string, ops: Array<() => Promise<string>>): Promise<number> => {
+    const cpu = { raw: [] as Cpu[], one: [] as Cpu[], two: [] as Cpu[] }
+    const rate = async (what: keyof typeof cpu, ops: Array<() => Promise<string>>): Promise<number> => {
+      const cloudsMs = () => clouds.reduce((n, c) => n + cpuTimes(c.pid).process, 0)
+      const before = { postgres: postgresCpuMs(pgServer.port), clouds: cloudsMs(), load: ownCpuMs() }
       const r = await closedLoop(ops, roundMs)
+      const contributions = (r.ok + r.okAfterEnd) * WINDOWS
+      const per = (now: number, then: number) => Math.round((now - then) / contributions * 1000 * 10) / 10
+      cpu[what].push({ postgres: per(postgresCpuMs(pgServer.port), before.postgres), clouds: per(cloudsMs(), before.clouds), load: per(ownCpuMs(), before.load) })
       const failed = Object.entries(r.failed).map(([k, n]) => `${k} x${n}`).join(', ')
       const perSecond = r.ok * WINDOWS / (roundMs / 1000)
-      o.log(`cloud-pg: ${what}: ${Math.round(perSecond)} contributions/s${failed === '' ? '' : ` (failed: ${failed})`}`)
+      const c = cpu[what][cpu[what].length - 1]
+      o.log(`cloud-pg: ${what}: ${Math.round(perSecond)} contributions/s; CPU ms per 1000: postgres ${c.postgres}, clouds ${c.clouds}, load ${c.load}${failed === '' ? '' : ` (failed: ${failed})`}`)
       return perSecond
     }
     // A first short pass of each warms up the connections and the JIT; it is not counted.
@@ -105,9 +153,9 @@ export async function runCloudPgBench (o: { workDir: string, quick: boolean, log
     await closedLoop(through(2), 500)
     const figures = { raw: [] as number[], one: [] as number[], two: [] as number[] }
     for (let round = 0; round < rounds; round++) {
-      figures.raw.push(await rate('raw inserts', raw))
-      figures.one.push(await rate('one cloud process', through(1)))
-      figures.two.push(await rate('two cloud processes', through(2)))
+      figures.raw.push(await rate('raw', raw))
+      figures.one.push(await rate('one', through(1)))
+      figures.two.push(await rate('two', through(2)))
     }
     const rawPerSecond = Math.round(median(figures.raw))
     const onePerSecond = Math.round(median(figures.one))
@@ -117,7 +165,9 @@ export async function runCloudPgBench (o: { workDir: string, quick: boolean, log
     const warnings: string[] = []
     if (oneOfRaw < AIM_OF_RAW) warnings.push(`cloud-pg: one process commits ${oneOfRaw} of raw inserts (aim ${AIM_OF_RAW})`)
     if (scaling < AIM_SCALING) warnings.push(`cloud-pg: two processes commit ${scaling}x one (aim ${AIM_SCALING}x)`)
-    return { rounds, roundMs, contributionsPerBatch: WINDOWS, loops: LOOPS, rawPerSecond, onePerSecond, twoPerSecond, oneOfRaw, scaling, warnings }
+    const medianCpu = (xs: Cpu[]): Cpu => ({ postgres: median(xs.map(x => x.postgres)), clouds: median(xs.map(x => x.clouds)), load: median(xs.map(x => x.load)) })
+    const cpuPerThousand = { raw: medianCpu(cpu.raw), one: medianCpu(cpu.one), two: medianCpu(cpu.two) }
+    return { rounds, roundMs, contributionsPerBatch: WINDOWS, loops: LOOPS, rawPerSecond, onePerSecond, twoPerSecond, cpuPerThousand, oneOfRaw, scaling, warnings }
   } finally {
     await pool.end().catch(() => {})
     await Promise.all(clouds.map(async c => await stopChild(c)))
@@ -127,5 +177,7 @@ export async function runCloudPgBench (o: { workDir: string, quick: boolean, log
 
 export function cloudPgRows (r: CloudPgResult): Array<[string, string]> {
   return [['cloud on PostgreSQL', `raw inserts ${r.rawPerSecond}/s, one cloud process ${r.onePerSecond}/s (x${r.oneOfRaw} of raw, aim ${AIM_OF_RAW}), ` +
-    `two ${r.twoPerSecond}/s (x${r.scaling} of one, aim ${AIM_SCALING}); contributions committed, ${r.loops} loops of ${r.contributionsPerBatch}-window batches, median of ${r.rounds} rounds`]]
+    `two ${r.twoPerSecond}/s (x${r.scaling} of one, aim ${AIM_SCALING}); contributions committed, ${r.loops} loops of ${r.contributionsPerBatch}-window batches, median of ${r.rounds} rounds`],
+  ['cloud on PostgreSQL, CPU', (['raw', 'one', 'two'] as const).map(k => `${k}: postgres ${r.cpuPerThousand[k].postgres}, clouds ${r.cpuPerThousand[k].clouds}, load ${r.cpuPerThousand[k].load}`).join('; ') +
+    ' (ms per 1000 contributions)']]
 }

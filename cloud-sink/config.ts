@@ -22,7 +22,7 @@ export const CLOUD_OPTIONS: OptionTable = {
     help: 'postgres://USER:PASS@HOST:PORT/DB: keep contributions, results and definitions in PostgreSQL (any number of cloud processes on one store form one tier); ${NAME} takes a part from the environment, and without a password PGPASSWORD applies (default: SQLite in the data dir)'
   },
   'store-file': { type: 'string', help: 'file whose first line is the --store URL (keeps the password out of the command line)' },
-  'store-pool': { type: 'int', default: 8, help: 'most connections to the --store PostgreSQL per cloud process' }
+  'store-pool': { type: 'int', default: 4, help: 'most connections to the --store PostgreSQL per cloud process: two for finalization and queries, the others commit batches concurrently' }
 }
 
 /** Where a cloud process keeps its state in PostgreSQL. */
@@ -58,7 +58,7 @@ function storeConfig (raw: string | undefined, file: string | undefined, pool: n
     if (text === '') throw new ConfigError(`--store-file: ${file} is empty`)
   }
   if (text === undefined) return undefined
-  if (pool < 2) throw new ConfigError('--store-pool: at least 2 (batches and finalization each need a connection)')
+  if (pool < 3) throw new ConfigError('--store-pool: at least 3 (batches, finalization and queries each need a connection)')
   // The sinks' reading of `url:` fields: ${NAME} from the environment, errors that never repeat the value.
   const url = new SinkFields({ store: text }, 'cloud', env).url('store', ['postgres:', 'postgresql:'])
   return { url: url.href, shown: redactUrls(url.href), pool }

@@ -39,8 +39,8 @@ import type { PendingWindow, QueuedBatch, StoredWatermark } from './pg-store.ts'
 
 /** Most batches committed together in one transaction. */
 const GROUP_MAX = 64
-/** Groups committed at once by one process (each on its own connection). */
-const GROUPS_IN_FLIGHT = 3
+/** Connections of the pool kept for finalization passes and queries; the others commit groups. */
+const RESERVED_CONNECTIONS = 2
 /** Least time between the starts of two finalization passes, ms. */
 const PASS_GAP = 50
 /** How often windows and results past retention are pruned. */
@@ -57,7 +57,7 @@ export class PgCloud implements ServiceApi {
   readonly role = 'cloud'
   readonly id: string
   readonly metrics = new Metrics()
-  readonly #options: CloudOptions
+  readonly #options: CloudOptions & { store: StoreConfig }
   readonly #log: Logger
   readonly #store: PgStore
   readonly #security: NodeSecurity
@@ -189,9 +189,9 @@ export class PgCloud implements ServiceApi {
 
   // Batches
 
-  /** Starts groups of queued batches, up to GROUPS_IN_FLIGHT at once. */
+  /** Starts groups of queued batches, each on a connection of its own, as many as the pool leaves for them. */
   #drain (): void {
-    while (this.#queue.length > 0 && this.#inFlight < GROUPS_IN_FLIGHT) {
+    while (this.#queue.length > 0 && this.#inFlight < Math.max(1, this.#options.store.pool - RESERVED_CONNECTIONS)) {
       const group = this.#queue.splice(0, GROUP_MAX)
       this.#inFlight++
       void this.#commit(group).finally(() => {

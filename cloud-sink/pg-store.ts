@@ -330,7 +330,9 @@ export class PgStore {
     // One statement (one round trip; a transaction of its own unless definitions or "heard from" need
     // more): the contributions that supersede the stored ones; their windows, created if new, a final
     // one made dirty, each locked (see the top); windows a fog finalized flagged; the watermarks.
-    // `dirty` in the windows' values is "changed": it applies only to a row already final.
+    // `dirty` in the windows' values is "changed": it applies only to a row already final. A window
+    // with nothing to change is not rewritten (no new row version), but ON CONFLICT DO UPDATE locks it
+    // all the same, whatever its WHERE says.
     const applied = new Set<Offer>()
     const wasFinal = new Set<string>()
     if (seen.size > 0) await begin()
@@ -354,6 +356,7 @@ export class PgStore {
            ON CONFLICT (pipeline, key, start_ms, end_ms) DO UPDATE SET
              dirty = w.dirty OR (w.final_revision IS NOT NULL AND excluded.dirty),
              upstream_final = w.upstream_final OR (w.final_revision IS NULL AND excluded.upstream_final)
+           WHERE (w.final_revision IS NOT NULL AND excluded.dirty) OR (w.final_revision IS NULL AND excluded.upstream_final AND NOT w.upstream_final)
            RETURNING pipeline, key, start_ms, end_ms, final_revision IS NOT NULL AS was_final),
          m AS (
            INSERT INTO fogmesh_watermarks AS m (pipeline, edge, watermark, last_seen, idle)
