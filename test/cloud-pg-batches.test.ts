@@ -190,6 +190,51 @@ t.test('two clouds on one store: one tier', async t => {
   noPassword(t, b)
 })
 
+t.test('late contributions racing the finalization at two processes: every window exact, each revision made once', async t => {
+  const pg = await startPostgres()
+  t.teardown(() => pg.stop())
+  const [a, b] = await Promise.all([cloud(t, ['--id', 'ra', '--store', pg.url]), cloud(t, ['--id', 'rb', '--store', pg.url])])
+  const KEYS = 40
+  const keys = Array.from({ length: KEYS }, (_, i) => `k${i}`)
+  const part = (edge: string, k: number): Reading[] => [{ value: k + edge.length, device: `${edge}-d${k % 3}` }, { value: k * 2, device: `${edge}-x` }]
+  // e1 and e2 through different processes, their watermarks past the end: every window becomes due.
+  // e3 (never waited for: it reports no watermark) sends the same late batches to both processes at
+  // once, one key at a time, while those finalizations run: each lands before a window's
+  // finalization, or after it and makes a revision.
+  const e3 = (async () => {
+    for (const [i, key] of keys.entries()) {
+      const late = batch('e3', i + 1, [{ key, w: 0, readings: part('e3', i) }])
+      const [ra, rb] = await Promise.all([post(a.http, late), post(b.http, late)])
+      if (ra.status !== 200 || rb.status !== 200) throw new Error(`e3 batch ${i + 1}: ${ra.status} ${rb.status}`)
+    }
+  })()
+  await Promise.all([
+    post(a.http, batch('e1', 1, keys.map((key, i) => ({ key, w: 0, readings: part('e1', i) })), START + SIZE)),
+    post(b.http, batch('e2', 1, keys.map((key, i) => ({ key, w: 0, readings: part('e2', i) })), START + SIZE)),
+    e3
+  ])
+  const all = async (base: string) => (await fetchJson(`${base}/v1/aggregates/${DEF.name}`)).body.results as ServedResult[]
+  await waitFor(async () => {
+    const rs = await all(a.http)
+    const pending = await pg.query('SELECT 1 FROM fogmesh_windows WHERE final_revision IS NULL OR dirty')
+    return rs.length === KEYS && rs.every(r => r.final && r.sources === 3) && pending.rowCount === 0
+  }, { timeoutMs: 20_000, message: 'every window final with its three contributions' })
+  const results = await all(a.http)
+  t.same(await all(b.http), results, 'both processes serve the same results')
+  const wrong = results.filter(r => JSON.stringify(r.values) !== JSON.stringify(expected([...part('e1', Number(r.key.slice(1))), ...part('e2', Number(r.key.slice(1))), ...part('e3', Number(r.key.slice(1)))])))
+  t.same(wrong.map(r => r.key), [], 'every window holds the merge of all three edges')
+  let finalized = 0
+  let revised = 0
+  for (const p of [a, b]) {
+    finalized += (await fetchMetric(p.http, 'fogmesh_windows_finalized_total')).get(`{pipeline="${DEF.name}"}`) ?? 0
+    revised += (await fetchMetric(p.http, 'fogmesh_windows_revised_total')).get(`{pipeline="${DEF.name}"}`) ?? 0
+  }
+  const revisions = results.reduce((n, r) => n + r.revision, 0)
+  t.equal(finalized, KEYS, 'each window finalized once (revision 0)')
+  t.equal(revised, revisions, `each later revision made once (${revisions} in all)`)
+  t.ok(results.every(r => r.revision <= 1), 'one late contribution per window: at most revision 1')
+})
+
 t.test('the store unreachable at start: the cloud waits, says so, and serves once it is up', async t => {
   const pg = await startPostgres()
   t.teardown(() => pg.stop())
