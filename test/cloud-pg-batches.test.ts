@@ -235,6 +235,29 @@ t.test('late contributions racing the finalization at two processes: every windo
   t.ok(results.every(r => r.revision <= 1), 'one late contribution per window: at most revision 1')
 })
 
+t.test('a fog\'s final window is final at once, whichever process takes it, and counts once', async t => {
+  const pg = await startPostgres()
+  t.teardown(() => pg.stop())
+  const [a, b] = await Promise.all([cloud(t, ['--id', 'fa', '--store', pg.url]), cloud(t, ['--id', 'fb', '--store', pg.url])])
+  const e1 = [{ value: 3, device: 'd1' }]
+  const e2 = [{ value: 4, device: 'd2' }, { value: 8, device: 'd3' }]
+  const contribution = (edge: string, rs: Reading[]) => batch(edge, 1, [{ key: 'r', w: 2, readings: rs }]).windows[0].contributions[0]
+  const fog: Batch = {
+    sender: 'f1',
+    role: 'fog',
+    seq: 1,
+    pipelines: [DEF],
+    watermarks: [],
+    windows: [{ pipeline: DEF.name, key: 'r', start: START + 2 * SIZE, end: START + 3 * SIZE, final: 0, contributions: [contribution('e1', e1), contribution('e2', e2)] }]
+  }
+  t.same((await post(a.http, fog)).body, { acked: 1, applied: 2, ignored: 0 })
+  const want = { final: true, revision: 0, sources: 2, values: expected([...e1, ...e2]) }
+  await waitFor(async () => (await result(b.http, 'r', 2) as { final?: boolean } | undefined)?.final, { timeoutMs: 10_000, message: 'final without any watermark' })
+  t.same((await post(b.http, fog)).body, { acked: 1, applied: 0, ignored: 2 }, 'the same batch at the other process changes nothing')
+  await new Promise(resolve => setTimeout(resolve, 500))
+  for (const p of [a, b]) t.same(await result(p.http, 'r', 2), want, `${p.id}: final at revision 0`)
+})
+
 t.test('the store unreachable at start: the cloud waits, says so, and serves once it is up', async t => {
   const pg = await startPostgres()
   t.teardown(() => pg.stop())
