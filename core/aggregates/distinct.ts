@@ -2,7 +2,9 @@
  * distinct(x): the number of distinct values; 0 for an empty window. x is a number or a string and
  * values compare by their string form, so 1 and '1' are the same value (String(v)).
  *
- * Exact up to 1000 distinct values (a Set of strings; nothing is hashed). Beyond that the set turns
+ * Exact up to 1000 distinct values (the strings themselves, nothing hashed: a lone value as it is, which
+ * is the usual state at an edge, one per key and window, e.g. distinct(room) keyed by device; two or
+ * more in a Set, which costs some 200 bytes even for two). Beyond that the set turns
  * into a HyperLogLog sketch of precision 14 (16384 registers of one byte, from a 64-bit xxHash), read
  * with Otmar Ertl's improved raw estimator ("New cardinality estimation algorithms for HyperLogLog
  * sketches", 2017), which is unbiased from tiny to huge cardinalities without empirical bias tables:
@@ -33,7 +35,9 @@ const ZERO_RUN = 64
 const { h32 } = await xxhash()
 
 export interface DistinctState {
-  /** The distinct values while exact, else null. */
+  /** While exact with at most one value: that value (null: none yet); else null. */
+  one: string | null
+  /** While exact with two values or more: the values; else null. */
   set: Set<string> | null
   /** The HyperLogLog registers once the set overflowed, else null. */
   regs: Uint8Array | null
@@ -52,11 +56,32 @@ function addToSketch (regs: Uint8Array, value: string): void {
   if (r > regs[i]) regs[i] = r
 }
 
-function toSketch (state: DistinctState): void {
-  const regs = new Uint8Array(M)
-  for (const v of state.set!) addToSketch(regs, v)
+/** The values of an exact state. */
+function exactValues (state: DistinctState): Iterable<string> {
+  return state.set ?? (state.one === null ? [] : [state.one])
+}
+
+function exactSize (state: DistinctState): number {
+  return state.set !== null ? state.set.size : state.one === null ? 0 : 1
+}
+
+function addExact (state: DistinctState, v: string): void {
+  if (state.set !== null) {
+    state.set.add(v)
+  } else if (state.one === null) {
+    state.one = v
+  } else if (state.one !== v) {
+    state.set = new Set([state.one, v])
+    state.one = null
+  }
+}
+
+/** Turns an exact state into a sketch of its values, or of `regs` and its values when given. */
+function toSketch (state: DistinctState, regs = new Uint8Array(M)): void {
+  for (const v of exactValues(state)) addToSketch(regs, v)
   state.regs = regs
   state.set = null
+  state.one = null
 }
 
 function sigma (x: number): number {
@@ -146,7 +171,7 @@ export const distinct: AggregateFunction<DistinctState> = {
   params: 0,
 
   create () {
-    return { set: new Set(), regs: null }
+    return { one: null, set: null, regs: null }
   },
 
   add (state, value) {
@@ -154,9 +179,8 @@ export const distinct: AggregateFunction<DistinctState> = {
     if (state.regs !== null) {
       addToSketch(state.regs, v)
     } else {
-      const set = state.set!
-      set.add(v)
-      if (set.size > EXACT_LIMIT) toSketch(state)
+      addExact(state, v)
+      if (exactSize(state) > EXACT_LIMIT) toSketch(state)
     }
     return state
   },
@@ -164,35 +188,31 @@ export const distinct: AggregateFunction<DistinctState> = {
   merge (state, other) {
     if (other.regs !== null) {
       if (state.regs === null) {
-        const regs = other.regs.slice()
-        for (const v of state.set!) addToSketch(regs, v)
-        state.regs = regs
-        state.set = null
+        toSketch(state, other.regs.slice())
       } else {
         const a = state.regs
         const b = other.regs
         for (let i = 0; i < M; i++) if (b[i] > a[i]) a[i] = b[i]
       }
     } else if (state.regs !== null) {
-      for (const v of other.set!) addToSketch(state.regs, v)
+      for (const v of exactValues(other)) addToSketch(state.regs, v)
     } else {
-      const set = state.set!
-      for (const v of other.set!) set.add(v)
-      if (set.size > EXACT_LIMIT) toSketch(state)
+      for (const v of exactValues(other)) addExact(state, v)
+      if (exactSize(state) > EXACT_LIMIT) toSketch(state)
     }
     return state
   },
 
   result (state) {
-    return state.regs === null ? state.set!.size : Math.round(estimateCardinality(state.regs))
+    return state.regs === null ? exactSize(state) : Math.round(estimateCardinality(state.regs))
   },
 
   encode (state) {
-    return state.regs === null ? [...state.set!] : encodeRegisters(state.regs)
+    return state.regs === null ? [...exactValues(state)] : encodeRegisters(state.regs)
   },
 
   decode (data) {
-    if (data instanceof Uint8Array) return { set: null, regs: decodeRegisters(data) }
+    if (data instanceof Uint8Array) return { one: null, set: null, regs: decodeRegisters(data) }
     if (!Array.isArray(data)) throw wireError('distinct', `expected an array of strings or sketch bytes, got ${describe(data)}`)
     if (data.length > EXACT_LIMIT) throw wireError('distinct', `an exact set holds at most ${EXACT_LIMIT} values, got ${data.length}`)
     const set = new Set<string>()
@@ -201,6 +221,6 @@ export const distinct: AggregateFunction<DistinctState> = {
       set.add(v)
     }
     if (set.size !== data.length) throw wireError('distinct', 'the set has duplicate values')
-    return { set, regs: null }
+    return set.size <= 1 ? { one: data.length === 0 ? null : data[0] as string, set: null, regs: null } : { one: null, set, regs: null }
   }
 }
