@@ -4,7 +4,7 @@
 // no compiler and no dev dependency. Rebuilding is cheap and always from scratch; dist/ is never
 // committed, and npm pack builds it (prepack).
 import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
-import { stripTypeScriptTypes } from 'node:module'
+import * as nodeModule from 'node:module'
 import { dirname, join } from 'node:path'
 import { BUILD_VERSION, compiledPath, DIST, MANIFEST, PACKAGE_ROOT, sourceHash } from './compiled.js'
 
@@ -20,6 +20,13 @@ function * tsFiles (rel) {
     if (entry.isDirectory()) yield * tsFiles(path)
     else if (entry.isFile() && entry.name.endsWith('.ts') && !entry.name.endsWith('.d.ts')) yield path
   }
+}
+
+const { stripTypeScriptTypes } = nodeModule
+if (typeof stripTypeScriptTypes !== 'function') {
+  process.stderr.write(`fogmesh build: needs Node.js 22.13 or newer (module.stripTypeScriptTypes); this is ${process.version}. ` +
+    '`npm run build` runs the Node that `npm install` brought along.\n')
+  process.exit(1)
 }
 
 rmSync(DIST, { recursive: true, force: true })
