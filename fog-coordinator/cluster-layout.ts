@@ -12,6 +12,11 @@
  *                             of its shard
  *   f/<pipeline>/<start>/<end>/<key>   the window's final revision, until the cloud acknowledged it
  *                             (a replicated "to forward" mark: whoever owns the shard forwards it)
+ *   s/<shard>/<pass>          the results of one finalization pass in one shard (JSON list of results, as
+ *                             the sinks get them), committed with those final windows by a coordinator with
+ *                             sinks and removed once they are in its sinks' queues: whoever owns the shard
+ *                             after a crash offers them to its sinks again. `<pass>` is unique (who, when);
+ *                             windows without one were handed to the sinks already
  *
  * Names and keys are URI-encoded (no `/` inside a segment); times are fixed-width decimals offset to be
  * non-negative, so that a pipeline's windows sort by time.
@@ -20,6 +25,7 @@ import { Decoder, Encoder } from 'cbor-x'
 import { WireError } from '../core/errors.ts'
 import type { Contribution } from '../core/upstream/batch.ts'
 import type { MergeWindow } from '../server/merge/contribution-store.ts'
+import type { WindowResult } from '../server/shell/results.ts'
 
 /** Makes every time a Date can hold non-negative, so that fixed-width decimals sort. */
 const TIME_OFFSET = 8.64e15
@@ -63,6 +69,7 @@ export class ClusterLayout {
   get members (): string { return this.prefix + 'm/' }
   get windows (): string { return this.prefix + 'w/' }
   get marks (): string { return this.prefix + 'f/' }
+  get handoffs (): string { return this.prefix + 's/' }
 
   member (id: string): string {
     return this.members + encodeURIComponent(id)
@@ -78,6 +85,11 @@ export class ClusterLayout {
 
   mark (w: WindowRef): string {
     return this.marks + windowPath(w)
+  }
+
+  /** The results of one pass (`pass`: unique, no `/`) in `shard`, until they are in the sinks' queues. */
+  handoff (shard: number, pass: string): string {
+    return this.handoffs + String(shard) + '/' + encodeURIComponent(pass)
   }
 
   /** What a key under the prefix is, with its parts. */
@@ -97,6 +109,7 @@ export class ClusterLayout {
         const ref = { pipeline: decodeURIComponent(parts[0]), start: untime(parts[1]), end: untime(parts[2]), key: decodeURIComponent(parts[3]) }
         return head === 'w' ? { kind: 'window', ref } : { kind: 'mark', ref }
       }
+      if (head === 's' && parts.length === 2 && /^\d+$/.test(parts[0])) return { kind: 'handoff', shard: Number(parts[0]) }
     } catch {}
     return { kind: 'other' }
   }
@@ -107,6 +120,7 @@ export type ParsedKey =
   | { kind: 'member', id: string }
   | { kind: 'pipeline', name: string }
   | { kind: 'window' | 'mark', ref: WindowRef }
+  | { kind: 'handoff', shard: number }
 
 function windowPath (w: WindowRef): string {
   return `${encodeURIComponent(w.pipeline)}/${time(w.start)}/${time(w.end)}/${encodeURIComponent(w.key)}`
@@ -146,4 +160,26 @@ export function decodeWindow (bytes: Uint8Array): MergeWindow {
     contributions.set(c[0], { edge: c[0], revision: c[1], states: c[2] })
   }
   return { pipeline: r[0], key: r[1], start: r[2], end: r[3], firstSeen: r[4], finalRevision: r[5], finalAt: r[6], dirty: r[7], upstreamFinal: r[8], contributions }
+}
+
+/** A hand-off's value: the results as JSON, as the sinks' queues keep them. */
+export function encodeHandoff (results: readonly WindowResult[]): string {
+  return JSON.stringify(results)
+}
+
+export function decodeHandoff (value: string): WindowResult[] {
+  let r: unknown
+  try {
+    r = JSON.parse(value)
+  } catch (err) {
+    throw new WireError(`unreadable hand-off to the sinks: ${(err as Error).message}`)
+  }
+  const num = (v: unknown) => typeof v === 'number' && Number.isFinite(v)
+  const ok = (x: unknown): x is WindowResult => {
+    const o = x as Partial<WindowResult> | null
+    return typeof o === 'object' && o !== null && typeof o.pipeline === 'string' && typeof o.key === 'string' && num(o.start) && num(o.end) &&
+      o.final === true && num(o.revision) && num(o.sources) && typeof o.values === 'object' && o.values !== null && !Array.isArray(o.values)
+  }
+  if (!Array.isArray(r) || !r.every(ok)) throw new WireError('malformed hand-off to the sinks')
+  return r
 }

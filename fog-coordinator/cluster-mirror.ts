@@ -1,8 +1,9 @@
 /**
  * A fog cluster member's mirror of etcd: it loads everything under the cluster's prefix, then watches
  * it, so each coordinator holds the whole replicated state (all windows, the map, the members, the
- * leader, the deployed set, the "to forward" marks); queries answer the same everywhere, and a new
- * owner already has the open windows of the shards it takes over.
+ * leader, the deployed set, the "to forward" marks, the hand-offs to the sinks); queries answer the
+ * same everywhere, and a new owner already has the open windows of the shards it takes over, and what
+ * their previous owner may not have handed to its sinks.
  *
  * Invariants:
  * - the map comes through the same watch as the windows, in revision order: when a coordinator sees
@@ -38,6 +39,15 @@ export interface Mark {
   revision: number
 }
 
+/** Results of final windows in `shard` that may not be in the sinks' queues yet (see fenced-commits.ts). */
+export interface Handoff {
+  /** Its etcd key. */
+  key: string
+  shard: number
+  /** The results, encoded (see cluster-layout.ts). */
+  value: string
+}
+
 export interface ClusterMirrorParts {
   id: string
   client: Etcd3
@@ -49,6 +59,8 @@ export interface ClusterMirrorParts {
   membershipChanged: () => void
   /** This coordinator's member key is gone from etcd (its lease expired). */
   selfMissing: () => void
+  /** This coordinator now owns the shards of these hand-offs (taken over, or at its start). */
+  handedOver: (handoffs: Handoff[]) => void
 }
 
 export class ClusterMirror {
@@ -61,6 +73,8 @@ export class ClusterMirror {
   readonly #revs = new Map<string, number>()
   readonly #members = new Map<string, MemberRecord>()
   readonly #marks = new Map<string, Mark>()
+  /** By etcd key. */
+  readonly #handoffs = new Map<string, Handoff>()
   #leader: string | null = null
   #deployed: DeployedSet = EMPTY_DEPLOYMENT
   #map: ShardMap | undefined
@@ -107,6 +121,7 @@ export class ClusterMirror {
       this.#revs.set(k, Math.max(this.#revs.get(k) ?? 0, rev))
       const parsed = this.#p.layout.parse(k)
       if (parsed.kind === 'mark') this.#marks.set(windowId(parsed.ref), { ref: parsed.ref, revision: Number(v) })
+      else if (parsed.kind === 'handoff') this.#handoffs.set(k, { key: k, shard: parsed.shard, value: v.toString() })
     }
   }
 
@@ -160,13 +175,14 @@ export class ClusterMirror {
       if (!res.more || res.kvs.length === 0) break
       from = res.kvs[res.kvs.length - 1].key.toString() + '\0'
     }
-    // A reload must not keep members, the leader or marks that went while this was not watching.
+    // A reload must not keep members, the leader, marks or hand-offs that went while this was not watching.
     for (const key of this.#revs.keys()) {
       const kind = layout.parse(key).kind
-      if (kind === 'member' || kind === 'leader' || kind === 'mark') this.#revs.delete(key)
+      if (kind === 'member' || kind === 'leader' || kind === 'mark' || kind === 'handoff') this.#revs.delete(key)
     }
     this.#members.clear()
     this.#marks.clear()
+    this.#handoffs.clear()
     this.#leader = null
     this.#applyEvents(kvs.map(kv => ({ type: 'Put' as const, kv })), true)
     this.#seenRev = rev
@@ -239,6 +255,8 @@ export class ClusterMirror {
           membership = true
         } else if (parsed.kind === 'mark') {
           this.#marks.delete(windowId(parsed.ref))
+        } else if (parsed.kind === 'handoff') {
+          this.#handoffs.delete(key)
         } else if (parsed.kind === 'window') {
           removed.push(parsed.ref)
         }
@@ -280,6 +298,9 @@ export class ClusterMirror {
           case 'mark':
             this.#marks.set(windowId(parsed.ref), { ref: parsed.ref, revision: Number(kv.value.toString()) })
             break
+          case 'handoff':
+            this.#handoffs.set(key, { key, shard: parsed.shard, value: kv.value.toString() })
+            break
         }
       } catch (err) {
         // Only coordinators write here; a value they cannot read is a bug or tampering: report, go on.
@@ -293,17 +314,20 @@ export class ClusterMirror {
     if (!initial && this.#members.get(id) === undefined) this.#p.selfMissing()
   }
 
-  /** Windows still to forward in shards this coordinator has just taken over (owned now, not in `before`). */
+  /**
+   * Windows still to forward, and hand-offs to the sinks, in shards this coordinator has just taken over
+   * (owned now, not in `before`; at its start, every shard it owns).
+   */
   gained (before: Set<number>): void {
     const map = this.#map
-    if (map === undefined || map.shards === 0 || this.#marks.size === 0) return
+    if (map === undefined || map.shards === 0 || (this.#marks.size === 0 && this.#handoffs.size === 0)) return
     const now = this.ownedShards()
     if ([...now].every(s => before.has(s))) return
-    const take = [...this.#marks.values()].filter(m => {
-      const s = shardOf(m.ref.pipeline, m.ref.key, map.shards)
-      return now.has(s) && !before.has(s)
-    })
+    const gained = (s: number): boolean => now.has(s) && !before.has(s)
+    const take = [...this.#marks.values()].filter(m => gained(shardOf(m.ref.pipeline, m.ref.key, map.shards)))
     if (take.length > 0) this.#sink?.toForward(take)
+    const handoffs = [...this.#handoffs.values()].filter(h => gained(h.shard))
+    if (handoffs.length > 0) this.#p.handedOver(handoffs)
   }
 }
 

@@ -9,13 +9,14 @@
  * - cluster-leader.ts: the leader's campaign, the shard map it keeps balanced, and maintenance
  *   (removing windows past retention, compacting etcd's history), every write fenced;
  * - cluster-mirror.ts: the whole replicated state loaded, then watched, in revision order;
- * - fenced-commits.ts: a batch's changes, final windows and "to forward" marks, committed only for
- *   shards this coordinator owns, fenced on its lease and the map's revision;
+ * - fenced-commits.ts: a batch's changes, final windows, "to forward" marks and hand-offs to the sinks,
+ *   committed only for shards this coordinator owns, fenced on its lease and the map's revision;
  * - cluster-deployments.ts: the deployed pipeline set, compared and swapped in etcd.
  *
  * Invariants: a coordinator is ready (takes partials) only once the leader put it in the map, and it
  * finalizes nothing before every active edge had time to report to it; stopping revokes the lease, so
- * its shards move at once rather than after --lease-ttl.
+ * its shards move at once rather than after --lease-ttl. Hand-offs to the sinks in the shards it comes
+ * to own (at its start, or taking them over) go to the node's sinks again, then from etcd.
  */
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { Etcd3 } from 'etcd3'
@@ -26,12 +27,14 @@ import type { BatchWrite, MergeWindow } from '../server/merge/contribution-store
 import type { Logger } from '../server/shell/log.ts'
 import type { Metrics } from '../server/shell/metrics.ts'
 import type { ReplicatedChange, Replication } from '../server/merge/replication.ts'
+import type { WindowResult } from '../server/shell/results.ts'
 import type { ClientTls } from '../server/shell/tls.ts'
-import { ClusterLayout } from './cluster-layout.ts'
+import { ClusterLayout, decodeHandoff } from './cluster-layout.ts'
 import type { WindowRef } from './cluster-layout.ts'
 import { EtcdDeploymentStore } from './cluster-deployments.ts'
 import { ClusterLeader } from './cluster-leader.ts'
 import { ClusterMirror } from './cluster-mirror.ts'
+import type { Handoff } from './cluster-mirror.ts'
 import { ClusterSession } from './cluster-session.ts'
 import { openEtcd } from './etcd-client.ts'
 import { FencedCommits } from './fenced-commits.ts'
@@ -96,6 +99,8 @@ export class FogCluster implements Replication {
   readonly deployments: EtcdDeploymentStore
   #stopped = false
   #timers: NodeJS.Timeout[] = []
+  /** The node's sinks (see handOver); without, hand-offs are left for an owner with sinks. */
+  #toSinks: ((results: readonly WindowResult[]) => boolean) | undefined
 
   constructor (options: ClusterOptions) {
     this.#o = options
@@ -107,7 +112,8 @@ export class FogCluster implements Replication {
       ...base,
       joined: () => this.#session.joined,
       membershipChanged: () => { this.#leader.schedule() },
-      selfMissing: () => { void this.#session.rejoin() }
+      selfMissing: () => { void this.#session.rejoin() },
+      handedOver: handoffs => { this.#handedOver(handoffs) }
     })
     this.#session = new ClusterSession({ ...base, leaseTtl: options.leaseTtl, mirror: this.#mirror, registered: async () => { await this.#leader.campaign() } })
     this.#leader = new ClusterLeader({ ...base, shards: options.shards, retention: options.retention, session: this.#session, mirror: this.#mirror })
@@ -147,6 +153,7 @@ export class FogCluster implements Replication {
   async stop (): Promise<void> {
     this.#stopped = true
     for (const t of this.#timers) clearInterval(t)
+    this.#commits.stop()
     this.#leader.stop()
     this.#session.stop()
     await this.#mirror.stop()
@@ -176,8 +183,37 @@ export class FogCluster implements Replication {
     await this.#commits.commitBatch(write, windows)
   }
 
-  async commitFinal (due: ReadonlyArray<{ window: MergeWindow, revision: number }>, at: number): Promise<void> {
-    await this.#commits.commitFinal(due, at)
+  async commitFinal (due: ReadonlyArray<{ window: MergeWindow, revision: number }>, at: number, results?: readonly WindowResult[]): Promise<(() => void) | undefined> {
+    return await this.#commits.commitFinal(due, at, results)
+  }
+
+  handOver (toSinks: (results: readonly WindowResult[]) => boolean): void {
+    this.#toSinks = toSinks
+  }
+
+  /** Hand-offs in shards this coordinator now owns: into its sinks' queues (a repeat is harmless), then from etcd. */
+  #handedOver (handoffs: readonly Handoff[]): void {
+    if (this.#toSinks === undefined || this.#stopped) return
+    const results: WindowResult[] = []
+    const keys: string[] = []
+    for (const h of handoffs) {
+      try {
+        results.push(...decodeHandoff(h.value))
+        keys.push(h.key)
+      } catch (err) {
+        // Only coordinators write them; one no coordinator can read is reported and left where it is.
+        this.#o.log.error('cluster.unreadable_value', `unreadable hand-off to the sinks at ${h.key} (${(err as Error).message}); ignored`, { key: h.key, err })
+      }
+    }
+    let queued = false
+    try {
+      queued = this.#toSinks(results)
+    } catch (err) {
+      this.#o.log.error('cluster.handoff_failed', 'the sinks\' queues did not take results handed over; they stay in etcd and are offered again at the next start', { err })
+    }
+    if (!queued) return
+    this.#o.log.info('cluster.handed_over', `${results.length} final result(s) of shards this coordinator now owns handed to its sinks again`, { results: results.length, handoffs: keys.length })
+    this.#commits.sunk(keys)
   }
 
   /** The cloud acknowledged these windows: their "to forward" marks go. */

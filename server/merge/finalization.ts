@@ -12,6 +12,9 @@
  * - a window is recorded as final only after its result is durable, is in the sinks' queues and every
  *   listener took it: a crash or a failure in between leaves it pending, and it is finalized again
  *   with the same revision and contributions (which receivers ignore as replays);
+ * - in a cluster, where a crash after commitFinal leaves the window final for every member, the
+ *   results go to the replicated state with it (with sinks), as handed to the sinks, until they are in
+ *   the sinks' queues: the owner of the shard after a restart or a takeover appends them again;
  * - a final window changed since is finalized again with revision + 1, never dropped.
  */
 import { HttpError } from '../../core/errors.ts'
@@ -123,14 +126,15 @@ export class Finalization {
       this.#notify(due)
       return
     }
-    await replication?.commitFinal(due, now)
-    if (this.#stopped) return
     const finals = due.map(d => windowResult(pipelines.definition(d.window.pipeline), d.window, true, d.revision))
+    const handedOff = await replication?.commitFinal(due, now, this.#p.sinks === undefined ? undefined : finals)
+    if (this.#stopped) return
     for (const r of finals) results.put(r)
     // Durable before the window is recorded as final: a crash in between finalizes it again, same revision.
     results.flush()
     // In the sinks' queues before the window is recorded as final too (a repeat is harmless: at least once).
     if (!this.#toSinks(finals)) return
+    handedOff?.()
     if (!this.#notify(due)) return
     windows.store.markFinal(due, now)
     for (const d of due) {

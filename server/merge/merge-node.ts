@@ -168,6 +168,9 @@ export class MergeNode implements ServiceApi {
     this.#sinks = options.sinks !== undefined && options.sinks.length > 0
       ? new Sinks(options.sinks, { dataDir: options.dataDir, log: this.#log, metrics: this.metrics, security: this.#security })
       : undefined
+    // Results a crash kept from the sinks' queues (this node's before a restart, or a shard's previous owner's).
+    const sinks = this.#sinks
+    if (sinks !== undefined) this.#replication?.handOver(results => { if (this.#stopped) return false; sinks.append(results); return true })
     this.#finalization = new Finalization({
       ...state,
       results: this.#results,
