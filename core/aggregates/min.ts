@@ -1,44 +1,40 @@
 /**
  * min(x): the smallest reading; null for an empty window. Exact.
  * Encoded as the minimum, or null when empty.
+ *
+ * The state is the minimum itself, a number (Infinity while empty: readings are finite, so any reading
+ * replaces it): an edge holds one per key and window, and a bare number costs less than an object.
  */
 import type { AggregateFunction } from './aggregate.ts'
 import { finiteNumber } from './wire.ts'
 
-export interface MinState {
-  /** Infinity while empty: readings are finite, so any reading replaces it. */
-  v: number
-}
-
-export const min: AggregateFunction<MinState> = {
+export const min: AggregateFunction<number> = {
   name: 'min',
   input: 'number',
   params: 0,
 
   create () {
-    return { v: Infinity }
+    return Infinity
   },
 
   add (state, value) {
-    if ((value as number) < state.v) state.v = value as number
-    return state
+    return (value as number) < state ? value as number : state
   },
 
   merge (state, other) {
-    if (other.v < state.v) state.v = other.v
-    return state
+    return other < state ? other : state
   },
 
   result (state) {
     // + 0 turns -0 into 0: CBOR does not keep the sign of zero, so local and merged results agree.
-    return state.v === Infinity ? null : state.v + 0
+    return state === Infinity ? null : state + 0
   },
 
   encode (state) {
-    return state.v === Infinity ? null : state.v
+    return state === Infinity ? null : state
   },
 
   decode (data) {
-    return { v: data === null ? Infinity : finiteNumber('min', 'the minimum', data) }
+    return data === null ? Infinity : finiteNumber('min', 'the minimum', data)
   }
 }
