@@ -119,7 +119,7 @@ export class PgCloud implements ServiceApi {
     this.membership.registerMetrics(this.metrics)
     // Each process's queues are its own (in its data dir); whichever process finalizes a window queues it.
     this.#sinks = options.sinks !== undefined && options.sinks.length > 0
-      ? new Sinks(options.sinks, { dataDir: options.dataDir, log, metrics: this.metrics })
+      ? new Sinks(options.sinks, { dataDir: options.dataDir, log, metrics: this.metrics, security: this.#security })
       : undefined
   }
 
