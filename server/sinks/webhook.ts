@@ -5,6 +5,8 @@
  * statuses and network errors: retried; any other 4xx: the result is set aside and counted.
  * Optional `token` (or `token-file`, `token-env`): sent as `Authorization: Bearer <token>`.
  * An https target is verified against the node's --tls-ca (the system's CAs without it), never skipped.
+ * Redirects are not followed (a 3xx is retried, and logged as the sink's problem): the results and the
+ * token go only where `url` says.
  */
 import { resultJson } from '../shell/results.ts'
 import type { WindowResult } from '../shell/results.ts'
