@@ -17,7 +17,7 @@ import { pipelineToPlain } from '../core/pipeline/format.ts'
 import type { PipelineSpec } from '../core/pipeline/spec.ts'
 import { ConfigError, HttpError } from '../core/errors.ts'
 import type { PipelineDef } from '../core/upstream/batch.ts'
-import { Finalizer } from '../core/upstream/merge.ts'
+import { Finalizer, sameSelects } from '../core/upstream/merge.ts'
 import { pipelineDef } from '../core/upstream/pipeline-def.ts'
 import { RoleMesh, SOFTWARE_VERSION } from '../server/mesh/role-mesh.ts'
 import type { HeartbeatInput } from '../server/mesh/mesh-node.ts'
@@ -148,6 +148,7 @@ export class PgCloud implements ServiceApi {
         if (applied.length > 0) this.#log.info('store.migrated', `store ${this.#store.shown}: schema brought to version ${applied[applied.length - 1]}`, { applied })
         if (attempt > 1) this.#log.info('store.reached', `store ${this.#store.shown} reached after ${attempt} attempts`, { attempts: attempt })
         await this.#refreshPipelines()
+        this.#checkFileDefinitions()
         return
       } catch (err) {
         if (err instanceof ConfigError) throw err
@@ -292,7 +293,7 @@ export class PgCloud implements ServiceApi {
   async #prune (): Promise<void> {
     if (this.#stopped || !this.#storeUp) return
     try {
-      await this.#store.prune(Date.now() - this.#options.retention)
+      await this.#store.prune(Date.now() - this.#options.retention, this.#options.maxResults)
     } catch (err) {
       this.#log.error('merge.prune_failed', 'pruning failed', { err })
     }
@@ -314,6 +315,17 @@ export class PgCloud implements ServiceApi {
   }
 
   // Definitions
+
+  /** The --pipelines file must merge as the store's definitions do: its stored partials could not be merged otherwise. */
+  #checkFileDefinitions (): void {
+    for (const [name, def] of this.#fileDefs) {
+      const stored = this.#learned.get(name)
+      if (stored !== undefined && !sameSelects(stored, def)) {
+        throw new ConfigError(`pipeline "${name}" in ${this.#options.pipelines ?? 'the pipelines file'} merges differently from the one in the store ${this.#store.shown} ` +
+          '(learned from batches): its stored partials cannot be merged with the new definition; use a new pipeline name or another store')
+      }
+    }
+  }
 
   #definition (pipeline: string): PipelineDef | undefined {
     return this.#fileDefs.get(pipeline) ?? this.#learned.get(pipeline)

@@ -502,13 +502,25 @@ export class PgStore {
     return out
   }
 
-  /** Removes results and windows finalized before `before` (and unchanged since). */
-  async prune (before: number): Promise<void> {
+  /**
+   * Removes the windows (with their contributions and results) finalized before `before` and
+   * unchanged since, and beyond `maxPerPipeline` final windows per pipeline the oldest ones, as the
+   * SQLite stores do. Windows waiting to be finalized (again) are never removed.
+   */
+  async prune (before: number, maxPerPipeline: number): Promise<void> {
     await this.#transaction(async client => {
-      const old = 'SELECT pipeline, key, start_ms, end_ms FROM fogmesh_windows WHERE final_at < $1 AND NOT dirty'
-      await client.query(`DELETE FROM fogmesh_contributions WHERE (pipeline, key, start_ms, end_ms) IN (${old})`, [before])
-      await client.query(`DELETE FROM fogmesh_windows WHERE final_at < $1 AND NOT dirty`, [before])
-      await client.query('DELETE FROM fogmesh_results WHERE final_at < $1', [before])
+      const gone = `WITH old AS (
+          SELECT pipeline, key, start_ms, end_ms FROM fogmesh_windows WHERE final_at < $1 AND NOT dirty
+          UNION
+          SELECT pipeline, key, start_ms, end_ms FROM (
+            SELECT pipeline, key, start_ms, end_ms, row_number() OVER (PARTITION BY pipeline ORDER BY start_ms DESC, key DESC) AS n
+            FROM fogmesh_windows WHERE final_revision IS NOT NULL AND NOT dirty) ranked
+          WHERE n > $2),
+        w AS (DELETE FROM fogmesh_windows x USING old WHERE (x.pipeline, x.key, x.start_ms, x.end_ms) = (old.pipeline, old.key, old.start_ms, old.end_ms)
+              AND x.final_revision IS NOT NULL AND NOT x.dirty RETURNING x.pipeline, x.key, x.start_ms, x.end_ms),
+        c AS (DELETE FROM fogmesh_contributions y USING w WHERE (y.pipeline, y.key, y.start_ms, y.end_ms) = (w.pipeline, w.key, w.start_ms, w.end_ms))
+        DELETE FROM fogmesh_results z USING w WHERE (z.pipeline, z.key, z.start_ms, z.end_ms) = (w.pipeline, w.key, w.start_ms, w.end_ms)`
+      await client.query(gone, [before, maxPerPipeline])
     })
   }
 

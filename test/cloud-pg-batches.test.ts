@@ -15,6 +15,8 @@ import type { Batch, PipelineDef } from '../core/upstream/batch.ts'
 import type { Values } from '../core/windows/window.ts'
 import { fetchMetric } from './helpers/ground-truth.ts'
 import type { ServedResult } from './helpers/ground-truth.ts'
+import { PgStore } from '../cloud-sink/pg-store.ts'
+import { silentLogger } from '../server/shell/log.ts'
 import { startPostgres } from './helpers/postgres.ts'
 import type { Postgres } from './helpers/postgres.ts'
 import { fetchJson, freePort, startFogmesh, tmpDir, waitFor } from './helpers/process.ts'
@@ -233,6 +235,14 @@ t.test('late contributions racing the finalization at two processes: every windo
   t.equal(finalized, KEYS, 'each window finalized once (revision 0)')
   t.equal(revised, revisions, `each later revision made once (${revisions} in all)`)
   t.ok(results.every(r => r.revision <= 1), 'one late contribution per window: at most revision 1')
+
+  // Pruning beyond --max-results keeps the newest final windows, whole (window, contributions, result).
+  const store = new PgStore({ url: pg.url, shown: pg.url, pool: 3 }, silentLogger, 'fogmesh-test')
+  t.teardown(() => store.close())
+  await store.prune(0, 10)
+  const left = async (table: string) => Number((await pg.query<{ n: string }>(`SELECT count(*) AS n FROM ${table}`)).rows[0].n)
+  t.same([await left('fogmesh_windows'), await left('fogmesh_contributions'), await left('fogmesh_results')], [10, 30, 10], '10 windows left, with their 3 contributions and result each')
+  t.same((await all(a.http)).map(r => r.key), results.map(r => r.key).sort().reverse().slice(0, 10).sort(), 'the newest (by start, then key) are kept')
 })
 
 t.test('a fog\'s final window is final at once, whichever process takes it, and counts once', async t => {
