@@ -9,10 +9,10 @@
 import t from 'tap'
 import type { Page } from 'puppeteer-core'
 import { getAggregate } from '../core/aggregates/index.ts'
-import { encodeBatch } from '../core/upstream/batch.ts'
 import type { Batch, PipelineDef, WindowEntry } from '../core/upstream/batch.ts'
 import { startBrowser } from './helpers/browser.ts'
 import { fetchJson, startFogmesh, tmpDir, waitFor } from './helpers/process.ts'
+import { postAccepted } from './helpers/partials.ts'
 
 const EDGES = 50
 const KEYS = 1000
@@ -48,11 +48,7 @@ function edgeBatch (e: number, seq: number, from: number, to: number): Batch {
 }
 
 async function post (base: string, b: Batch): Promise<void> {
-  const { body, encoding } = encodeBatch(b)
-  const headers: Record<string, string> = { 'content-type': 'application/cbor' }
-  if (encoding !== undefined) headers['content-encoding'] = encoding
-  const res = await fetch(`${base}/v1/partials`, { method: 'POST', headers, body, signal: AbortSignal.timeout(10_000) })
-  if (res.status !== 200) throw new Error(`POST /v1/partials from ${b.sender}: ${res.status} ${await res.text()}`)
+  await postAccepted(base, b)
 }
 
 /** Every edge sends windows [from, to) with its watermark past them. */

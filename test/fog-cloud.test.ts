@@ -19,6 +19,7 @@ import { fetchMetric } from './helpers/ground-truth.ts'
 import type { ServedResult } from './helpers/ground-truth.ts'
 import { fetchJson, fogmeshBin, startFogmesh, tmpDir, waitFor } from './helpers/process.ts'
 import type { JsonResponse, RunningProcess } from './helpers/process.ts'
+import { postBatch } from './helpers/partials.ts'
 
 const run = promisify(execFile)
 const START = Date.UTC(2026, 0, 1)
@@ -108,17 +109,7 @@ function edgeBatch (sender: string, seq: number, parts: Part[], watermark?: numb
   }
 }
 
-async function post (base: string, batch: Batch | Uint8Array, headers: Record<string, string> = {}): Promise<JsonResponse> {
-  let body: Uint8Array
-  const h: Record<string, string> = { 'content-type': 'application/cbor', ...headers }
-  if (batch instanceof Uint8Array) body = batch
-  else {
-    const encoded = encodeBatch(batch)
-    body = encoded.body
-    if (encoded.encoding !== undefined) h['content-encoding'] = encoded.encoding
-  }
-  return await fetchJson(`${base}/v1/partials`, { method: 'POST', body, headers: h })
-}
+const post = postBatch
 
 async function results (base: string): Promise<ServedResult[]> {
   const res = await fetchJson(`${base}/v1/aggregates/${DEF.name}?limit=100`)

@@ -18,8 +18,7 @@ import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import t from 'tap'
 import { stringify } from 'yaml'
-import { encodeBatch } from '../core/upstream/batch.ts'
-import type { Batch, Watermark, WindowEntry } from '../core/upstream/batch.ts'
+import type { Watermark, WindowEntry } from '../core/upstream/batch.ts'
 import { shardOf } from '../core/upstream/shards.ts'
 import type { ShardMapView } from '../core/upstream/shards.ts'
 import { startEtcdCluster } from '../simulators/etcd-cluster.ts'
@@ -29,6 +28,7 @@ import type { JsonResponse, RunningProcess } from './helpers/process.ts'
 import { startPostgres } from './helpers/postgres.ts'
 import { startRecorder } from './helpers/recorder.ts'
 import { COUNT_SUM_DEF, countSumContribution } from './helpers/specs.ts'
+import { postBatch } from './helpers/partials.ts'
 
 t.setTimeout(150_000)
 
@@ -49,11 +49,7 @@ function contribution (edge: string, values: number[]): WindowEntry['contributio
 
 let seq = 0
 async function post (base: string, sender: string, windows: WindowEntry[], watermarks: Watermark[] = []): Promise<JsonResponse> {
-  const batch: Batch = { seq: ++seq, sender, role: 'edge', pipelines: [DEF], watermarks, windows }
-  const { body, encoding } = encodeBatch(batch)
-  const headers: Record<string, string> = { 'content-type': 'application/cbor' }
-  if (encoding !== undefined) headers['content-encoding'] = encoding
-  return await fetchJson(`${base}/v1/partials`, { method: 'POST', headers, body })
+  return await postBatch(base, { seq: ++seq, sender, role: 'edge', pipelines: [DEF], watermarks, windows })
 }
 
 function past (...edges: string[]): Watermark[] {

@@ -9,8 +9,7 @@ import { join } from 'node:path'
 import { getCACertificates, setDefaultCACertificates } from 'node:tls'
 import { Etcd3 } from 'etcd3'
 import t from 'tap'
-import { encodeBatch } from '../core/upstream/batch.ts'
-import type { Batch, Watermark, WindowEntry } from '../core/upstream/batch.ts'
+import type { Watermark, WindowEntry } from '../core/upstream/batch.ts'
 import { shardOf } from '../core/upstream/shards.ts'
 import type { ShardMapView } from '../core/upstream/shards.ts'
 import { startEtcdCluster } from '../simulators/etcd-cluster.ts'
@@ -20,6 +19,7 @@ import { fetchResults } from './helpers/ground-truth.ts'
 import { fetchJson, freePort, startFogmesh, tmpDir, waitFor } from './helpers/process.ts'
 import type { JsonResponse, RunningProcess } from './helpers/process.ts'
 import { COUNT_SUM_DEF, countSumContribution } from './helpers/specs.ts'
+import { postBatch } from './helpers/partials.ts'
 
 const START = Date.UTC(2026, 0, 1)
 const SIZE = 10_000
@@ -31,11 +31,7 @@ function windowOf (key: string, edge: string, values: number[]): WindowEntry {
 
 let seq = 0
 async function post (base: string, sender: string, windows: WindowEntry[], watermarks: Watermark[] = []): Promise<JsonResponse> {
-  const batch: Batch = { seq: ++seq, sender, role: 'edge', pipelines: [DEF], watermarks, windows }
-  const { body, encoding } = encodeBatch(batch)
-  const headers: Record<string, string> = { 'content-type': 'application/cbor' }
-  if (encoding !== undefined) headers['content-encoding'] = encoding
-  return await fetchJson(`${base}/v1/partials`, { method: 'POST', headers, body })
+  return await postBatch(base, { seq: ++seq, sender, role: 'edge', pipelines: [DEF], watermarks, windows })
 }
 
 t.test('etcd on TLS with client-certificate auth: site coordinators form one cluster, another CA\'s cannot join', { timeout: 90_000 }, async t => {

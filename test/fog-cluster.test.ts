@@ -6,15 +6,15 @@
  */
 import { Etcd3 } from 'etcd3'
 import t from 'tap'
-import { encodeBatch } from '../core/upstream/batch.ts'
-import type { Batch, Watermark, WindowEntry } from '../core/upstream/batch.ts'
+import type { Watermark, WindowEntry } from '../core/upstream/batch.ts'
 import { shardOf } from '../core/upstream/shards.ts'
 import type { ShardMapView } from '../core/upstream/shards.ts'
 import { fetchMetric, fetchResults } from './helpers/ground-truth.ts'
 import { LEASE_TTL, startCluster } from './helpers/fog-cluster.ts'
-import { fetchJson, waitFor } from './helpers/process.ts'
+import { waitFor } from './helpers/process.ts'
 import type { JsonResponse } from './helpers/process.ts'
 import { COUNT_SUM_DEF, countSumContribution } from './helpers/specs.ts'
+import { postBatch } from './helpers/partials.ts'
 
 const START = Date.UTC(2026, 0, 1)
 const SIZE = 10_000
@@ -33,11 +33,7 @@ function windowOf (key: string, w: number, contributions: WindowEntry['contribut
 
 let seq = 0
 async function post (base: string, sender: string, windows: WindowEntry[], watermarks: Watermark[] = []): Promise<JsonResponse> {
-  const batch: Batch = { seq: ++seq, sender, role: 'edge', pipelines: [DEF], watermarks, windows }
-  const { body, encoding } = encodeBatch(batch)
-  const headers: Record<string, string> = { 'content-type': 'application/cbor' }
-  if (encoding !== undefined) headers['content-encoding'] = encoding
-  return await fetchJson(`${base}/v1/partials`, { method: 'POST', headers, body })
+  return await postBatch(base, { seq: ++seq, sender, role: 'edge', pipelines: [DEF], watermarks, windows })
 }
 
 function past (w: number, ...edges: string[]): Watermark[] {

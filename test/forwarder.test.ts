@@ -5,14 +5,14 @@
  */
 import t from 'tap'
 import { getAggregate } from '../core/aggregates/index.ts'
-import { encodeBatch } from '../core/upstream/batch.ts'
 import type { Batch, PipelineDef } from '../core/upstream/batch.ts'
 import { Forwarder } from '../fog-coordinator/forwarder.ts'
 import { MergeNode } from '../server/merge/merge-node.ts'
 import { fetchMetric } from './helpers/ground-truth.ts'
-import { fetchJson, tmpDir, waitFor } from './helpers/process.ts'
+import { tmpDir, waitFor } from './helpers/process.ts'
 import { startReceiver } from './helpers/receiver.ts'
 import { silentLogger } from '../server/shell/log.ts'
+import { postAccepted } from './helpers/partials.ts'
 
 const START = Date.UTC(2026, 0, 1)
 const SIZE = 10_000
@@ -52,11 +52,7 @@ function edgeBatch (edge: string, parts: Array<[w: number, values: number[]]>, w
 }
 
 async function post (base: string, batch: Batch): Promise<void> {
-  const { body, encoding } = encodeBatch(batch)
-  const headers: Record<string, string> = { 'content-type': 'application/cbor' }
-  if (encoding !== undefined) headers['content-encoding'] = encoding
-  const res = await fetchJson(`${base}/v1/partials`, { method: 'POST', body, headers })
-  if (res.status !== 200) throw new Error(`POST: ${res.status} ${JSON.stringify(res.body)}`)
+  await postAccepted(base, batch)
 }
 
 t.test('each pass\'s final windows go to the cloud with their contributions, and watermarks never run ahead of them', { timeout: 20_000 }, async t => {
