@@ -124,4 +124,6 @@ t.test('two cloud processes on one PostgreSQL equal the ground truth through kil
     t.ok(c.stderr.some(l => l.includes('store.unavailable')) && c.stderr.some(l => l.includes('store.recovered')), `${c.id}: logged the store going away and coming back`)
   }
   t.ok(urls.every(u => clouds.some(c => c.http === u)), 'the clouds came back on their ports')
+  // c2 was killed after c1 came back: the edges moved to c1, whichever of the two they began with.
+  t.ok(((await fetchMetric(clouds[0].http, 'fogmesh_batches_received_total')).get('{role="edge"}') ?? 0) > 0, 'c1 took edge batches after its restart')
 })
