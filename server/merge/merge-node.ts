@@ -195,6 +195,8 @@ export class MergeNode implements ServiceApi {
   }
 
   async start (): Promise<void> {
+    // The mesh code (loaded only with the mesh on) and a bad --bootstrap: before any port is opened.
+    await this.membership.load()
     await this.#http.listen()
     this.#timers.push(setInterval(() => { this.#finalization.run() }, this.#options.tick))
     this.#timers.push(setInterval(() => { this.#prune() }, PRUNE_EVERY))
