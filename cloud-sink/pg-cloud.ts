@@ -130,7 +130,16 @@ export class PgCloud implements ServiceApi {
   /** Serves /healthz (503 until the store is reached), then waits for the store, then takes batches. */
   async start (): Promise<void> {
     await this.#http.listen()
-    await this.#openStore()
+    try {
+      await this.#openStore()
+    } catch (err) {
+      // A store this process must not write to (a newer schema, a conflicting pipelines file): nothing
+      // may keep the process alive after the error is reported.
+      await this.#http.close()
+      await this.#store.close()
+      this.#security.close()
+      throw err
+    }
     if (this.#stopped) return
     this.#timers.push(setInterval(() => this.#queuePass(), this.#options.tick))
     this.#timers.push(setInterval(() => { void this.#prune() }, PRUNE_EVERY))

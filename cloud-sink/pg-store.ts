@@ -20,7 +20,7 @@
  */
 import { Decoder, Encoder } from 'cbor-x'
 import pg from 'pg'
-import { HttpError } from '../core/errors.ts'
+import { FogmeshError, HttpError } from '../core/errors.ts'
 import type { Batch, Contribution, PipelineDef } from '../core/upstream/batch.ts'
 import { mergeContributions, sameSelects, supersedes } from '../core/upstream/merge.ts'
 import { windowId } from '../server/merge/contribution-store.ts'
@@ -585,7 +585,8 @@ export class PgStore {
 
   /** A failure that is not about a batch's data: the store is unavailable for now. */
   #unavailable (err: unknown): unknown {
-    if (err instanceof HttpError) return err
+    // Our own errors (a refusal, a store of a newer release) say what they mean already.
+    if (err instanceof FogmeshError) return err
     const state = sqlState(err)
     if (state !== undefined && (state.startsWith('22') || state.startsWith('23') || state.startsWith('42'))) return err
     return new StoreUnavailable(`the store ${this.#config.shown} failed: ${redactUrls((err as Error).message ?? String(err))}`, { cause: err })

@@ -268,6 +268,20 @@ t.test('a fog\'s final window is final at once, whichever process takes it, and 
   for (const p of [a, b]) t.same(await result(p.http, 'r', 2), want, `${p.id}: final at revision 0`)
 })
 
+t.test('a store of a newer release is refused: the cloud exits with the reason, writing nothing', async t => {
+  const pg = await startPostgres()
+  t.teardown(() => pg.stop())
+  await pg.query('CREATE TABLE fogmesh_schema_version (version int PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())')
+  await pg.query('INSERT INTO fogmesh_schema_version (version) VALUES (99)')
+  const dir = await tmpDir('fogmesh-cloud-pg-')
+  t.teardown(() => dir.cleanup())
+  const err = await startFogmesh(['cloud', '--http-port', '0', '--data-dir', join(dir.path, 'data'), '--store', pg.url], { timeoutMs: 20_000 })
+    .then(p => { p.kill('SIGKILL'); return undefined }, (e: unknown) => e as Error)
+  t.match(err?.message, /exited \(2\)[^]*schema is version 99, newer than this release's/, 'it exits (status 2), saying why')
+  const tables = await pg.query("SELECT count(*)::int AS n FROM information_schema.tables WHERE table_name LIKE 'fogmesh_%'")
+  t.equal(tables.rows[0].n, 1, 'no table was created')
+})
+
 t.test('the store unreachable at start: the cloud waits, says so, and serves once it is up', async t => {
   const pg = await startPostgres()
   t.teardown(() => pg.stop())
