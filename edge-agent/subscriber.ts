@@ -2,8 +2,10 @@
  * Readings from an existing broker (Mosquitto, EMQX, ...): one mqtt.js client with a persistent session
  * (clean: false, a stable client id, QoS 1 subscriptions), so the broker keeps readings for the agent
  * while it restarts or the link is down, and the client reconnects by itself.
+ *
+ * mqtt.js (a few MB resident) is loaded when the subscriber starts: an edge with the embedded broker
+ * never needs it for its input.
  */
-import mqtt from 'mqtt'
 import type { MqttClient } from 'mqtt'
 import type { Logger } from '../server/shell/log.ts'
 import type { ClientTls } from '../server/shell/tls.ts'
@@ -38,6 +40,7 @@ export class BrokerSubscriber implements MessageSource {
   }
 
   async start (onMessage: MessageHandler): Promise<void> {
+    const { default: mqtt } = await import('mqtt')
     const client = mqtt.connect(this.#options.url, {
       clientId: this.#options.clientId,
       clean: false,
