@@ -669,6 +669,21 @@ function buildAgent (log: (line: string) => void, warnings: string[]): boolean {
   }
 }
 
+/** Rounds of raw then agent on fresh processes, each run's checks turned into warnings. */
+async function alternate (rounds: number, keys: number, readings: number, log: (line: string) => void, warnings: string[]): Promise<{ raw: RunResult[], agent: RunResult[] }> {
+  const raw: RunResult[] = []
+  const agent: RunResult[] = []
+  for (let round = 1; round <= rounds; round++) {
+    for (const kind of ['raw', 'agent'] as const) {
+      const r = await runOnce(kind, keys, readings)
+      ;(kind === 'raw' ? raw : agent).push(r)
+      warnings.push(...warnChecks(r))
+      log(`  round ${round} ${describe(r)}`)
+    }
+  }
+  return { raw, agent }
+}
+
 /** The edge agent's throughput and memory, each against its baseline (see the top of this file). */
 async function edgeBench (log: (line: string) => void): Promise<EdgePart> {
   const warnings: string[] = []
@@ -677,32 +692,16 @@ async function edgeBench (log: (line: string) => void): Promise<EdgePart> {
   const ceiling = await publisherCeiling(opts.readings)
   log(`publisher alone (into a discarding sink): ${fmtRate(ceiling)} readings/s`)
 
-  const raw: RunResult[] = []
-  const agent: RunResult[] = []
-  for (let round = 1; round <= opts.rounds; round++) {
-    for (const kind of ['raw', 'agent'] as const) {
-      const r = await runOnce(kind, opts.keys, opts.readings)
-      ;(kind === 'raw' ? raw : agent).push(r)
-      warnings.push(...warnChecks(r))
-      log(`  round ${round} ${describe(r)}`)
-    }
-  }
+  const { raw, agent } = await alternate(opts.rounds, opts.keys, opts.readings, log, warnings)
   const rawRate = median(raw.map(r => r.rate.perSecond))
   const agentRate = median(agent.map(r => r.rate.perSecond))
   const ratio = agentRate / rawRate
   const pairRatios = agent.map((a, i) => a.rate.perSecond / raw[i].rate.perSecond)
 
   log(`10,000 keys: ${opts.bigRounds} rounds of raw then agent, ${opts.bigReadings.toLocaleString('en-US')} readings each (throughput and peak RSS)`)
-  const rawBigRuns: RunResult[] = []
-  const agentBigRuns: RunResult[] = []
-  for (let round = 1; round <= opts.bigRounds; round++) {
-    for (const kind of ['raw', 'agent'] as const) {
-      const r = await runOnce(kind, opts.bigKeys, opts.bigReadings)
-      ;(kind === 'raw' ? rawBigRuns : agentBigRuns).push(r)
-      warnings.push(...warnChecks(r))
-      if (kind === 'agent' && (r.checks.openWindows ?? 0) < opts.bigKeys) warnings.push(`10k-key run: only ${r.checks.openWindows} windows open at the end (expected every key to have one)`)
-      log(`  round ${round} ${describe(r)}`)
-    }
+  const { raw: rawBigRuns, agent: agentBigRuns } = await alternate(opts.bigRounds, opts.bigKeys, opts.bigReadings, log, warnings)
+  for (const r of agentBigRuns) {
+    if ((r.checks.openWindows ?? 0) < opts.bigKeys) warnings.push(`10k-key run: only ${r.checks.openWindows} windows open at the end (expected every key to have one)`)
   }
   const rawBigRate = median(rawBigRuns.map(r => r.rate.perSecond))
   const agentBigRate = median(agentBigRuns.map(r => r.rate.perSecond))
