@@ -50,6 +50,21 @@ export function installCompiledHook (registerHooks) {
   const sources = readManifest()
   if (sources === undefined || typeof registerHooks !== 'function') return 0
   const prefix = PACKAGE_ROOT + sep
+  // A Node that still calls registerHooks experimental would say so on stderr at every start: the hook
+  // is ours to vouch for, and only that warning is dropped.
+  const emitWarning = process.emitWarning
+  process.emitWarning = (warning, ...rest) => {
+    if (!String(warning?.message ?? warning).includes('registerHooks')) emitWarning.call(process, warning, ...rest)
+  }
+  try {
+    install(registerHooks, sources, prefix)
+  } finally {
+    process.emitWarning = emitWarning
+  }
+  return Object.keys(sources).length
+}
+
+function install (registerHooks, sources, prefix) {
   registerHooks({
     load (url, context, nextLoad) {
       if (!url.startsWith('file:') || !url.endsWith('.ts')) return nextLoad(url, context)
@@ -68,5 +83,4 @@ export function installCompiledHook (registerHooks) {
       return { format: 'module', source: compiled, shortCircuit: true }
     }
   })
-  return Object.keys(sources).length
 }
