@@ -194,6 +194,7 @@ async function startTarget (kind: Kind, nodeArgs: string[] = []): Promise<Target
     const m = await child.line(/^ready raw http=(\S+) mqtt=(\S+)/, 30_000)
     return { kind, child, http: m[1], mqtt: m[2], counter: t => metricValue(t, 'bench_raw_messages_total') }
   }
+  rebuild()
   const id = `bench-${++agentSeq}`
   const child = spawnNode('agent', join(REPO_DIR, 'bin', 'fogmesh.js'), [
     'edge', '--pipelines', join(workDir, 'pipelines.yaml'), '--mqtt-port', '0', '--http-port', '0',
@@ -655,18 +656,26 @@ async function idleOnce (kind: Kind): Promise<IdleResult> {
 }
 
 /**
- * Builds dist/ (npm run build) so the agent runs as a deployment does, without the type stripper;
- * the raw broker is plain JavaScript too. False (and a warning) when the build fails.
+ * Whether the agent runs the JavaScript of npm run build, as a deployment does, without the type
+ * stripper (the raw broker is plain JavaScript too): the build at the start of the edge part worked.
  */
-function buildAgent (log: (line: string) => void, warnings: string[]): boolean {
+let compiled = false
+
+/** npm run build; its summary line. */
+function build (): string {
+  return execFileSync(process.execPath, [join(REPO_DIR, 'bin', 'build.js')], { cwd: REPO_DIR, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }).trim()
+}
+
+/**
+ * Before each agent start, once the first build worked: a source edited since (a checkout others work
+ * in) would otherwise run through the type stripper and weigh some 15 MiB more. A build that fails
+ * now (a file mid-edit that does not parse) leaves that file to its source.
+ */
+function rebuild (): void {
+  if (!compiled) return
   try {
-    const out = execFileSync(process.execPath, [join(REPO_DIR, 'bin', 'build.js')], { cwd: REPO_DIR, encoding: 'utf8' })
-    log(out.trim())
-    return true
-  } catch (err) {
-    warnings.push(`npm run build failed, the agent runs from its .ts sources: ${(err as Error).message}`)
-    return false
-  }
+    build()
+  } catch {}
 }
 
 /** Rounds of raw then agent on fresh processes, each run's checks turned into warnings. */
@@ -687,7 +696,12 @@ async function alternate (rounds: number, keys: number, readings: number, log: (
 /** The edge agent's throughput and memory, each against its baseline (see the top of this file). */
 async function edgeBench (log: (line: string) => void): Promise<EdgePart> {
   const warnings: string[] = []
-  const compiled = buildAgent(log, warnings)
+  try {
+    log(build())
+    compiled = true
+  } catch (err) {
+    warnings.push(`npm run build failed, the agent runs from its .ts sources: ${(err as Error).message}`)
+  }
   log(`throughput: ${opts.rounds} rounds of raw then agent, ${opts.readings.toLocaleString('en-US')} readings over ${opts.keys.toLocaleString('en-US')} keys each, polled every ${opts.pollMs} ms`)
   const ceiling = await publisherCeiling(opts.readings)
   log(`publisher alone (into a discarding sink): ${fmtRate(ceiling)} readings/s`)

@@ -28,8 +28,8 @@ export function sourceHash (text) {
 }
 
 /** The compiled file of a source, by its path relative to the package root (`core/expr.ts`). */
-export function compiledPath (rel) {
-  return join(DIST, rel.replace(/\.ts$/, '.js'))
+export function compiledPath (rel, dist = DIST) {
+  return join(dist, rel.replace(/\.ts$/, '.js'))
 }
 
 /** The manifest's sources by relative path (forward slashes), or undefined without a usable one. */
