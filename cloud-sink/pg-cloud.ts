@@ -11,8 +11,12 @@
  *   by every process, and the revisions come from the locked rows;
  * - the sinks get each finalization in their durable queues before it commits (at least once);
  * - the store unreachable (at start, or PostgreSQL restarting) is waited out: start retries with a
- *   log line naming the store (password masked), and passes and batches resume on their own.
+ *   log line naming the store (password masked), and passes and batches resume on their own. A store
+ *   that refuses the login, or holds a newer schema, ends the start at once with the reason;
+ * - a stop asked for while start waits for the store (`abort`) ends the wait: start returns without
+ *   taking batches, and stop closes what it opened.
  */
+import { setTimeout as sleep } from 'node:timers/promises'
 import { pipelineToPlain } from '../core/pipeline/format.ts'
 import type { PipelineSpec } from '../core/pipeline/spec.ts'
 import { ConfigError, HttpError } from '../core/errors.ts'
@@ -127,11 +131,14 @@ export class PgCloud implements ServiceApi {
     return this.#http.url
   }
 
-  /** Serves /healthz (503 until the store is reached), then waits for the store, then takes batches. */
-  async start (): Promise<void> {
+  /**
+   * Serves /healthz (503 until the store is reached), then waits for the store, then takes batches.
+   * Returns early, taking nothing, once `abort` fires (a stop signal while it waits).
+   */
+  async start (abort?: AbortSignal): Promise<void> {
     await this.#http.listen()
     try {
-      await this.#openStore()
+      await this.#openStore(abort)
     } catch (err) {
       // A store this process must not write to (a newer schema, a conflicting pipelines file): nothing
       // may keep the process alive after the error is reported.
@@ -140,7 +147,7 @@ export class PgCloud implements ServiceApi {
       this.#security.close()
       throw err
     }
-    if (this.#stopped) return
+    if (this.#stopped || abort?.aborted === true) return
     this.#timers.push(setInterval(() => this.#queuePass(), this.#options.tick))
     this.#timers.push(setInterval(() => { void this.#prune() }, PRUNE_EVERY))
     await this.membership.start()
@@ -148,9 +155,9 @@ export class PgCloud implements ServiceApi {
     this.#ready = true
   }
 
-  async #openStore (): Promise<void> {
+  async #openStore (abort: AbortSignal | undefined): Promise<void> {
     let wait = CONNECT_RETRY.min
-    for (let attempt = 1; !this.#stopped; attempt++) {
+    for (let attempt = 1; !this.#stopped && abort?.aborted !== true; attempt++) {
       try {
         const applied = await this.#store.open()
         this.#storeUp = true
@@ -166,7 +173,8 @@ export class PgCloud implements ServiceApi {
           const reason = ((err as Error).cause as Error | undefined)?.message ?? (err as Error).message
           this.#log.warn('store.unreachable', `waiting for the store ${this.#store.shown} (${reason}); trying again every ${CONNECT_RETRY.max / 1000}s at most`, { attempt })
         }
-        await new Promise(resolve => setTimeout(resolve, wait))
+        // An abort ends the wait early (the rejection it causes is that, nothing else).
+        await sleep(wait, undefined, { signal: abort }).catch(() => {})
         wait = Math.min(CONNECT_RETRY.max, wait * 2)
       }
     }

@@ -20,7 +20,7 @@
  */
 import { Decoder, Encoder } from 'cbor-x'
 import pg from 'pg'
-import { FogmeshError, HttpError } from '../core/errors.ts'
+import { ConfigError, FogmeshError, HttpError } from '../core/errors.ts'
 import type { Batch, Contribution, PipelineDef } from '../core/upstream/batch.ts'
 import { mergeContributions, sameSelects, supersedes } from '../core/upstream/merge.ts'
 import { windowId } from '../server/merge/contribution-store.ts'
@@ -114,6 +114,14 @@ function pendingOf (r: WindowRow): PendingWindow {
   }
 }
 
+/**
+ * The server refused the credentials (SQLSTATE class 28), or asked for a password the client did not
+ * have (pg says so before sending anything: its SASL step needs a string).
+ */
+function loginRefused (err: unknown): boolean {
+  return sqlState(err)?.startsWith('28') === true || /client password must be a string/.test((err as Error | undefined)?.message ?? '')
+}
+
 function sqlState (err: unknown): string | undefined {
   const code = (err as { code?: unknown } | null)?.code
   return typeof code === 'string' && /^[0-9A-Z]{5}$/.test(code) ? code : undefined
@@ -134,6 +142,24 @@ function windowColumns (ws: ReadonlyArray<{ pipeline: string, key: string, start
 
 const PENDING_COLUMNS = 'pipeline, key, start_ms, end_ms, first_seen, final_revision, dirty, upstream_final'
 
+/**
+ * pg's client, closing its socket when the connection fails on the client's side: pg leaves it open
+ * when it gives up before the server does (a password asked for and none given), and the server then
+ * holds it for its authentication_timeout (a minute), keeping a process that should exit alive.
+ */
+class Client extends pg.Client {
+  override connect (): Promise<pg.Client>
+  override connect (callback: (err: Error) => void): void
+  override connect (callback?: (err: Error) => void): Promise<pg.Client> | undefined {
+    const close = (): void => { (this as unknown as { connection?: { stream?: { destroy: () => void } } }).connection?.stream?.destroy() }
+    if (callback === undefined) return super.connect().catch((err: unknown) => { close(); throw err })
+    super.connect((err: Error | null) => {
+      if (err !== null) close()
+      callback(err as Error)
+    })
+  }
+}
+
 export class PgStore {
   readonly #pool: pg.Pool
   readonly #config: StoreConfig
@@ -151,6 +177,7 @@ export class PgStore {
     this.#config = config
     this.#log = log
     this.#pool = new pg.Pool({
+      Client,
       connectionString: config.url,
       max: config.pool,
       connectionTimeoutMillis: 5_000,
@@ -167,9 +194,24 @@ export class PgStore {
     return this.#config.shown
   }
 
-  /** Connects and brings the schema up to date; returns the versions applied by this call. */
+  /**
+   * Connects and brings the schema up to date; returns the versions applied by this call. A store
+   * that refuses the login (a wrong password, none given, no pg_hba.conf entry) is a ConfigError:
+   * waiting would not change it.
+   */
   async open (): Promise<number[]> {
-    const client = await this.#connect()
+    let client: pg.PoolClient
+    try {
+      client = await this.#connect()
+    } catch (err) {
+      const cause = (err as Error).cause
+      if (loginRefused(cause)) {
+        const why = sqlState(cause) === undefined ? 'it asks for a password and none was given' : redactUrls((cause as Error).message)
+        throw new ConfigError(`the store ${this.#config.shown} refused the login: ${why} ` +
+          '(the password comes from the URL, a ${NAME} in it, or PGPASSWORD)', { cause })
+      }
+      throw err
+    }
     try {
       const applied = await migrate(client)
       client.release()

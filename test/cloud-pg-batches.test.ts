@@ -199,7 +199,9 @@ t.test('late contributions racing the finalization at two processes: every windo
   const KEYS = 40
   const keys = Array.from({ length: KEYS }, (_, i) => `k${i}`)
   const part = (edge: string, k: number): Reading[] => [{ value: k + edge.length, device: `${edge}-d${k % 3}` }, { value: k * 2, device: `${edge}-x` }]
-  // e1 and e2 through different processes, their watermarks past the end: every window becomes due.
+  // e1 and e2 through different processes, their contributions first (with watermarks short of the
+  // end, so the tier waits for both), then their watermarks past the end: every window becomes due.
+  // Had e2's data come after e1's watermark, a pass between the two could finalize without e2.
   // e3 (never waited for: it reports no watermark) sends the same late batches to both processes at
   // once, one key at a time, while those finalizations run: each lands before a window's
   // finalization, or after it and makes a revision.
@@ -211,8 +213,12 @@ t.test('late contributions racing the finalization at two processes: every windo
     }
   })()
   await Promise.all([
-    post(a.http, batch('e1', 1, keys.map((key, i) => ({ key, w: 0, readings: part('e1', i) })), START + SIZE)),
-    post(b.http, batch('e2', 1, keys.map((key, i) => ({ key, w: 0, readings: part('e2', i) })), START + SIZE)),
+    (async () => {
+      const [r1, r2] = await Promise.all([post(a.http, batch('e1', 1, keys.map((key, i) => ({ key, w: 0, readings: part('e1', i) })), START + SIZE / 2)),
+        post(b.http, batch('e2', 1, keys.map((key, i) => ({ key, w: 0, readings: part('e2', i) })), START + SIZE / 2))])
+      if (r1.status !== 200 || r2.status !== 200) throw new Error(`e1, e2 batches: ${r1.status} ${r2.status}`)
+      await Promise.all([post(a.http, batch('e1', 2, [], START + SIZE)), post(b.http, batch('e2', 2, [], START + SIZE))])
+    })(),
     e3
   ])
   const all = async (base: string) => (await fetchJson(`${base}/v1/aggregates/${DEF.name}`)).body.results as ServedResult[]

@@ -1,12 +1,15 @@
 // Runs a real PostgreSQL server for a test: initdb into a temp dir, then `postgres` on a free loopback
-// port (TCP on 127.0.0.1 and a socket in the temp dir), trust authentication, fsync off. Needs the
+// port (TCP on 127.0.0.1 and a socket in the temp dir), trust authentication, fsync off. With
+// `password`, TCP connections instead need a role's password (scram-sha-256 in pg_hba.conf), so a test
+// can prove that a client really authenticates; the helper's own queries then go through the socket,
+// which stays trusted. Needs the
 // server binaries (Debian: `apt-get install postgresql`, which .ci/run does; its service is kept from
 // running); there is deliberately no silent skip when they are missing. PostgreSQL refuses to run as
 // root: as root, initdb and postgres run as the `postgres` user, which owns the temp dir.
 import { execFile, spawn } from 'node:child_process'
 import type { ChildProcess } from 'node:child_process'
 import { existsSync, readdirSync } from 'node:fs'
-import { chown } from 'node:fs/promises'
+import { chown, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
 import pg from 'pg'
@@ -15,7 +18,10 @@ import { exitStatus, freePort, sleep, stopChild, tmpDir, track } from './process
 const execFileP = promisify(execFile)
 
 export interface Postgres {
-  /** postgres://postgres@127.0.0.1:<port>/postgres */
+  /**
+   * postgres://postgres@127.0.0.1:<port>/postgres; with `password`, postgres://<its user>@127.0.0.1:<port>/postgres
+   * (no password in it: the test adds it the way it means to prove).
+   */
   url: string
   port: number
   /** A query on a new connection. */
@@ -45,7 +51,16 @@ async function owner (): Promise<{ uid: number, gid: number } | undefined> {
   return { uid: await id('-u'), gid: await id('-g') }
 }
 
-export async function startPostgres (opts: { timeoutMs?: number } = {}): Promise<Postgres> {
+export interface StartPostgresOptions {
+  timeoutMs?: number
+  /**
+   * Connections over TCP must authenticate (scram-sha-256) as this user, a superuser created with this
+   * password; the default is trust (no password asked).
+   */
+  password?: { user: string, password: string }
+}
+
+export async function startPostgres (opts: StartPostgresOptions = {}): Promise<Postgres> {
   const bin = binDir()
   const dir = await tmpDir('fogmesh-postgres-')
   const data = join(dir.path, 'data')
@@ -57,14 +72,21 @@ export async function startPostgres (opts: { timeoutMs?: number } = {}): Promise
     await dir.cleanup()
     throw new Error(`initdb failed: ${(err as Error).message}`, { cause: err })
   }
+  const auth = opts.password
+  if (auth !== undefined) {
+    // First match wins: the socket (the helper's own queries) stays trusted, TCP asks everyone for a password.
+    await writeFile(join(data, 'pg_hba.conf'), 'local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\nhost all all ::1/128 scram-sha-256\n')
+  }
   const port = await freePort()
-  const url = `postgres://postgres@127.0.0.1:${port}/postgres`
+  const url = `postgres://${auth?.user ?? 'postgres'}@127.0.0.1:${port}/postgres`
   let proc: ChildProcess | undefined
   let exited: Promise<void> = Promise.resolve()
   let output = ''
 
   const query = async <R extends pg.QueryResultRow>(sql: string, params: unknown[] = []): Promise<pg.QueryResult<R>> => {
-    const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 2000 })
+    const client = new pg.Client(auth === undefined
+      ? { connectionString: url, connectionTimeoutMillis: 2000 }
+      : { host: dir.path, port, user: 'postgres', database: 'postgres', connectionTimeoutMillis: 2000 })
     client.on('error', () => {})
     await client.connect()
     try {
@@ -115,6 +137,18 @@ export async function startPostgres (opts: { timeoutMs?: number } = {}): Promise
   } catch (err) {
     await dir.cleanup()
     throw err
+  }
+  if (auth !== undefined) {
+    const client = new pg.Client({ host: dir.path, port, user: 'postgres', database: 'postgres' })
+    try {
+      await client.connect()
+      await client.query(`CREATE ROLE ${client.escapeIdentifier(auth.user)} LOGIN SUPERUSER PASSWORD ${client.escapeLiteral(auth.password)}`)
+    } catch (err) {
+      await stop()
+      throw err
+    } finally {
+      await client.end().catch(() => {})
+    }
   }
   return { url, port, query, pause, resume: start, stop }
 }
