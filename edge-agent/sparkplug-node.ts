@@ -16,10 +16,10 @@
  * DDATA metrics carry their datatype (Sparkplug says they should not, but the reference JavaScript
  * decoder reads each value by its metric's own datatype, so hosts built on it would read nulls).
  * bdSeq is kept in the data dir, so a restarted edge's NBIRTH does not repeat the last one's.
+ * mqtt.js is loaded by the first node started, not with the agent: most edges run no Sparkplug node.
  */
 import { readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import mqtt from 'mqtt'
 import type { MqttClient } from 'mqtt'
 import { DataType, decodeSparkplug, encodeSparkplug, REBIRTH_METRIC, sparkplugTopic, valueFields } from '../core/formats/sparkplug-wire.ts'
 import type { WireMetric } from '../core/formats/sparkplug-wire.ts'
@@ -61,6 +61,7 @@ export class SparkplugNode {
   #seq = 0
   #nextAlias = 1
   #connected = false
+  #stopped = false
   readonly stats = { births: 0, data: 0, failed: 0 }
 
   constructor (o: SparkplugNodeOptions) {
@@ -78,11 +79,15 @@ export class SparkplugNode {
   }
 
   start (): void {
-    this.#connect()
+    import('mqtt').then(({ default: mqtt }) => {
+      if (!this.#stopped) this.#connect(mqtt.connect)
+    }, (err: Error) => {
+      this.#o.log.warn('sparkplug.unavailable', `cannot load the MQTT client (${err.message})`)
+    })
   }
 
   /** The will (NDEATH) is set per connection, so each new connection takes the next bdSeq. */
-  #connect (): void {
+  #connect (connect: typeof import('mqtt').connect): void {
     const o = this.#o
     const bdSeq = this.#bdSeq
     try {
@@ -90,7 +95,7 @@ export class SparkplugNode {
     } catch {
       // best effort: a bdSeq repeated after a restart only confuses hosts that check it
     }
-    const client = mqtt.connect(o.url, {
+    const client = connect(o.url, {
       clientId: `fogmesh-sparkplug-${o.group}-${o.node}-${process.pid}`,
       clean: true,
       reconnectPeriod: 0,
@@ -123,7 +128,7 @@ export class SparkplugNode {
         client.removeAllListeners()
         client.end(true)
         this.#bdSeq = (this.#bdSeq + 1) % 256
-        this.#connect()
+        this.#connect(connect)
       }, 1_000).unref()
     })
   }
@@ -204,6 +209,7 @@ export class SparkplugNode {
 
   /** A clean stop: the NDEATH is published (a will only goes out when the connection is lost). */
   async stop (): Promise<void> {
+    this.#stopped = true
     const client = this.#client
     this.#client = undefined
     if (client === undefined) return

@@ -8,8 +8,9 @@
  * percent-encoded (`%25`, `%2B`, `%23`, `%2F`, `%00`), so a key can neither add topic levels nor make a
  * wildcard: a key `a/b` of pipeline `p` goes to `results/p/a%2Fb`. `{start}` (ISO-8601) and
  * `{revision}` are there too.
+ *
+ * mqtt.js is loaded by the first send, not with the node: a node without an mqtt sink never pays for it.
  */
-import mqttjs from 'mqtt'
 import type { MqttClient } from 'mqtt'
 import type { WindowResult } from '../shell/results.ts'
 import { resultBody } from './webhook.ts'
@@ -57,7 +58,12 @@ export const mqtt: SinkDefinition<MqttConfig> = {
   },
   create (config, parts) {
     let client: MqttClient | undefined
-    const connected = (): MqttClient => {
+    let closed = false
+    const connected = async (): Promise<MqttClient> => {
+      if (client !== undefined) return client
+      const { default: mqttjs } = await import('mqtt')
+      if (closed) throw new Error('stopped')
+      // Another send may have connected while the library loaded.
       if (client === undefined) {
         client = mqttjs.connect(config.url, {
           clientId: config.clientId ?? `fogmesh-sink-${parts.name}-${Math.random().toString(16).slice(2, 10)}`,
@@ -77,7 +83,7 @@ export const mqtt: SinkDefinition<MqttConfig> = {
     }
     return {
       async send (results, signal) {
-        const c = connected()
+        const c = await connected()
         if (!c.connected) {
           await new Promise<void>((resolve, reject) => {
             const timer = setTimeout(() => { cleanup(); reject(new Error(`not connected to the broker within ${parts.timeout} ms`)) }, parts.timeout)
@@ -104,6 +110,7 @@ export const mqtt: SinkDefinition<MqttConfig> = {
         }
       },
       async close () {
+        closed = true
         await client?.endAsync(true)
       }
     }

@@ -11,8 +11,11 @@
  * The password comes from the url (`postgres://user:${PGPASS}@host/db`), `password-file` or
  * `password-env`. A row refused for its data (SQLSTATE class 22 or 23, e.g. a NUL character in a
  * key) is set aside; anything else (connection, permissions, a missing table) is retried.
+ *
+ * The pg library is loaded by the first send, not with the node: a node without a postgres sink never
+ * pays for it (the config is checked without it).
  */
-import pg from 'pg'
+import type { Pool } from 'pg'
 import type { WindowResult } from '../shell/results.ts'
 import { SinkRejected } from './sink.ts'
 import type { SinkDefinition, SinkFields } from './sink.ts'
@@ -26,9 +29,9 @@ export interface PostgresConfig {
 
 const IDENT = /^[A-Za-z_][A-Za-z0-9_]{0,62}$/
 
-/** The table's name, quoted, e.g. "public"."fogmesh_results". */
+/** The table's name, quoted, e.g. "public"."fogmesh_results" (as pg.escapeIdentifier quotes). */
 export function quotedTable (parts: readonly string[]): string {
-  return parts.map(p => pg.escapeIdentifier(p)).join('.')
+  return parts.map(p => `"${p.replaceAll('"', '""')}"`).join('.')
 }
 
 function sqlState (err: unknown): string | undefined {
@@ -51,17 +54,22 @@ export const postgres: SinkDefinition<PostgresConfig> = {
   },
   create (config, parts) {
     const table = quotedTable(config.table)
-    const pool = new pg.Pool({
-      connectionString: config.url,
-      ...config.password !== undefined ? { password: config.password } : {},
-      max: 2,
-      connectionTimeoutMillis: parts.timeout,
-      idleTimeoutMillis: 30_000,
-      statement_timeout: parts.timeout,
-      application_name: `fogmesh-sink-${parts.name}`
-    })
-    // An idle connection that breaks (the server restarting) must not crash the node.
-    pool.on('error', err => { parts.log.debug('sink.connection_lost', `postgres connection lost (${err.message})`) })
+    let pooled: Promise<Pool> | undefined
+    const connect = async (): Promise<Pool> => {
+      const { default: pg } = await import('pg')
+      const pool = new pg.Pool({
+        connectionString: config.url,
+        ...config.password !== undefined ? { password: config.password } : {},
+        max: 2,
+        connectionTimeoutMillis: parts.timeout,
+        idleTimeoutMillis: 30_000,
+        statement_timeout: parts.timeout,
+        application_name: `fogmesh-sink-${parts.name}`
+      })
+      // An idle connection that breaks (the server restarting) must not crash the node.
+      pool.on('error', err => { parts.log.debug('sink.connection_lost', `postgres connection lost (${err.message})`) })
+      return pool
+    }
     let created = false
     const create = `CREATE TABLE IF NOT EXISTS ${table} (
       pipeline text NOT NULL, key text NOT NULL, window_start timestamptz NOT NULL, window_end timestamptz NOT NULL,
@@ -95,6 +103,7 @@ export const postgres: SinkDefinition<PostgresConfig> = {
         for (const r of rows) {
           params.push(r.pipeline, r.key, new Date(r.start).toISOString(), new Date(r.end).toISOString(), r.revision, r.sources, r.final, JSON.stringify(r.values))
         }
+        const pool = await (pooled ??= connect())
         try {
           if (!created) {
             await pool.query(create)
@@ -110,7 +119,7 @@ export const postgres: SinkDefinition<PostgresConfig> = {
         }
       },
       async close () {
-        await pool.end()
+        if (pooled !== undefined) await (await pooled).end()
       }
     }
   }
