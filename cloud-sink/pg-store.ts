@@ -160,6 +160,44 @@ class Client extends pg.Client {
   }
 }
 
+/**
+ * A group's changes in one statement (one round trip; a transaction of its own unless definitions or
+ * "heard from" need more): the contributions that supersede the stored ones; their windows, created
+ * if new, a final one made dirty, each locked (see the top); windows a fog finalized flagged; the
+ * watermarks. `dirty` in the windows' values is "changed": it applies only to a row already final. A
+ * window with nothing to change is not rewritten (no new row version), but ON CONFLICT DO UPDATE locks
+ * it all the same, whatever its WHERE says. Returns the contributions stored ('c') and the windows
+ * that were final already ('w').
+ */
+const APPLY = `WITH c AS (
+     INSERT INTO fogmesh_contributions AS c (pipeline, key, start_ms, end_ms, edge, revision, states)
+     SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::text[], $6::int[], $7::bytea[])
+     ON CONFLICT (pipeline, key, start_ms, end_ms, edge) DO UPDATE SET revision = excluded.revision, states = excluded.states
+     WHERE excluded.revision > c.revision
+     RETURNING pipeline, key, start_ms, end_ms, edge),
+   t AS (
+     SELECT pipeline, key, start_ms, end_ms, bool_or(changed) AS changed, bool_or(upstream) AS upstream FROM (
+       SELECT pipeline, key, start_ms, end_ms, true AS changed, false AS upstream FROM c
+       UNION ALL
+       SELECT *, false, true FROM unnest($8::text[], $9::text[], $10::bigint[], $11::bigint[])) x
+     GROUP BY pipeline, key, start_ms, end_ms),
+   w AS (
+     INSERT INTO fogmesh_windows AS w (pipeline, key, start_ms, end_ms, first_seen, dirty, upstream_final)
+     SELECT pipeline, key, start_ms, end_ms, $12::bigint, changed, upstream FROM t ORDER BY pipeline, key, start_ms, end_ms
+     ON CONFLICT (pipeline, key, start_ms, end_ms) DO UPDATE SET
+       dirty = w.dirty OR (w.final_revision IS NOT NULL AND excluded.dirty),
+       upstream_final = w.upstream_final OR (w.final_revision IS NULL AND excluded.upstream_final)
+     WHERE (w.final_revision IS NOT NULL AND excluded.dirty) OR (w.final_revision IS NULL AND excluded.upstream_final AND NOT w.upstream_final)
+     RETURNING pipeline, key, start_ms, end_ms, final_revision IS NOT NULL AS was_final),
+   m AS (
+     INSERT INTO fogmesh_watermarks AS m (pipeline, edge, watermark, last_seen, idle)
+     SELECT * FROM unnest($13::text[], $14::text[], $15::float8[], $16::bigint[], $17::boolean[])
+     ON CONFLICT (pipeline, edge) DO UPDATE SET watermark = GREATEST(m.watermark, excluded.watermark),
+       last_seen = GREATEST(m.last_seen, excluded.last_seen), idle = excluded.idle)
+   SELECT 'c' AS kind, pipeline, key, start_ms, end_ms, edge, NULL::boolean AS was_final FROM c
+   UNION ALL
+   SELECT 'w', pipeline, key, start_ms, end_ms, NULL, was_final FROM w WHERE was_final`
+
 export class PgStore {
   readonly #pool: pg.Pool
   readonly #config: StoreConfig
@@ -369,49 +407,20 @@ export class PgStore {
     }
     const ms = [...marks.values()].sort((a, b) => a.pipeline < b.pipeline ? -1 : a.pipeline > b.pipeline ? 1 : a.edge < b.edge ? -1 : 1)
 
-    // One statement (one round trip; a transaction of its own unless definitions or "heard from" need
-    // more): the contributions that supersede the stored ones; their windows, created if new, a final
-    // one made dirty, each locked (see the top); windows a fog finalized flagged; the watermarks.
-    // `dirty` in the windows' values is "changed": it applies only to a row already final. A window
-    // with nothing to change is not rewritten (no new row version), but ON CONFLICT DO UPDATE locks it
-    // all the same, whatever its WHERE says.
+    // One statement: APPLY.
     const applied = new Set<Offer>()
     const wasFinal = new Set<string>()
     if (seen.size > 0) await begin()
     if (winners.length > 0 || finals.length > 0 || ms.length > 0) {
-      const { rows } = await client.query<{ kind: string, pipeline: string, key: string, start_ms: string, end_ms: string, edge: string | null, was_final: boolean | null }>(
-        `WITH c AS (
-           INSERT INTO fogmesh_contributions AS c (pipeline, key, start_ms, end_ms, edge, revision, states)
-           SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::text[], $6::int[], $7::bytea[])
-           ON CONFLICT (pipeline, key, start_ms, end_ms, edge) DO UPDATE SET revision = excluded.revision, states = excluded.states
-           WHERE excluded.revision > c.revision
-           RETURNING pipeline, key, start_ms, end_ms, edge),
-         t AS (
-           SELECT pipeline, key, start_ms, end_ms, bool_or(changed) AS changed, bool_or(upstream) AS upstream FROM (
-             SELECT pipeline, key, start_ms, end_ms, true AS changed, false AS upstream FROM c
-             UNION ALL
-             SELECT *, false, true FROM unnest($8::text[], $9::text[], $10::bigint[], $11::bigint[])) x
-           GROUP BY pipeline, key, start_ms, end_ms),
-         w AS (
-           INSERT INTO fogmesh_windows AS w (pipeline, key, start_ms, end_ms, first_seen, dirty, upstream_final)
-           SELECT pipeline, key, start_ms, end_ms, $12::bigint, changed, upstream FROM t ORDER BY pipeline, key, start_ms, end_ms
-           ON CONFLICT (pipeline, key, start_ms, end_ms) DO UPDATE SET
-             dirty = w.dirty OR (w.final_revision IS NOT NULL AND excluded.dirty),
-             upstream_final = w.upstream_final OR (w.final_revision IS NULL AND excluded.upstream_final)
-           WHERE (w.final_revision IS NOT NULL AND excluded.dirty) OR (w.final_revision IS NULL AND excluded.upstream_final AND NOT w.upstream_final)
-           RETURNING pipeline, key, start_ms, end_ms, final_revision IS NOT NULL AS was_final),
-         m AS (
-           INSERT INTO fogmesh_watermarks AS m (pipeline, edge, watermark, last_seen, idle)
-           SELECT * FROM unnest($13::text[], $14::text[], $15::float8[], $16::bigint[], $17::boolean[])
-           ON CONFLICT (pipeline, edge) DO UPDATE SET watermark = GREATEST(m.watermark, excluded.watermark),
-             last_seen = GREATEST(m.last_seen, excluded.last_seen), idle = excluded.idle)
-         SELECT 'c' AS kind, pipeline, key, start_ms, end_ms, edge, NULL::boolean AS was_final FROM c
-         UNION ALL
-         SELECT 'w', pipeline, key, start_ms, end_ms, NULL, was_final FROM w WHERE was_final`,
-        [...windowColumns(winners), winners.map(w => w.contribution.edge), winners.map(w => w.contribution.revision),
+      const { rows } = await client.query<{ kind: string, pipeline: string, key: string, start_ms: string, end_ms: string, edge: string | null, was_final: boolean | null }>({
+        // Named: prepared once per connection, not parsed and planned again for every group.
+        name: 'fogmesh_apply',
+        text: APPLY,
+        values: [...windowColumns(winners), winners.map(w => w.contribution.edge), winners.map(w => w.contribution.revision),
           winners.map(w => encoder.encode(w.contribution.states)),
           ...windowColumns(finals), firstSeen,
-          ms.map(m => m.pipeline), ms.map(m => m.edge), ms.map(m => m.watermark), ms.map(m => m.lastSeen), ms.map(m => m.idle)])
+          ms.map(m => m.pipeline), ms.map(m => m.edge), ms.map(m => m.watermark), ms.map(m => m.lastSeen), ms.map(m => m.idle)]
+      })
       for (const r of rows) {
         const ref = { pipeline: r.pipeline, key: r.key, start: Number(r.start_ms), end: Number(r.end_ms) }
         if (r.kind === 'c') applied.add(best.get(JSON.stringify([ref.pipeline, ref.key, ref.start, ref.end, r.edge]))!)
