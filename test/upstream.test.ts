@@ -10,11 +10,12 @@ import { Finalizer, mergeContributions, supersedes } from '../core/upstream/merg
 const def: PipelineDef = { name: 'p', version: 1, window: 'tumbling', selects: [{ name: 'n', fn: 'count', params: [] }, { name: 's', fn: 'sum', params: [] }] }
 
 function state (values: number[]): unknown[] {
-  const c = count.create([])
-  const s = sum.create([])
+  // add may return a new state (count's is a bare number): keep what it returns.
+  let c = count.create([])
+  let s = sum.create([])
   for (const v of values) {
-    count.add(c, undefined, 0)
-    sum.add(s, v, 0)
+    c = count.add(c, undefined, 0)
+    s = sum.add(s, v, 0)
   }
   return [count.encode(c), sum.encode(s)]
 }
