@@ -166,8 +166,9 @@ class Client extends pg.Client {
  * if new, a final one made dirty, each locked (see the top); windows a fog finalized flagged; the
  * watermarks. `dirty` in the windows' values is "changed": it applies only to a row already final. A
  * window with nothing to change is not rewritten (no new row version), but ON CONFLICT DO UPDATE locks
- * it all the same, whatever its WHERE says. Returns the contributions stored ('c') and the windows
- * that were final already ('w').
+ * it all the same, whatever its WHERE says. Returns how many contributions were stored ('n'), which
+ * ones only if not all of the $18 offered were (the usual case needs no row per contribution), and the
+ * windows that were final already ('w').
  */
 const APPLY = `WITH c AS (
      INSERT INTO fogmesh_contributions AS c (pipeline, key, start_ms, end_ms, edge, revision, states)
@@ -194,9 +195,12 @@ const APPLY = `WITH c AS (
      SELECT * FROM unnest($13::text[], $14::text[], $15::float8[], $16::bigint[], $17::boolean[])
      ON CONFLICT (pipeline, edge) DO UPDATE SET watermark = GREATEST(m.watermark, excluded.watermark),
        last_seen = GREATEST(m.last_seen, excluded.last_seen), idle = excluded.idle)
-   SELECT 'c' AS kind, pipeline, key, start_ms, end_ms, edge, NULL::boolean AS was_final FROM c
+   SELECT 'n' AS kind, NULL::text AS pipeline, NULL::text AS key, NULL::bigint AS start_ms, NULL::bigint AS end_ms, NULL::text AS edge,
+     NULL::boolean AS was_final, count(*)::int AS n FROM c
    UNION ALL
-   SELECT 'w', pipeline, key, start_ms, end_ms, NULL, was_final FROM w WHERE was_final`
+   SELECT 'c', pipeline, key, start_ms, end_ms, edge, NULL, NULL FROM c WHERE (SELECT count(*) FROM c) < $18
+   UNION ALL
+   SELECT 'w', pipeline, key, start_ms, end_ms, NULL, was_final, NULL FROM w WHERE was_final`
 
 export class PgStore {
   readonly #pool: pg.Pool
@@ -412,16 +416,20 @@ export class PgStore {
     const wasFinal = new Set<string>()
     if (seen.size > 0) await begin()
     if (winners.length > 0 || finals.length > 0 || ms.length > 0) {
-      const { rows } = await client.query<{ kind: string, pipeline: string, key: string, start_ms: string, end_ms: string, edge: string | null, was_final: boolean | null }>({
+      const { rows } = await client.query<{ kind: string, pipeline: string, key: string, start_ms: string, end_ms: string, edge: string | null, n: number | null }>({
         // Named: prepared once per connection, not parsed and planned again for every group.
         name: 'fogmesh_apply',
         text: APPLY,
         values: [...windowColumns(winners), winners.map(w => w.contribution.edge), winners.map(w => w.contribution.revision),
           winners.map(w => encoder.encode(w.contribution.states)),
           ...windowColumns(finals), firstSeen,
-          ms.map(m => m.pipeline), ms.map(m => m.edge), ms.map(m => m.watermark), ms.map(m => m.lastSeen), ms.map(m => m.idle)]
+          ms.map(m => m.pipeline), ms.map(m => m.edge), ms.map(m => m.watermark), ms.map(m => m.lastSeen), ms.map(m => m.idle), winners.length]
       })
       for (const r of rows) {
+        if (r.kind === 'n') {
+          if (r.n === winners.length) for (const w of winners) applied.add(w)
+          continue
+        }
         const ref = { pipeline: r.pipeline, key: r.key, start: Number(r.start_ms), end: Number(r.end_ms) }
         if (r.kind === 'c') applied.add(best.get(JSON.stringify([ref.pipeline, ref.key, ref.start, ref.end, r.edge]))!)
         else wasFinal.add(windowId(ref))
