@@ -5,7 +5,8 @@
  * run): how much of what the database takes the tier keeps, and how it scales with processes.
  *
  * The load: closed loops, each an edge posting batches of WINDOWS windows (one contribution each, a
- * higher revision every batch, so every contribution is a committed upsert). The raw baseline runs the
+ * higher revision every batch, so every contribution is a committed upsert), through the client edges
+ * post with (server/shell/peer-client.ts: node:http, kept-alive connections). The raw baseline runs the
  * same loops with the same rows as one multi-row upsert per batch into a bare table, from a pool of as
  * many connections as loops. Rounds alternate raw, one, two; the medians are reported. Finalization
  * stays out of the figure (--finalize-after is longer than the run). Ratios, not absolute figures: the
@@ -19,6 +20,7 @@ import { batchRequest, closedLoop, windowEntries } from './cluster-workload.ts'
 import type { Request } from './cluster-workload.ts'
 import { cpuTimes, median, REPO_DIR, spawnNode, stopChild } from './lib.ts'
 import type { Child } from './lib.ts'
+import { PeerClient } from '../server/shell/peer-client.ts'
 import { startPostgres } from '../test/helpers/postgres.ts'
 
 /** Windows (contributions) per batch. */
@@ -87,9 +89,9 @@ function ownCpuMs (): number {
   return (u.user + u.system) / 1000
 }
 
-async function post (url: string, req: Request): Promise<string> {
-  const res = await fetch(url, { method: 'POST', headers: req.headers, body: req.body, signal: AbortSignal.timeout(10_000) })
-  await res.arrayBuffer()
+/** Posts as an edge does: through the node's own client (server/shell/peer-client.ts), kept-alive connections. */
+async function post (client: PeerClient, url: string, req: Request): Promise<string> {
+  const res = await client.request(url, { method: 'POST', headers: req.headers, body: req.body, signal: AbortSignal.timeout(10_000) })
   return res.status === 200 ? 'ok' : `HTTP ${res.status}`
 }
 
@@ -99,6 +101,7 @@ export async function runCloudPgBench (o: { workDir: string, quick: boolean, log
   const pgServer = await startPostgres()
   const clouds: Child[] = []
   const pool = new pg.Pool({ connectionString: pgServer.url, max: LOOPS })
+  const clients: PeerClient[] = []
   try {
     const start = async (i: number): Promise<string> => {
       const child = spawnNode(`cloud-${i}`, join(REPO_DIR, 'bin', 'fogmesh.js'), ['cloud', '--id', `c${i}`, '--http-port', '0', '--data-dir', join(o.workDir, `cloud-pg-${i}`),
@@ -123,7 +126,12 @@ export async function runCloudPgBench (o: { workDir: string, quick: boolean, log
         }
       })
     const entries = (edge: string, rev: number) => windowEntries(edge, rev, Array.from({ length: WINDOWS }, (_, k) => `${edge}-k${k}`), WINDOW_START, WINDOW_START + WINDOW_MS)
-    const through = (processes: number) => loops(i => async (edge, rev) => await post(`${urls[i % processes]}/v1/partials`, batchRequest(edge, rev, entries(edge, rev))))
+    // A client per round: a connection left idle since an earlier round may be closing at the server (its keep-alive timeout).
+    const through = (processes: number) => {
+      const client = new PeerClient()
+      clients.push(client)
+      return loops(i => async (edge, rev) => await post(client, `${urls[i % processes]}/v1/partials`, batchRequest(edge, rev, entries(edge, rev))))
+    }
     const raw = loops(() => async (edge, rev) => {
       const ws = entries(edge, rev)
       // Encoded as the tier's loops encode theirs, so that the load process does the same work either way.
@@ -169,6 +177,7 @@ export async function runCloudPgBench (o: { workDir: string, quick: boolean, log
     const cpuPerThousand = { raw: medianCpu(cpu.raw), one: medianCpu(cpu.one), two: medianCpu(cpu.two) }
     return { rounds, roundMs, contributionsPerBatch: WINDOWS, loops: LOOPS, rawPerSecond, onePerSecond, twoPerSecond, cpuPerThousand, oneOfRaw, scaling, warnings }
   } finally {
+    for (const c of clients) c.close()
     await pool.end().catch(() => {})
     await Promise.all(clouds.map(async c => await stopChild(c)))
     await pgServer.stop()
