@@ -2,8 +2,9 @@
  * The soak part of the bench (`node bench/run.ts --only soak [--long 1h]`, default 10m): a mesh of real
  * processes, two `fogmesh edge`s (embedded brokers) → one `fogmesh fog` (its embedded store) → `fogmesh
  * cloud`, fed by the streaming simulator (`fogmesh sim`, its own process) at 10,000 readings/s in all,
- * in real time, for the whole run, with its ground truth, on the edge part's pipeline (bench/peers/workload.ts). Every node runs with a short --retention
- * (a twelfth of the run, from 1 to 5 minutes), so that retention applies well within the run.
+ * in real time, for the whole run, with its ground truth, on the edge part's pipeline
+ * (bench/peers/workload.ts). Every node runs with a short --retention (a twelfth of the run, from 1 to
+ * 5 minutes), so that retention applies well within the run.
  *
  * Each sample (every minute, or every sixtieth of a shorter run, at least every 5 s) records every
  * node's RSS and peak RSS (VmHWM), its CPU time, the size of its data dir, and the readings the edges
