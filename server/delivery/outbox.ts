@@ -4,7 +4,9 @@
  * the cloud has them. Items are opaque blobs (CBOR, by convention) kept in append order.
  *
  * Durability: WAL with synchronous = FULL, so an item whose append returned survives SIGKILL and power
- * loss. Bound: the total size of the items; an append that goes over drops the oldest items first, and
+ * loss. Delivery marks are committed with synchronous = NORMAL (no fsync of their own; the next append's
+ * fsync carries them): they survive SIGKILL, and one lost to a power cut only sends its items again,
+ * which every receiver takes as a replay, so delivery stays at least once at half the fsyncs. Bound: the total size of the items; an append that goes over drops the oldest items first, and
  * counts them.
  *
  * Delivery is tracked per target. An item leaves the outbox when it reaches its primary target (the
@@ -243,19 +245,25 @@ export class Outbox {
   markDelivered (target: string, ids: readonly number[]): void {
     if (ids.length === 0) return
     const bit = this.#bit(target)
-    this.#transaction(() => {
-      if (target === this.#primary) {
-        for (const id of ids) {
-          const gone = this.#remove.all(id) as Array<{ size: number }>
-          for (const g of gone) {
-            this.#bytes -= g.size
-            this.#items--
+    // See the opening comment: a lost mark means a replay, not a loss.
+    this.#db.exec('PRAGMA synchronous = NORMAL')
+    try {
+      this.#transaction(() => {
+        if (target === this.#primary) {
+          for (const id of ids) {
+            const gone = this.#remove.all(id) as Array<{ size: number }>
+            for (const g of gone) {
+              this.#bytes -= g.size
+              this.#items--
+            }
           }
+        } else {
+          for (const id of ids) this.#mark.run(bit, id)
         }
-      } else {
-        for (const id of ids) this.#mark.run(bit, id)
-      }
-    })
+      })
+    } finally {
+      this.#db.exec('PRAGMA synchronous = FULL')
+    }
   }
 
   /** A value the caller keeps with the items (as durable as they are). */
