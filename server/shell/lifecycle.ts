@@ -7,7 +7,8 @@
  * A signal while the node is still starting (a start that waits, e.g. for its store) aborts the start
  * (the AbortSignal start is given), then stops the node cleanly and exits 0 without a `ready` line:
  * stop() is only ever called after start() has settled, so a role need not make the two safe to run
- * at once. A start that ignores the abort just finishes first.
+ * at once. A start that ignores the abort and does not end within START_ABORT_GRACE exits 1 with a
+ * line saying so: a signal never leaves a process waiting.
  */
 import type { Logger } from './log.ts'
 
@@ -20,11 +21,16 @@ export interface Runnable {
   reload?: () => void
 }
 
+/** How long a start that ignores its abort may go on after a stop signal, ms. */
+const START_ABORT_GRACE = 10_000
+
 export async function runUntilSignal (node: Runnable, log: Logger): Promise<number> {
   const aborted = new AbortController()
   let started = false
   let stoppingSince = 0
   let stopNow: (() => void) | undefined
+  /** Set by a signal during start; cleared once start has settled (a clean stop then takes the time it needs). */
+  let startGrace: NodeJS.Timeout | undefined
   const onSignal = (signal: NodeJS.Signals) => {
     // Ctrl-C reaches us twice when a launcher re-executed us (once from the terminal, once forwarded):
     // only a signal well after the first means "stop now".
@@ -40,6 +46,10 @@ export async function runUntilSignal (node: Runnable, log: Logger): Promise<numb
     } else {
       log.info('node.stopping', 'stopping while starting: the start is abandoned', { signal, starting: true })
       aborted.abort()
+      startGrace = setTimeout(() => {
+        log.warn('node.stop_forced', `the start did not end within ${START_ABORT_GRACE / 1000}s of ${signal}: exiting without a clean stop`, { signal })
+        process.exit(1)
+      }, START_ABORT_GRACE).unref()
     }
   }
   process.on('SIGTERM', onSignal)
@@ -55,7 +65,11 @@ export async function runUntilSignal (node: Runnable, log: Logger): Promise<numb
     }
   }
 
-  await node.start(aborted.signal)
+  try {
+    await node.start(aborted.signal)
+  } finally {
+    clearTimeout(startGrace)
+  }
   if (aborted.signal.aborted) return await stop()
   started = true
   const ready = node.readyLine()
