@@ -121,10 +121,14 @@ export class FogCluster implements Replication {
     this.deployments = new EtcdDeploymentStore({ client, layout, session: this.#session, mirror: this.#mirror })
   }
 
-  /** Loads the replicated state into `sink`, then joins: lease, member key, watch, campaign. */
-  async start (http: string, sink: ClusterSink): Promise<void> {
+  /**
+   * Loads the replicated state into `sink`, then joins: lease, member key, watch, campaign. `abort`
+   * (a stop signal while etcd is not reachable yet) ends the wait: the node then stops without joining.
+   */
+  async start (http: string, sink: ClusterSink, abort?: AbortSignal): Promise<void> {
     this.#mirror.sendTo(sink)
-    for (let attempt = 0; !this.#stopped; attempt++) {
+    const ended = () => this.#stopped || abort?.aborted === true
+    for (let attempt = 0; !ended(); attempt++) {
       try {
         await this.#mirror.load()
         await this.#session.register(http)
@@ -137,15 +141,16 @@ export class FogCluster implements Replication {
             endpoints: this.#o.endpoints, reason: (err as Error).message, attempt, tls: secure
           })
         }
-        await sleep(Math.min(2_000, 200 * 2 ** Math.min(attempt, 4)))
+        await sleep(Math.min(2_000, 200 * 2 ** Math.min(attempt, 4)), undefined, { signal: abort }).catch(() => {})
       }
     }
+    if (ended()) return
     this.#session.join()
     this.#timers.push(setInterval(() => { void this.#session.probe() }, PROBE_EVERY))
     this.#timers.push(setInterval(() => { void this.#leader.maintain((before, limit) => sink.expired(before, limit)) }, this.#o.maintainEvery))
     this.#leader.schedule()
     // Ready means taking partials: wait for the leader (maybe this one) to put it in the map.
-    while (!this.#stopped && !this.#mirror.ownedShards().size && this.#session.status() !== 'ok') await sleep(50)
+    while (!ended() && !this.#mirror.ownedShards().size && this.#session.status() !== 'ok') await sleep(50)
     this.#mirror.gained(new Set())
   }
 

@@ -86,7 +86,8 @@ export class FogCoordinator implements Runnable {
       })
   }
 
-  async start (): Promise<void> {
+  /** `abort`: a stop signal while the cluster waits for etcd ends the start (see server/shell/lifecycle.ts). */
+  async start (abort?: AbortSignal): Promise<void> {
     await this.node.start()
     await this.cluster?.start(this.node.advertisedUrl, {
       apply: change => { this.node.mirror.apply(change) },
@@ -94,7 +95,8 @@ export class FogCoordinator implements Runnable {
       expired: (before, limit) => this.node.mirror.finalBefore(before, limit),
       removed: windows => { this.node.mirror.remove(windows) },
       deployed: set => { this.deployments.adopt(set) }
-    })
+    }, abort)
+    if (abort?.aborted === true) return
     this.forwarder?.start()
   }
 

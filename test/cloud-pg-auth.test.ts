@@ -13,9 +13,10 @@ import t from 'tap'
 import type { Test } from 'tap'
 import type { Batch } from '../core/upstream/batch.ts'
 import { postBatch } from './helpers/partials.ts'
+import { stopWhileStarting } from './helpers/stop-signal.ts'
 import { startPostgres } from './helpers/postgres.ts'
 import type { Postgres } from './helpers/postgres.ts'
-import { exitStatus, fetchJson, fogmeshBin, freePort, startFogmesh, tmpDir, track, waitFor } from './helpers/process.ts'
+import { exitStatus, fetchJson, fogmeshBin, startFogmesh, tmpDir, track } from './helpers/process.ts'
 import type { RunningProcess } from './helpers/process.ts'
 
 t.setTimeout(90_000)
@@ -107,22 +108,6 @@ t.test('a stop signal while the cloud waits for a store that is down: the start 
   const dir = await tmpDir('fogmesh-cloud-pg-stop-')
   t.teardown(() => dir.cleanup())
   for (const signal of ['SIGTERM', 'SIGINT'] as const) {
-    const port = await freePort()
-    const proc = spawn(process.execPath, [fogmeshBin, 'cloud', '--id', `w-${signal}`, '--http-port', String(port), '--data-dir', join(dir.path, signal), '--log-format', 'json', '--store', pg.url],
-      { stdio: ['ignore', 'pipe', 'pipe'] })
-    track(proc)
-    const stdout: string[] = []
-    const stderr: string[] = []
-    createInterface({ input: proc.stdout }).on('line', l => stdout.push(l))
-    createInterface({ input: proc.stderr }).on('line', l => stderr.push(l))
-    const closed = new Promise<number>(resolve => proc.once('close', (code, s) => resolve(exitStatus(code, s))))
-    await waitFor(() => stderr.some(l => l.includes('store.unreachable')), { timeoutMs: 20_000, message: 'the cloud waiting for the store' })
-    t.equal((await fetchJson(`http://127.0.0.1:${port}/healthz`)).status, 503, `${signal}: not ready while it waits`)
-    proc.kill(signal)
-    t.equal(await closed, 0, `${signal}: exit 0`)
-    const events = stderr.map(l => { try { return JSON.parse(l) as { event?: string, signal?: string } } catch { return {} } })
-    t.ok(events.some(e => e.event === 'node.stopping' && e.signal === signal), `${signal}: a line says it stops while starting`)
-    t.ok(events.some(e => e.event === 'node.stopped'), `${signal}: and that it stopped cleanly`)
-    t.notOk(stdout.some(l => l.startsWith('ready ')), `${signal}: no ready line`)
+    await stopWhileStarting(t, ['cloud', '--id', `w-${signal}`, '--data-dir', join(dir.path, signal), '--store', pg.url], 'store.unreachable', signal)
   }
 })

@@ -297,8 +297,9 @@ export class MergeNode implements ServiceApi {
 
   // ServiceApi
 
+  /** Serving, and (in a cluster) joined: a member still waiting for etcd is not ready yet. */
   isReady (): boolean {
-    return this.#ready
+    return this.#ready && this.#replication?.view().status !== 'starting'
   }
 
   pipelines (): PipelineInfo[] {
