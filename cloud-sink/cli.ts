@@ -22,7 +22,7 @@ export async function cloudCommand (argv: string[]): Promise<number> {
   const log = roleLogger('cloud', options)
   const { store } = options
   const node = store === undefined
-    ? new MergeNode('cloud', options, specs, undefined, [], log)
+    ? new MergeNode('cloud', options, specs, { log })
     : new PgCloud({ ...options, store }, specs, log)
   return await runUntilSignal(node, log)
 }

@@ -117,13 +117,7 @@ export class MergeNode implements ServiceApi {
   /** Contributions received so far and when last sampled, for the heartbeat's rate. */
   #rate = { at: Date.now(), received: 0, perSecond: 0 }
 
-  constructor (role: 'fog' | 'cloud', options: MergeOptions, specs: PipelineSpec[], parts?: MergeNodeParts)
-  /** The positional form of the parts, as callers from before MergeNodeParts pass them. */
-  constructor (role: 'fog' | 'cloud', options: MergeOptions, specs: PipelineSpec[], replication?: Replication, routes?: Route[], log?: Logger, security?: NodeSecurity)
-  constructor (role: 'fog' | 'cloud', options: MergeOptions, specs: PipelineSpec[], first?: MergeNodeParts | Replication, routes?: Route[], log?: Logger, security?: NodeSecurity) {
-    const parts: MergeNodeParts = first !== undefined && !isReplication(first) && routes === undefined && log === undefined && security === undefined
-      ? first
-      : { replication: first as Replication | undefined, routes, log, security }
+  constructor (role: 'fog' | 'cloud', options: MergeOptions, specs: PipelineSpec[], parts: MergeNodeParts = {}) {
     this.role = role
     this.id = options.id
     this.#options = options
@@ -343,8 +337,4 @@ export class MergeNode implements ServiceApi {
     m.gauge('fogmesh_edge_watermark_seconds', 'Each edge\'s event-time watermark per pipeline, as last reported', ['pipeline', 'edge'], () =>
       [...this.#finalizer.watermarks()].filter(w => Number.isFinite(w.watermark)).map(w => [{ pipeline: w.pipeline, edge: w.edge }, w.watermark / 1000]))
   }
-}
-
-function isReplication (x: MergeNodeParts | Replication): x is Replication {
-  return typeof (x as Partial<Replication>).admit === 'function'
 }

@@ -7,7 +7,7 @@ import type { ChildProcess } from 'node:child_process'
 import { accessSync, constants as fsConstants } from 'node:fs'
 import { writeFile } from 'node:fs/promises'
 import { delimiter, join } from 'node:path'
-import { exitStatus, freePort, sleep, stopChild, tmpDir, track } from './process.ts'
+import { exitStatus, freePort, serverLifecycle, sleep, stopChild, tmpDir, track } from './process.ts'
 
 export interface Influx {
   /** http://127.0.0.1:<port> */
@@ -95,21 +95,7 @@ export async function startInflux (opts: { timeoutMs?: number } = {}): Promise<I
     if (proc !== undefined) await stopChild(proc, exited, 'SIGTERM')
   }
 
-  let stopped: Promise<void> | undefined
-  const stop = (): Promise<void> => {
-    stopped ??= (async () => {
-      await pause()
-      await dir.cleanup()
-    })()
-    return stopped
-  }
-
-  try {
-    await start()
-  } catch (err) {
-    await dir.cleanup()
-    throw err
-  }
+  const stop = await serverLifecycle(dir, start, pause)
   const write = async (db: string, lines: string): Promise<Response> =>
     await fetch(`${url}/write?db=${encodeURIComponent(db)}&precision=ms`, { method: 'POST', body: lines, signal: AbortSignal.timeout(5000) })
   return { url, query, write, pause, resume: start, stop }

@@ -13,7 +13,7 @@ import { chown, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
 import pg from 'pg'
-import { exitStatus, freePort, sleep, stopChild, tmpDir, track } from './process.ts'
+import { exitStatus, freePort, serverLifecycle, sleep, stopChild, tmpDir, track } from './process.ts'
 
 const execFileP = promisify(execFile)
 
@@ -123,21 +123,7 @@ export async function startPostgres (opts: StartPostgresOptions = {}): Promise<P
     if (proc !== undefined) await stopChild(proc, exited, 'SIGINT')
   }
 
-  let stopped: Promise<void> | undefined
-  const stop = (): Promise<void> => {
-    stopped ??= (async () => {
-      await pause()
-      await dir.cleanup()
-    })()
-    return stopped
-  }
-
-  try {
-    await start()
-  } catch (err) {
-    await dir.cleanup()
-    throw err
-  }
+  const stop = await serverLifecycle(dir, start, pause)
   if (auth !== undefined) {
     const client = new pg.Client({ host: dir.path, port, user: 'postgres', database: 'postgres' })
     try {

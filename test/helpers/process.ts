@@ -101,6 +101,28 @@ export async function tmpDir (prefix = 'fogmesh-test-'): Promise<TmpDir> {
   }
 }
 
+/**
+ * The life of a server a test starts in `dir` (PostgreSQL, InfluxDB): started once here (the dir is
+ * removed if that fails), and the returned stop pauses it and removes the dir, once however often it
+ * is called (teardowns may call it twice).
+ */
+export async function serverLifecycle (dir: TmpDir, start: () => Promise<void>, pause: () => Promise<void>): Promise<() => Promise<void>> {
+  try {
+    await start()
+  } catch (err) {
+    await dir.cleanup()
+    throw err
+  }
+  let stopped: Promise<void> | undefined
+  return () => {
+    stopped ??= (async () => {
+      await pause()
+      await dir.cleanup()
+    })()
+    return stopped
+  }
+}
+
 export interface WaitForOptions {
   /** Give up after this long (default 10 s). */
   timeoutMs?: number
