@@ -54,6 +54,9 @@ export const PACKET_HEADROOM = 64 * 1024
  */
 export const BROKER_LIMITS = { maxPacket: 256 * 1024, maxInflight: 512, maxQueued: 32, maxConnections: 1024 }
 
+/** How long stop waits for clients' connections to end before destroying them, ms. */
+const STOP_GRACE = 2_000
+
 /** Disconnected clients kept for GET /v1/broker, newest last. */
 export const RECENT_GONE = 20
 
@@ -189,6 +192,8 @@ export class EmbeddedBroker implements MessageSource {
   readonly #gone: ClientRecord[] = []
   /** Sockets of the TLS listener, to tell which listener a client came through. */
   readonly #tlsSockets = new WeakSet<Socket>()
+  /** Every open client connection, of both listeners: what stop destroys if it outlives the grace. */
+  readonly #sockets = new Set<Socket>()
 
   constructor (options: BrokerOptions) {
     this.#options = options
@@ -312,6 +317,8 @@ export class EmbeddedBroker implements MessageSource {
       }
     })
     const handle = (socket: Socket): void => {
+      this.#sockets.add(socket)
+      socket.once('close', () => this.#sockets.delete(socket))
       guardPacketSize(socket, limits.maxPacket, () => { this.closed.packet_too_large++ })
       broker.handle(socket)
     }
@@ -380,7 +387,11 @@ export class EmbeddedBroker implements MessageSource {
     // which is what the servers' close waits for.
     const closed = [server, this.#tlsServer].filter(s => s !== undefined).map(s => new Promise<void>(resolve => s.close(() => resolve())))
     if (server !== undefined) broker?.close()
+    // A connection aedes does not end (one still in its handshake, a peer that never closes its side)
+    // would hold the servers' close, and the node's stop, forever: after a grace it is destroyed.
+    const grace = setTimeout(() => { for (const socket of this.#sockets) socket.destroy() }, STOP_GRACE)
     await Promise.all(closed)
+    clearTimeout(grace)
   }
 }
 

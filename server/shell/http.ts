@@ -35,6 +35,9 @@ import { parseResultQuery } from './query.ts'
 import type { ResultQuery, WindowResult } from './results.ts'
 import { resultJson } from './results.ts'
 
+/** How long close waits for requests under way before closing their connections, ms. */
+const CLOSE_GRACE = 2_000
+
 export type Role = 'edge' | 'fog' | 'cloud'
 
 export interface PipelineInfo {
@@ -318,7 +321,12 @@ export class HttpService {
 
   async close (): Promise<void> {
     this.#server.closeIdleConnections()
-    await new Promise<void>(resolve => this.#server.close(() => resolve()))
+    const closed = new Promise<void>(resolve => this.#server.close(() => resolve()))
+    // Requests under way get CLOSE_GRACE to be answered; a client that keeps its connection (a console
+    // polling) must not hold the node's stop beyond it.
+    const grace = setTimeout(() => { this.#server.closeAllConnections() }, CLOSE_GRACE)
+    await closed
+    clearTimeout(grace)
   }
 
   async #handle (req: IncomingMessage, res: ServerResponse): Promise<void> {
