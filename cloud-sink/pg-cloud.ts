@@ -104,6 +104,7 @@ export class PgCloud implements ServiceApi {
     this.#partials = new PartialsRoute({
       role: 'cloud',
       maxBatch: options.maxBatch,
+      batchMemory: options.batchMemory,
       security: this.#security,
       ready: () => this.#ready,
       commit: async (batch, now) => {

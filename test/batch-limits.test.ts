@@ -3,7 +3,9 @@
  * happens to stay valid, taken) without a 5xx or a crash, and the fog's peak memory stays bounded.
  * Before the pre-decode walk, one 15 KB deflated body of empty arrays cost the fog 650 MB.
  */
+import { once } from 'node:events'
 import { readFileSync } from 'node:fs'
+import { connect } from 'node:net'
 import { join } from 'node:path'
 import { deflateRawSync } from 'node:zlib'
 import { encode as cborEncode } from 'cbor-x'
@@ -16,7 +18,8 @@ import { WireError, WireLimitError } from '../core/errors.ts'
 import { BATCH_LIMITS, decodeBatch, encodeBatch, scanCbor } from '../core/upstream/batch.ts'
 import type { Batch, PipelineDef } from '../core/upstream/batch.ts'
 import { fetchMetric } from './helpers/ground-truth.ts'
-import { fetchJson, startFogmesh, tmpDir } from './helpers/process.ts'
+import { postBatch } from './helpers/partials.ts'
+import { fetchJson, startFogmesh, tmpDir, waitFor } from './helpers/process.ts'
 
 const DEF: PipelineDef = {
   name: 'p',
@@ -231,6 +234,45 @@ t.test('a fog under thousands of malformed batches: no 5xx, no crash, bounded pe
   for (const limit of ['containers', 'inflated', 'items', 'length', 'string', 'depth']) {
     t.ok((limited.get(`{limit="${limit}"}`) ?? 0) >= 3, `fogmesh_batches_limited_total{limit="${limit}"} counts`)
   }
+  t.equal(await fog.stop(), 0, 'stops cleanly')
+})
+
+t.test('many senders at once: bodies in hand add up to --batch-memory, the rest get 503 busy', { timeout: 120_000 }, async t => {
+  const dir = await tmpDir('fogmesh-batch-memory-')
+  t.teardown(() => dir.cleanup())
+  const fog = await startFogmesh(['fog', '--id', 'f1', '--http-port', '0', '--data-dir', join(dir.path, 'data'), '--batch-memory', '32mib'])
+  t.teardown(async () => {
+    if (fog.proc.exitCode === null && fog.proc.signalCode === null) await fog.stop().catch(() => fog.kill('SIGKILL'))
+  })
+  const url = new URL(fog.http)
+  const before = peakRss(fog.proc.pid!)
+  // 40 connections, each announcing a 16 MiB batch and sending all of it but the last byte, as a
+  // slow sender would: without the budget the fog would hold all 640 MiB until its request timeout.
+  const CONNECTIONS = 40
+  const SIZE = 16 * 1024 * 1024
+  const body = Buffer.alloc(SIZE - 1, 0x80)
+  const answers: string[] = []
+  const sockets = await Promise.all(Array.from({ length: CONNECTIONS }, async () => {
+    const socket = connect(Number(url.port), url.hostname)
+    socket.on('error', () => {})
+    socket.on('data', chunk => { answers.push(chunk.toString('latin1').split('\r\n')[0]) })
+    await once(socket, 'connect')
+    socket.write(`POST /v1/partials HTTP/1.1\r\nhost: ${url.host}\r\ncontent-type: application/cbor\r\ncontent-length: ${SIZE}\r\n\r\n`)
+    await new Promise<void>(resolve => socket.write(body, () => resolve()))
+    return socket
+  }))
+  t.teardown(() => { for (const s of sockets) s.destroy() })
+  await waitFor(() => answers.length >= CONNECTIONS - 2, { timeoutMs: 30_000, message: 'an answer to every batch over the budget' })
+  const after = peakRss(fog.proc.pid!)
+  t.comment(`${CONNECTIONS} bodies of 16 MiB at once, --batch-memory 32mib: ${answers.length} answered at once; peak RSS ${(before / 1e6).toFixed(0)} MB -> ${(after / 1e6).toFixed(0)} MB (+${((after - before) / 1e6).toFixed(0)} MB)`)
+  t.equal(answers.length, CONNECTIONS - 2, 'two batches are in hand, every other one is answered at once')
+  t.ok(answers.every(a => a === 'HTTP/1.1 503 Service Unavailable'), '... with 503')
+  t.equal((await fetchMetric(fog.http, 'fogmesh_batches_rejected_total')).get('{reason="busy"}'), CONNECTIONS - 2, 'counted as busy')
+  // The two in hand hold 32 MiB, and the refused bodies pass through as garbage (+115 MB measured);
+  // without the budget the fog held every body: +671 MB.
+  t.ok(after - before < 200e6, `peak RSS grew by ${((after - before) / 1e6).toFixed(0)} MB, less than 200 MB`)
+  for (const s of sockets) s.destroy()
+  await waitFor(async () => (await postBatch(fog.http, batch(1, 5))).status === 200, { timeoutMs: 10_000, message: 'a batch taken once the senders left' })
   t.equal(await fog.stop(), 0, 'stops cleanly')
 })
 

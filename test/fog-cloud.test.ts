@@ -343,7 +343,7 @@ t.test('onFinal: each pass\'s windows with all contributions and their revision,
   const dir = await tmpDir('fogmesh-onfinal-')
   t.teardown(() => dir.cleanup())
   const node = new MergeNode('fog', {
-    id: 'f4', host: '127.0.0.1', httpPort: 0, dataDir: dir.path, retention: 3_600_000, maxResults: 1000, finalizeAfter: 30_000, maxBatch: 1 << 20, tick: 50
+    id: 'f4', host: '127.0.0.1', httpPort: 0, dataDir: dir.path, retention: 3_600_000, maxResults: 1000, finalizeAfter: 30_000, maxBatch: 1 << 20, batchMemory: 4 << 20, tick: 50
   }, [])
   await node.start()
   t.teardown(() => node.stop())

@@ -59,7 +59,7 @@ t.test('each pass\'s final windows go to the cloud with their contributions, and
   const cloud = await startReceiver({ answer: () => 503 })
   const dir = await tmpDir('fogmesh-forwarder-')
   const node = new MergeNode('fog', {
-    id: 'f1', host: '127.0.0.1', httpPort: 0, dataDir: dir.path, retention: 3_600_000, maxResults: 1000, finalizeAfter: 30_000, maxBatch: 1 << 20, tick: 50
+    id: 'f1', host: '127.0.0.1', httpPort: 0, dataDir: dir.path, retention: 3_600_000, maxResults: 1000, finalizeAfter: 30_000, maxBatch: 1 << 20, batchMemory: 4 << 20, tick: 50
   }, [])
   const forwarder = new Forwarder(node, { fog: 'f1', dataDir: dir.path, cloud: cloud.url, outboxMax: 1 << 20, requestTimeout: 1_000, retryMax: 200, log: silentLogger })
   await node.start()
@@ -117,7 +117,7 @@ t.test('an idle edge: the fog finalizes without it, forwards its flag, and leave
   const cloud = await startReceiver()
   const dir = await tmpDir('fogmesh-forwarder-')
   const node = new MergeNode('fog', {
-    id: 'f1', host: '127.0.0.1', httpPort: 0, dataDir: dir.path, retention: 3_600_000, maxResults: 1000, finalizeAfter: 30_000, maxBatch: 1 << 20, tick: 50
+    id: 'f1', host: '127.0.0.1', httpPort: 0, dataDir: dir.path, retention: 3_600_000, maxResults: 1000, finalizeAfter: 30_000, maxBatch: 1 << 20, batchMemory: 4 << 20, tick: 50
   }, [])
   const forwarder = new Forwarder(node, { fog: 'f1', dataDir: dir.path, cloud: cloud.url, outboxMax: 1 << 20, requestTimeout: 1_000, retryMax: 200, log: silentLogger })
   await node.start()

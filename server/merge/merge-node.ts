@@ -142,6 +142,7 @@ export class MergeNode implements ServiceApi {
     this.#partials = new PartialsRoute({
       role,
       maxBatch: options.maxBatch,
+      batchMemory: options.batchMemory,
       security: this.#security,
       ready: () => this.#ready,
       commit: async (batch, now) => {

@@ -8,6 +8,7 @@ import type { CommonOptions, OptionTable } from '../shell/options.ts'
 export const MERGE_OPTIONS: OptionTable = {
   'finalize-after': { type: 'duration', default: '60s', help: 'longest wait for a silent edge before a window is finalized without it' },
   'max-batch': { type: 'bytes', default: '16mib', help: 'largest partial batch body accepted (POST /v1/partials); larger ones get 413 batch_too_large' },
+  'batch-memory': { type: 'bytes', default: '64mib', help: 'partial batch bodies handled at once (being read, decoded or committed), by their declared size (--max-batch when undeclared); a batch that would go over gets 503 busy and its sender retries; one batch is always taken' },
   tick: { type: 'duration', default: '250ms', help: 'how often windows are checked for finalization' },
   'tls-client-ca': { type: 'string', help: 'CA certificates (PEM) of the site: POST /v1/partials then needs a client certificate they signed, and takes from it only what its role may send (see README, Securing a site); needs --tls-cert (default: anyone who reaches the port may send partials)' }
 }
@@ -15,6 +16,7 @@ export const MERGE_OPTIONS: OptionTable = {
 export interface MergeOptions extends CommonOptions {
   finalizeAfter: number
   maxBatch: number
+  batchMemory: number
   tick: number
 }
 

@@ -8,6 +8,9 @@
  * - with client certificates (--tls-client-ca), who is not of the site is refused before the body is
  *   read, so an unknown client cannot make the node decode anything (server/merge/partials-auth.ts);
  * - a refused batch leaves no trace in the state, only its count by reason (and by decoding bound);
+ * - the bodies in hand at once (read, decoded, committing) add up to at most --batch-memory by their
+ *   declared size, or to one batch: many senders at once, or one with many connections, cannot make
+ *   the node hold more than that, however slowly they send;
  * - window bounds and watermarks are times a Date can render, so queries over them cannot fail.
  */
 import { HttpError, WireError, WireLimitError } from '../../core/errors.ts'
@@ -24,8 +27,8 @@ import { authenticate, authorizeBatch } from './partials-auth.ts'
 const MAX_TIME = 8.64e15
 
 /** Why a batch was refused: the `reason` label of fogmesh_batches_rejected_total and the error `code`. */
-export type BatchRejectReason = 'bad_batch' | 'batch_too_large' | 'pipeline_conflict' | 'unsupported_media_type'
-const REJECT_REASONS: BatchRejectReason[] = ['bad_batch', 'batch_too_large', 'pipeline_conflict', 'unsupported_media_type']
+export type BatchRejectReason = 'bad_batch' | 'batch_too_large' | 'busy' | 'pipeline_conflict' | 'unsupported_media_type'
+const REJECT_REASONS: BatchRejectReason[] = ['bad_batch', 'batch_too_large', 'busy', 'pipeline_conflict', 'unsupported_media_type']
 
 /** The answer to an accepted batch. */
 export interface Ack {
@@ -42,6 +45,8 @@ export interface PartialsRouteInit {
   role: 'fog' | 'cloud'
   /** --max-batch: the largest body read, in bytes. */
   maxBatch: number
+  /** --batch-memory: bytes of bodies in hand at once (one batch is always taken). */
+  batchMemory: number
   security: NodeSecurity
   /** False while the node starts or stops: batches are refused with 503, to be sent again. */
   ready: () => boolean
@@ -55,6 +60,8 @@ export class PartialsRoute {
   /** bad_batch refusals that were over a decoding bound, by bound. */
   readonly #limited = new Map<WireLimit, number>()
   readonly #accepted = { edge: 0, fog: 0 }
+  /** Declared bytes of the batches in hand now. */
+  #inHand = 0
 
   constructor (init: PartialsRouteInit) {
     this.#init = init
@@ -75,34 +82,51 @@ export class PartialsRoute {
       if (type !== 'application/cbor') {
         throw new HttpError(415, 'unsupported_media_type', `POST /v1/partials takes an application/cbor batch, not "${type.slice(0, 60)}"`)
       }
-      let body: Buffer
-      try {
-        body = await req.body()
-      } catch (err) {
-        if (err instanceof HttpError && err.status === 413) {
-          throw new HttpError(413, 'batch_too_large', `batch body is over --max-batch (${init.maxBatch} bytes)`)
-        }
-        throw err
+      // The declared length, as the body is then read no further than it; chunked ones may take it all.
+      const declared = Number(req.headers['content-length'])
+      const size = Number.isSafeInteger(declared) && declared >= 0 ? Math.min(declared, init.maxBatch) : init.maxBatch
+      if (this.#inHand > 0 && this.#inHand + size > init.batchMemory) {
+        throw new HttpError(503, 'busy', `this ${init.role} is handling --batch-memory (${init.batchMemory} bytes) of batches; send it again later`)
       }
-      let batch: Batch
+      this.#inHand += size
       try {
-        const encoding = req.headers['content-encoding']
-        batch = decodeBatch(body, typeof encoding === 'string' ? encoding.trim().toLowerCase() : undefined)
-        checkTimes(batch)
-      } catch (err) {
-        if (err instanceof WireLimitError) this.#limited.set(err.limit, (this.#limited.get(err.limit) ?? 0) + 1)
-        if (err instanceof WireError) throw new HttpError(400, 'bad_batch', err.message)
-        throw err
+        return await this.#take(req, who)
+      } finally {
+        this.#inHand -= size
       }
-      const denial = who?.ok === true ? authorizeBatch(who, batch) : undefined
-      if (denial !== undefined) throw new AccessDenied(denial)
-      const ack = await init.commit(batch, Date.now())
-      this.#accepted[batch.role]++
-      return { body: ack }
     } catch (err) {
       if (err instanceof HttpError && err.code in this.#rejected) this.#rejected[err.code as BatchRejectReason]++
       throw err
     }
+  }
+
+  /** Reads, decodes, authorizes and commits a batch whose bytes are counted in hand. */
+  async #take (req: Request, who: ReturnType<typeof authenticate> | undefined): Promise<Reply> {
+    const init = this.#init
+    let body: Buffer
+    try {
+      body = await req.body()
+    } catch (err) {
+      if (err instanceof HttpError && err.status === 413) {
+        throw new HttpError(413, 'batch_too_large', `batch body is over --max-batch (${init.maxBatch} bytes)`)
+      }
+      throw err
+    }
+    let batch: Batch
+    try {
+      const encoding = req.headers['content-encoding']
+      batch = decodeBatch(body, typeof encoding === 'string' ? encoding.trim().toLowerCase() : undefined)
+      checkTimes(batch)
+    } catch (err) {
+      if (err instanceof WireLimitError) this.#limited.set(err.limit, (this.#limited.get(err.limit) ?? 0) + 1)
+      if (err instanceof WireError) throw new HttpError(400, 'bad_batch', err.message)
+      throw err
+    }
+    const denial = who?.ok === true ? authorizeBatch(who, batch) : undefined
+    if (denial !== undefined) throw new AccessDenied(denial)
+    const ack = await init.commit(batch, Date.now())
+    this.#accepted[batch.role]++
+    return { body: ack }
   }
 
   registerMetrics (m: Metrics): void {
