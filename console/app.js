@@ -3,13 +3,15 @@
 // their counters and a live chart each, the broker at an edge, and deploys pipelines at a fog.
 // State the page shows is also on window.fogmeshConsole (tests and curious operators read it there).
 import { api, ApiError, durationMs, metricValue, ResultStore, tokens, Unauthorized, windowStep } from './data.js'
-import { ago, el, num, setText, shortTime, specText, syncRows } from './views.js'
+import { ago, el, num, ranges, setText, shortTime, specText, syncRows } from './views.js'
 
 const POLL_MS = 2000
 /** Keys drawn per chart (the highest by the field's value in their latest window). */
 const TOP_KEYS = 8
 /** Windows kept per pipeline for its chart. */
 const KEEP_WINDOWS = 60
+/** The owner shown for shards that no coordinator owns (not a valid node id). */
+const UNASSIGNED = '(unassigned)'
 const COLORS = ['#2f6fd0', '#d0452f', '#1a8f5a', '#9b46c8', '#c98a00', '#1f9bb0', '#c2417e', '#5b6b2a', '#7a5230', '#44546a']
 
 const $ = id => document.getElementById(id)
@@ -18,6 +20,8 @@ const state = {
   role: undefined,
   id: undefined,
   mesh: undefined,
+  /** At a fog: GET /v1/shards (the cluster's shard map; none at a single fog). */
+  shards: undefined,
   /** At an edge: GET /v1/broker (the embedded broker's clients). */
   broker: undefined,
   pipelines: [],
@@ -67,7 +71,22 @@ function askToken (rejected) {
 
 // ---- mesh ------------------------------------------------------------------------------------
 
-let shardOwners
+/** The shard map as rows: each coordinator in it (and the shards nobody owns, if any) with the shards it owns. */
+function shardRows (map) {
+  const held = new Map(map.members.map(m => [m.id, []]))
+  map.owners.forEach((o, shard) => {
+    const who = o ?? UNASSIGNED
+    if (!held.has(who)) held.set(who, [])
+    held.get(who).push(shard)
+  })
+  const http = new Map(map.members.map(m => [m.id, m.http]))
+  return [...held].sort(([a], [b]) => a < b ? -1 : a > b ? 1 : 0).map(([id, shards]) => ({
+    key: id,
+    class: id === UNASSIGNED ? 'bad' : undefined,
+    cells: [id === map.leader ? `${id} (leader)` : id, { text: http.get(id) ?? '', href: http.get(id) || undefined }, { text: num(shards.length), class: 'num' }, ranges(shards)]
+  }))
+}
+
 function renderMesh () {
   const m = state.mesh
   if (m === undefined) return
@@ -116,10 +135,10 @@ function renderMesh () {
   if (fog !== undefined && (state.role !== 'edge' || fog.leader !== null)) {
     summary.hidden = false
     summary.replaceChildren(...[
-      el('span', {}, 'leader ', el('b', { text: fog.leader ?? 'none' })),
-      el('span', {}, 'shard map ', el('b', { text: `v${fog.shardMapVersion}` })),
-      el('span', {}, 'shards ', el('b', { text: String(fog.shards) })),
-      fog.status ? el('span', {}, 'store ', el('b', { text: fog.status })) : null,
+      el('span', { 'data-fog': 'leader' }, 'leader ', el('b', { text: fog.leader ?? 'none' })),
+      el('span', { 'data-fog': 'version' }, 'shard map ', el('b', { text: `v${fog.shardMapVersion}` })),
+      el('span', { 'data-fog': 'shards' }, 'shards ', el('b', { text: String(fog.shards) })),
+      fog.status ? el('span', { 'data-fog': 'status' }, 'store ', el('b', { text: fog.status })) : null,
       m.uplink ? el('span', {}, 'uplink ', el('b', { text: `${m.uplink.target} ${m.uplink.url ?? ''}${m.uplink.failedOver ? ' (failed over)' : ''}` })) : null].filter(x => x !== null))
   } else if (m.uplink) {
     summary.hidden = false
@@ -127,15 +146,8 @@ function renderMesh () {
       el('span', {}, 'outbox ', el('b', { text: `${m.uplink.outbox?.items ?? 0} windows, ${num(m.uplink.outbox?.bytes ?? 0)} bytes` })))
   }
   const owners = $('shard-owners')
-  if (shardOwners !== undefined && shardOwners.length > 0) {
-    const count = new Map()
-    for (const o of shardOwners) {
-      const who = typeof o === 'string' ? o : (o?.owner ?? o?.id ?? '?')
-      count.set(who, (count.get(who) ?? 0) + 1)
-    }
-    owners.hidden = false
-    owners.replaceChildren(el('span', { text: 'shard owners:' }), ...[...count].map(([who, n]) => el('span', {}, el('b', { text: who }), ` ${n} shards`)))
-  } else owners.hidden = true
+  owners.hidden = !(state.shards?.shards > 0)
+  syncRows(owners.querySelector('tbody'), owners.hidden ? [] : shardRows(state.shards))
 }
 
 // ---- pipelines -------------------------------------------------------------------------------
@@ -510,15 +522,15 @@ function setupDeploy () {
 // ---- the poll loop ---------------------------------------------------------------------------
 
 async function tick () {
-  const [mesh, pipelines, metrics, broker] = await Promise.all([api.mesh(), api.pipelines(), api.metrics(), state.role === 'edge' ? api.broker() : undefined])
+  // At a fog, the shard map every poll, read with the mesh: the owners shown go with the summary's leader and map version.
+  const [mesh, pipelines, metrics, broker, shards] = await Promise.all([api.mesh(), api.pipelines(), api.metrics(),
+    state.role === 'edge' ? api.broker() : undefined, state.role === 'fog' ? api.shards().catch(() => undefined) : undefined])
   state.broker = broker
+  state.shards = shards
   state.mesh = mesh
   state.pipelines = pipelines.pipelines
   state.metrics = metrics
-  if (state.role === 'fog' && state.polls % 5 === 0) {
-    try { shardOwners = (await api.shards()).owners } catch { shardOwners = undefined }
-    await refreshDeployed()
-  }
+  if (state.role === 'fog' && state.polls % 5 === 0) await refreshDeployed()
   const t0 = performance.now()
   renderMesh()
   renderPipelines()

@@ -86,6 +86,18 @@ export function num (n) {
   return Number.isInteger(n) ? n.toLocaleString('en') : n.toLocaleString('en', { maximumFractionDigits: 3 })
 }
 
+/** Ascending integers as ranges: [0, 1, 2, 7] → "0-2, 7". */
+export function ranges (list) {
+  const out = []
+  for (let i = 0; i < list.length; i++) {
+    let j = i
+    while (j + 1 < list.length && list[j + 1] === list[j] + 1) j++
+    out.push(j > i ? `${list[i]}-${list[j]}` : String(list[i]))
+    i = j
+  }
+  return out.join(', ')
+}
+
 /** A pipeline spec as YAML-like text for display. */
 export function specText (spec, indent = '') {
   const lines = []

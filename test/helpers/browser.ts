@@ -61,3 +61,29 @@ export async function startBrowser (): Promise<TestBrowser> {
     }
   }
 }
+
+/** Runs `expr` in the page (a string: this project's TypeScript has no DOM types). */
+export async function inPage<T> (page: Page, expr: string): Promise<T> {
+  return await page.evaluate(expr) as T
+}
+
+/** Every request the browser made that is not to `origin`. */
+export function foreign (requests: string[], origin: string): string[] {
+  return requests.filter(u => new URL(u).origin !== origin && !u.startsWith('data:'))
+}
+
+export interface ConsolePage {
+  page: Page
+  /** The page's uncaught script errors, as they happen. */
+  errors: string[]
+}
+
+/** Opens a node's console at `url` in a new page of `b`, recording its script errors, once it has its first data. */
+export async function openConsole (b: TestBrowser, url: string): Promise<ConsolePage> {
+  const page = await b.page()
+  const errors: string[] = []
+  page.on('pageerror', e => errors.push(String(e)))
+  await page.goto(url)
+  await page.waitForFunction('window.fogmeshConsole?.ready === true', { timeout: 15_000 })
+  return { page, errors }
+}
