@@ -74,30 +74,54 @@ export interface Batch {
   windows: WindowEntry[]
 }
 
-export const BATCH_LIMITS = {
+/** The decoding bounds of one batch body; see batchLimits. */
+export interface BatchLimits {
   /** Identifiers (pipeline names, edge ids) and keys. */
-  maxName: 256,
-  maxKey: 4096,
-  maxWindows: 200_000,
-  maxContributions: 10_000,
-  /**
-   * Inflated size of a compressed body: as large as the default --max-batch, so compression never
-   * lets a body carry more than an uncompressed one could. Senders cut batches at 4 MiB.
-   */
-  maxInflated: 16 * 1024 * 1024,
+  maxName: number
+  maxKey: number
+  maxWindows: number
+  maxContributions: number
+  /** Inflated size of a compressed body. */
+  maxInflated: number
   /** Nesting of arrays and maps; a batch uses 8. */
-  maxDepth: 16,
-  /**
-   * CBOR data items and, of those, arrays and maps in one body. Batches hold one item per 4 to 7 bytes
-   * and one array per 15 to 35, so a 16 MiB body (the default --max-batch; senders cut at 4 MiB) has
-   * at most about 4 M and 1.1 M. The caps leave room above that and bound what decoding can build from
-   * any body to about 150 MB (an empty array costs some 60 bytes, an item's slot 8).
-   */
-  maxItems: 6_000_000,
-  maxContainers: 1_500_000,
+  maxDepth: number
+  /** CBOR data items, and of those arrays and maps, in one body. */
+  maxItems: number
+  maxContainers: number
   /** Bytes of one text or byte string (keys are at most 4096 characters, registers 16 KiB). */
-  maxString: 1024 * 1024
+  maxString: number
 }
+
+/** The --max-batch default, on which the counts below are set. */
+const DEFAULT_MAX_BATCH = 16 * 1024 * 1024
+
+/**
+ * The bounds for bodies of at most `maxBatch` bytes (a receiver's --max-batch), so a lower --max-batch
+ * also lowers what one body can cost to decode.
+ * - A compressed body inflates to at most `maxBatch`: compression never lets a body carry more than an
+ *   uncompressed one could. Over it is "too large" (413), so that senders halve the batch.
+ * - Batches hold one CBOR item per 4 to 7 bytes and one array per 15 to 35, so a body of `maxBatch`
+ *   has at most about maxBatch/4 items and maxBatch/15 arrays. The counts leave room above that and
+ *   bound what decoding can build from any body: about 150 MB at 16 MiB (an empty array costs some
+ *   60 bytes, an item's slot 8), about 37 MB at 4 MiB.
+ */
+export function batchLimits (maxBatch: number = DEFAULT_MAX_BATCH): BatchLimits {
+  const scale = maxBatch / DEFAULT_MAX_BATCH
+  return {
+    maxName: 256,
+    maxKey: 4096,
+    maxWindows: 200_000,
+    maxContributions: 10_000,
+    maxInflated: maxBatch,
+    maxDepth: 16,
+    maxItems: Math.ceil(6_000_000 * scale),
+    maxContainers: Math.ceil(1_500_000 * scale),
+    maxString: 1024 * 1024
+  }
+}
+
+/** The bounds at the default --max-batch (16 MiB). */
+export const BATCH_LIMITS: BatchLimits = batchLimits()
 
 const encoder = new Encoder({ useRecords: false, mapsAsObjects: true })
 const decoder = new Decoder({ useRecords: false, mapsAsObjects: true })
@@ -137,11 +161,11 @@ const TAG_UINT8_ARRAY = 64
 
 /**
  * Walks one CBOR item spanning all of `b` without building it, and throws a WireError (a
- * WireLimitError for a bound) unless it is CBOR as encodeBatch writes it, within BATCH_LIMITS. Every
+ * WireLimitError for a bound) unless it is CBOR as encodeBatch writes it, within `limits`. Every
  * announced length is checked against the bytes left, so the decoder never sizes anything from a
  * length the body cannot back.
  */
-export function scanCbor (b: Uint8Array, limits: typeof BATCH_LIMITS = BATCH_LIMITS): void {
+export function scanCbor (b: Uint8Array, limits: BatchLimits = BATCH_LIMITS): void {
   const view = new DataView(b.buffer, b.byteOffset, b.byteLength)
   // Items still to read in each open array or map (a map's entries count twice); the top level is one.
   const open: number[] = [1]
@@ -266,19 +290,19 @@ function pipelineDef (v: unknown, i: number): PipelineDef & { fns: AnyAggregate[
  * Decodes and checks a batch body completely (every aggregate state included) before anything is
  * stored: a malformed batch is refused whole with a WireError.
  */
-export function decodeBatch (body: Uint8Array, encoding?: string): Batch {
+export function decodeBatch (body: Uint8Array, encoding?: string, limits: BatchLimits = BATCH_LIMITS): Batch {
   let bytes = body
   if (encoding === 'deflate-raw') {
     try {
-      bytes = inflateRawSync(body, { maxOutputLength: BATCH_LIMITS.maxInflated })
+      bytes = inflateRawSync(body, { maxOutputLength: limits.maxInflated })
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ERR_BUFFER_TOO_LARGE') tooMuch('inflated', `inflates to more than ${BATCH_LIMITS.maxInflated} bytes`)
+      if ((err as NodeJS.ErrnoException).code === 'ERR_BUFFER_TOO_LARGE') tooMuch('inflated', `inflates to more than ${limits.maxInflated} bytes`)
       fail(`cannot inflate: ${(err as Error).message}`)
     }
   } else if (encoding !== undefined && encoding !== 'identity') {
     fail(`unsupported content encoding ${encoding}`)
   }
-  scanCbor(bytes)
+  scanCbor(bytes, limits)
   let raw: unknown
   try {
     raw = decoder.decode(bytes)
@@ -299,7 +323,7 @@ export function decodeBatch (body: Uint8Array, encoding?: string): Batch {
     if (idle === true) entry.idle = true
     return entry
   })
-  const windows = list(o.windows, 'windows', BATCH_LIMITS.maxWindows).map((w, i) => {
+  const windows = list(o.windows, 'windows', limits.maxWindows).map((w, i) => {
     const [p, key, start, end, final, contributions] = list(w, `windows[${i}]`, 6)
     const def = byName.get(name(p, 'a pipeline name'))
     if (def === undefined) fail(`windows[${i}]: pipeline ${String(p)} is not defined in the batch`)
@@ -308,10 +332,10 @@ export function decodeBatch (body: Uint8Array, encoding?: string): Batch {
     if (!(e > s)) fail(`windows[${i}]: end must be after start`)
     const entry: WindowEntry = {
       pipeline: def.name,
-      key: name(key, 'a key', BATCH_LIMITS.maxKey),
+      key: name(key, 'a key', limits.maxKey),
       start: s,
       end: e,
-      contributions: list(contributions, `windows[${i}] contributions`, BATCH_LIMITS.maxContributions).map((c, j) => {
+      contributions: list(contributions, `windows[${i}] contributions`, limits.maxContributions).map((c, j) => {
         const [edge, revision, states] = list(c, `windows[${i}] contribution ${j}`, 3)
         const stateList = list(states, 'states', def.fns.length)
         if (stateList.length !== def.fns.length) fail(`windows[${i}]: ${stateList.length} states for ${def.fns.length} result fields`)

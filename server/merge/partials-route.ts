@@ -15,8 +15,8 @@
  */
 import { HttpError, WireError, WireLimitError } from '../../core/errors.ts'
 import type { WireLimit } from '../../core/errors.ts'
-import { decodeBatch } from '../../core/upstream/batch.ts'
-import type { Batch } from '../../core/upstream/batch.ts'
+import { batchLimits, decodeBatch } from '../../core/upstream/batch.ts'
+import type { Batch, BatchLimits } from '../../core/upstream/batch.ts'
 import { AccessDenied } from '../shell/http.ts'
 import type { Request, Reply, Route } from '../shell/http.ts'
 import type { Metrics } from '../shell/metrics.ts'
@@ -56,6 +56,8 @@ export interface PartialsRouteInit {
 
 export class PartialsRoute {
   readonly #init: PartialsRouteInit
+  /** The decoding bounds, which follow --max-batch. */
+  readonly #limits: BatchLimits
   readonly #rejected = Object.fromEntries(REJECT_REASONS.map(r => [r, 0])) as Record<BatchRejectReason, number>
   /** bad_batch refusals that were over a decoding bound, by bound. */
   readonly #limited = new Map<WireLimit, number>()
@@ -65,6 +67,7 @@ export class PartialsRoute {
 
   constructor (init: PartialsRouteInit) {
     this.#init = init
+    this.#limits = batchLimits(init.maxBatch)
   }
 
   get route (): Route {
@@ -115,10 +118,12 @@ export class PartialsRoute {
     let batch: Batch
     try {
       const encoding = req.headers['content-encoding']
-      batch = decodeBatch(body, typeof encoding === 'string' ? encoding.trim().toLowerCase() : undefined)
+      batch = decodeBatch(body, typeof encoding === 'string' ? encoding.trim().toLowerCase() : undefined, this.#limits)
       checkTimes(batch)
     } catch (err) {
       if (err instanceof WireLimitError) this.#limited.set(err.limit, (this.#limited.get(err.limit) ?? 0) + 1)
+      // Inflating over --max-batch is a batch too large, as the same bytes sent plain: its sender halves it.
+      if (err instanceof WireLimitError && err.limit === 'inflated') throw new HttpError(413, 'batch_too_large', `batch body inflates to more than --max-batch (${init.maxBatch} bytes)`)
       if (err instanceof WireError) throw new HttpError(400, 'bad_batch', err.message)
       throw err
     }
