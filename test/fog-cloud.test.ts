@@ -251,6 +251,7 @@ t.test('fog: bad batches get a clear 4xx, store nothing, and the fog keeps runni
   t.same(Object.fromEntries(rejected), {
     '{reason="bad_batch"}': 3,
     '{reason="batch_too_large"}': 2,
+    '{reason="busy"}': 0,
     '{reason="pipeline_conflict"}': 1,
     '{reason="unsupported_media_type"}': 1
   })
