@@ -7,10 +7,9 @@
  * work of a poll cycle's update (window.fogmeshConsole.timing.poll) and the page's JS heap.
  */
 import t from 'tap'
-import type { Page } from 'puppeteer-core'
 import { getAggregate } from '../core/aggregates/index.ts'
 import type { Batch, PipelineDef, WindowEntry } from '../core/upstream/batch.ts'
-import { startBrowser } from './helpers/browser.ts'
+import { inPage, startBrowser } from './helpers/browser.ts'
 import { fetchJson, startFogmesh, tmpDir, waitFor } from './helpers/process.ts'
 import { postAccepted } from './helpers/partials.ts'
 
@@ -54,10 +53,6 @@ async function post (base: string, b: Batch): Promise<void> {
 /** Every edge sends windows [from, to) with its watermark past them. */
 async function sendRound (base: string, seq: number, from: number, to: number): Promise<void> {
   for (let e = 0; e < EDGES; e += 10) await Promise.all(Array.from({ length: 10 }, (_, i) => post(base, edgeBatch(e + i, seq, from, to))))
-}
-
-async function inPage<T> (page: Page, expr: string): Promise<T> {
-  return await page.evaluate(expr) as T
 }
 
 interface ChartView { field: string, x: number[], totalKeys: number, series: Array<{ key: string, values: Array<number | null>, final: Array<boolean | null> }> }

@@ -10,8 +10,7 @@ import { join } from 'node:path'
 import { gunzipSync } from 'node:zlib'
 import t from 'tap'
 import { CONSOLE_ASSETS, CONSOLE_CSP } from '../server/shell/console.ts'
-import type { Page } from 'puppeteer-core'
-import { startBrowser } from './helpers/browser.ts'
+import { foreign, inPage, startBrowser } from './helpers/browser.ts'
 import { startMesh } from './helpers/mesh-scenario.ts'
 import { fetchJson, startFogmesh, tmpDir, waitFor } from './helpers/process.ts'
 
@@ -60,16 +59,6 @@ const TOKEN = 'console-test-admin-token-0123456789'
 const MESH_ARGS = ['--mesh-port', '0', '--mesh-heartbeat', '300ms', '--mesh-expiry', '1500ms']
 
 interface ChartView { field: string, x: number[], series: Array<{ key: string, values: Array<number | null>, final: Array<boolean | null>, revision: Array<number | null> }> }
-
-/** Runs `expr` in the page (a string: this project's TypeScript has no DOM types). */
-async function inPage<T> (page: Page, expr: string): Promise<T> {
-  return await page.evaluate(expr) as T
-}
-
-/** Every request the browser made that is not to `origin`. */
-function foreign (requests: string[], origin: string): string[] {
-  return requests.filter(u => new URL(u).origin !== origin && !u.startsWith('data:'))
-}
 
 t.test('the fog\'s console in Chromium: mesh, pipelines, chart = API, deploy from the page, errors at their line', { timeout: 150_000 }, async t => {
   const mesh = await startMesh(t, { mesh: MESH_ARGS, fog: ['--admin-token', TOKEN] })

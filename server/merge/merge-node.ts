@@ -325,7 +325,8 @@ export class MergeNode implements ServiceApi {
 
   #fogView (): { leader: string | null, shardMapVersion: number, shards: number, status: string } {
     const v = this.shards()
-    return { leader: v.leader ?? (this.role === 'fog' ? this.id : null), shardMapVersion: v.version, shards: v.shards, status: v.status }
+    // A lone fog leads itself; a cluster between two leaders has none, as its shard map says.
+    return { leader: v.leader ?? (this.role === 'fog' && v.status === 'embedded' ? this.id : null), shardMapVersion: v.version, shards: v.shards, status: v.status }
   }
 
   #registerMetrics (): void {
