@@ -21,7 +21,7 @@
 import { readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import type { MqttClient } from 'mqtt'
-import { DataType, decodeSparkplug, encodeSparkplug, REBIRTH_METRIC, sparkplugTopic, valueFields } from '../core/formats/sparkplug-wire.ts'
+import { DataType, decodeSparkplug, encodeSparkplug, REBIRTH_METRIC, sparkplugClientId, sparkplugTopic, valueFields } from '../core/formats/sparkplug-wire.ts'
 import type { WireMetric } from '../core/formats/sparkplug-wire.ts'
 import type { Logger } from '../server/shell/log.ts'
 import type { ClientTls } from '../server/shell/tls.ts'
@@ -96,7 +96,7 @@ export class SparkplugNode {
       // best effort: a bdSeq repeated after a restart only confuses hosts that check it
     }
     const client = connect(o.url, {
-      clientId: `fogmesh-sparkplug-${o.group}-${o.node}-${process.pid}`,
+      clientId: sparkplugClientId(o.group, o.node, process.pid),
       clean: true,
       reconnectPeriod: 0,
       connectTimeout: 10_000,

@@ -82,6 +82,24 @@ export function sparkplugTopic (group: string, type: string, node: string, devic
   return `${NAMESPACE}/${group}/${type}/${node}${device === undefined || device === '' ? '' : `/${device}`}`
 }
 
+const CLIENT_ID_PREFIX = 'fogmesh-sparkplug'
+
+/**
+ * The MQTT client id of fogmesh's Edge Node `node` of `group`. It names the node so that the embedded
+ * broker can hold the edge's own connection to that node's topics; the pid keeps two edges apart on a
+ * shared broker. Group and node are one topic level each (no `/`), so the id reads back unambiguously.
+ */
+export function sparkplugClientId (group: string, node: string, pid: number): string {
+  return `${CLIENT_ID_PREFIX}/${group}/${node}/${pid}`
+}
+
+/** The group and node a sparkplugClientId names; undefined for any other id. */
+export function nodeOfSparkplugClientId (id: string): { group: string, node: string } | undefined {
+  const parts = id.split('/')
+  if (parts.length !== 4 || parts[0] !== CLIENT_ID_PREFIX || parts[1] === '' || parts[2] === '') return undefined
+  return { group: parts[1], node: parts[2] }
+}
+
 interface LongLike { low: number, high: number, unsigned?: boolean }
 
 /** A protobuf 64-bit value as a number: exact below 2^53. `signed` reads the bits as two's complement. */
