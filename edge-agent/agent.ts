@@ -25,7 +25,7 @@ import { ResultStore } from '../server/shell/result-store.ts'
 import { NodeSecurity } from '../server/shell/security.ts'
 import { withLive } from '../server/shell/results.ts'
 import type { ResultQuery, WindowResult } from '../server/shell/results.ts'
-import { EmbeddedBroker, PACKET_HEADROOM } from './broker.ts'
+import { EmbeddedBroker, internalLogin, PACKET_HEADROOM } from './broker.ts'
 import { Checkpointer } from './checkpoint.ts'
 import { removeCheckpoint } from './checkpoint-db.ts'
 import { ConfigError } from '../core/errors.ts'
@@ -114,6 +114,7 @@ export class EdgeAgent implements ServiceApi {
         host: options.mqttHost,
         port: options.mqttPort,
         users: options.users,
+        internal: internalLogin(),
         maxPacket: Math.max(options.mqttMaxPacket, options.maxPayload + PACKET_HEADROOM),
         maxInflight: options.mqttMaxInflight,
         maxQueued: options.mqttMaxQueued,

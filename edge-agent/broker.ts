@@ -14,14 +14,23 @@
  * `clients()` lists who is connected (GET /v1/broker, the console's edge view): per client a record
  * made when it connects, with counters the publish path bumps (no allocation per message). The list is
  * bounded by `maxConnections` per listener; of the clients gone, the last RECENT_GONE are kept.
+ *
+ * The edge's own Sparkplug nodes (emit: sparkplug) are clients too, and must get in whatever the users
+ * are: they log in as INTERNAL_USER with a secret made at random for this process (internalLogin), so
+ * no password is in the config, the logs or the command line. That user name is reserved (no
+ * configured user may take it, and a client presenting it with another password is refused), and its
+ * clients may only publish their own node's Sparkplug messages and subscribe to its NCMD: their client
+ * id names the node (sparkplugClientId). They are listed by clients() like any other, as that user.
  */
-import { timingSafeEqual } from 'node:crypto'
+import { randomBytes, timingSafeEqual } from 'node:crypto'
 import { createServer } from 'node:net'
 import type { AddressInfo, Server, Socket } from 'node:net'
 import { createServer as createTlsServer } from 'node:tls'
 import type { Server as TlsServer } from 'node:tls'
 import { Aedes } from 'aedes'
 import type { AuthenticateError, Client, PublishPacket, Subscription } from 'aedes'
+import { ConfigError } from '../core/errors.ts'
+import { nodeOfSparkplugClientId, parseSparkplugTopic, sparkplugTopic } from '../core/formats/sparkplug-wire.ts'
 import { compileTopicFilter, filterCovers } from '../core/topic.ts'
 import type { Metrics } from '../server/shell/metrics.ts'
 import type { ServerTls } from '../server/shell/tls.ts'
@@ -32,6 +41,8 @@ export interface BrokerOptions {
   host: string
   port: number
   users: BrokerUser[]
+  /** How the edge's own clients (its Sparkplug nodes) log in, whatever `users` are. */
+  internal: InternalLogin
   /** Largest remaining length (everything after the fixed header) of a packet, bytes. */
   maxPacket?: number
   /** Most inbound QoS 2 publishes of one client awaiting PUBREL. */
@@ -44,6 +55,22 @@ export interface BrokerOptions {
   tlsPort?: number
   tls?: ServerTls
 }
+
+/** The user name of the edge's own clients; reserved, and shown as such in GET /v1/broker. */
+export const INTERNAL_USER = '(fogmesh)'
+
+export interface InternalLogin {
+  readonly username: typeof INTERNAL_USER
+  readonly password: string
+}
+
+/** A login for the edge's own clients, valid for this process only. */
+export function internalLogin (): InternalLogin {
+  return { username: INTERNAL_USER, password: randomBytes(32).toString('base64url') }
+}
+
+/** The messages an Edge Node publishes (NCMD and DCMD are a host's). */
+const NODE_PUBLISHES = new Set(['NBIRTH', 'NDEATH', 'NDATA', 'DBIRTH', 'DDEATH', 'DDATA'])
 
 /** Room for a PUBLISH's topic, packet id and properties beside a payload of the largest size. */
 export const PACKET_HEADROOM = 64 * 1024
@@ -168,6 +195,9 @@ export class PacketSizeGuard {
   }
 }
 
+/** A client as authenticate tagged it: its user, and for the edge's own clients the node they are. */
+type TaggedClient = Client & { fogmeshUser?: string, fogmeshNode?: { group: string, node: string } }
+
 function same (a: string, b: string): boolean {
   const x = Buffer.from(a)
   const y = Buffer.from(b)
@@ -196,6 +226,7 @@ export class EmbeddedBroker implements MessageSource {
   readonly #sockets = new Set<Socket>()
 
   constructor (options: BrokerOptions) {
+    if (options.users.some(u => u.username === INTERNAL_USER)) throw new ConfigError(`users: "${INTERNAL_USER}" is reserved for the edge's own connections; pick another username`)
     this.#options = options
     this.#users = new Map(options.users.map(u => {
       const filters = u.publish.map(f => compileTopicFilter(f))
@@ -245,7 +276,7 @@ export class EmbeddedBroker implements MessageSource {
       const host = conn.remoteAddress ?? ''
       this.#clients.set(client, {
         id: client.id,
-        user: (client as Client & { fogmeshUser?: string }).fogmeshUser ?? null,
+        user: (client as TaggedClient).fogmeshUser ?? null,
         address: host === '' ? '' : `${host.includes(':') ? `[${host}]` : host}:${conn.remotePort ?? ''}`,
         listener: this.#tlsSockets.has(client.conn as Socket) ? 'mqtts' : 'mqtt',
         connectedAt: Date.now(),
@@ -265,38 +296,33 @@ export class EmbeddedBroker implements MessageSource {
       if (this.#gone.length > RECENT_GONE) this.#gone.shift()
     })
     this.#broker = broker
-    if (this.#users.size > 0) {
-      broker.authenticate = (client: Client, username: string | undefined, password: Buffer | undefined, done: (err: AuthenticateError | null, ok: boolean) => void) => {
-        const user = username === undefined ? undefined : this.#users.get(username)
-        if (user !== undefined && password !== undefined && same(password.toString('utf8'), user.password)) {
-          ;(client as Client & { fogmeshUser?: string }).fogmeshUser = user.username
-          done(null, true)
-          return
-        }
-        this.denied.connect++
-        const err = new Error('bad username or password') as AuthenticateError
-        err.returnCode = 4
-        done(err, false)
+    // Without users anyone gets in, but not under the edge's own user name.
+    broker.authenticate = (client: Client, username: string | undefined, password: Buffer | undefined, done: (err: AuthenticateError | null, ok: boolean) => void) => {
+      if (this.#login(client as TaggedClient, username, password)) {
+        done(null, true)
+        return
       }
+      this.denied.connect++
+      const err = new Error('bad username or password') as AuthenticateError
+      err.returnCode = 4
+      done(err, false)
     }
     broker.authorizePublish = (client: Client | null, packet: PublishPacket, done: (err?: Error | null) => void) => {
       if (packet.topic.startsWith('$SYS')) {
         done(new Error('$SYS topics are reserved'))
         return
       }
-      const user = this.#userOf(client)
-      if (user !== undefined && !user.canPublish(packet.topic)) {
+      if (client !== null && !this.#mayPublish(client as TaggedClient, packet.topic)) {
         this.denied.publish++
-        const r = client === null ? undefined : this.#clients.get(client)
+        const r = this.#clients.get(client)
         if (r !== undefined) r.denied++
-        done(new Error(`user ${user.username} may not publish to ${packet.topic}`))
+        done(new Error(`user ${(client as TaggedClient).fogmeshUser} may not publish to ${packet.topic}`))
         return
       }
       done(null)
     }
     broker.authorizeSubscribe = (client: Client | null, sub: Subscription, done: (err: Error | null, sub?: Subscription | null) => void) => {
-      const user = this.#userOf(client)
-      if (user !== undefined && !user.subscribe.some(f => filterCovers(f, sub.topic))) {
+      if (client !== null && !this.#maySubscribe(client as TaggedClient, sub.topic)) {
         this.denied.subscribe++
         done(null, null) // SUBACK 0x80 for this filter; the client stays connected
         return
@@ -366,10 +392,47 @@ export class EmbeddedBroker implements MessageSource {
       () => Object.entries(this.closed).map(([reason, n]) => [{ reason }, n]))
   }
 
-  #userOf (client: Client | null): BrokerUser & { canPublish: (topic: string) => boolean } | undefined {
-    if (this.#users.size === 0 || client === null) return undefined
-    const name = (client as Client & { fogmeshUser?: string }).fogmeshUser
-    return name === undefined ? undefined : this.#users.get(name)
+  /** Whether the client gets in; tags it with its user (and the edge's own clients with their node). */
+  #login (client: TaggedClient, username: string | undefined, password: Buffer | undefined): boolean {
+    if (username === INTERNAL_USER) {
+      const node = nodeOfSparkplugClientId(client.id)
+      if (node === undefined || password === undefined || !same(password.toString('utf8'), this.#options.internal.password)) return false
+      client.fogmeshUser = INTERNAL_USER
+      client.fogmeshNode = node
+      return true
+    }
+    if (this.#users.size === 0) return true
+    const user = username === undefined ? undefined : this.#users.get(username)
+    if (user === undefined || password === undefined || !same(password.toString('utf8'), user.password)) return false
+    client.fogmeshUser = user.username
+    return true
+  }
+
+  #mayPublish (client: TaggedClient, topic: string): boolean {
+    const own = client.fogmeshNode
+    if (own !== undefined) {
+      const t = parseSparkplugTopic(topic)
+      return t !== undefined && t.group === own.group && t.node === own.node && NODE_PUBLISHES.has(t.type)
+    }
+    const user = this.#userOf(client)
+    return user === undefined || user.canPublish(topic)
+  }
+
+  /** The configured user a client logged in as; none without users. */
+  #userOf (client: TaggedClient): BrokerUser & { canPublish: (topic: string) => boolean } | undefined {
+    return client.fogmeshUser === undefined ? undefined : this.#users.get(client.fogmeshUser)
+  }
+
+  #maySubscribe (client: TaggedClient, filter: string): boolean {
+    const own = client.fogmeshNode
+    if (own !== undefined) return filter === sparkplugTopic(own.group, 'NCMD', own.node)
+    const user = this.#userOf(client)
+    return user === undefined || user.subscribe.some(f => filterCovers(f, filter))
+  }
+
+  /** How the edge's own clients log in (given at construction). */
+  get internalLogin (): InternalLogin {
+    return this.#options.internal
   }
 
   async publish (topic: string, payload: Buffer, qos: 0 | 1 | 2, retain: boolean): Promise<void> {

@@ -29,6 +29,9 @@ import type { WindowResult } from '../server/shell/results.ts'
 
 export interface SparkplugNodeOptions {
   url: string
+  /** Login at the broker, when not in `url` (the embedded broker's for the edge's own clients). */
+  username?: string
+  password?: string
   group: string
   node: string
   dataDir: string
@@ -97,6 +100,7 @@ export class SparkplugNode {
     }
     const client = connect(o.url, {
       clientId: sparkplugClientId(o.group, o.node, process.pid),
+      ...o.username !== undefined ? { username: o.username, password: o.password } : {},
       clean: true,
       reconnectPeriod: 0,
       connectTimeout: 10_000,

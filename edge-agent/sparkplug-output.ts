@@ -6,11 +6,14 @@
  * - nodes are made once the broker is up, for every running pipeline (so hosts see them as soon as the
  *   edge is up), and for a pipeline deployed later at its first window;
  * - windows emitted before the broker is up (a checkpoint restore) are not published;
- * - the nodes' NDEATH goes out before the broker stops (an embedded broker would take the will with it).
+ * - the nodes' NDEATH goes out before the broker stops (an embedded broker would take the will with it);
+ * - at the embedded broker the nodes log in with its internal login, so that they get in whatever users
+ *   it has and only to their own topics; at --mqtt-url with the URL's credentials, as the edge does.
  */
 import type { WindowOperator } from '../core/windows/operator.ts'
 import type { WindowState } from '../core/windows/window.ts'
 import type { WindowResult } from '../server/shell/results.ts'
+import { EmbeddedBroker } from './broker.ts'
 import type { EdgeOutput, OutputDefinition, OutputParts } from './output.ts'
 import { SparkplugNode } from './sparkplug-node.ts'
 
@@ -47,7 +50,8 @@ export class SparkplugOutput implements EdgeOutput {
       const id = `${e.group}/${e.node}`
       let node = this.#nodes.get(id)
       if (node === undefined) {
-        node = new SparkplugNode({ url: p.source.url, group: e.group, node: e.node, dataDir: p.options.dataDir, log: p.log, tls: p.security.clientTls })
+        const login = p.source instanceof EmbeddedBroker ? p.source.internalLogin : {}
+        node = new SparkplugNode({ ...login, url: p.source.url, group: e.group, node: e.node, dataDir: p.options.dataDir, log: p.log, tls: p.security.clientTls })
         this.#nodes.set(id, node)
         node.start()
       }
