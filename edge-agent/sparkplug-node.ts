@@ -11,8 +11,11 @@
  *   born (a new key) first gets a new DBIRTH of its device;
  * - seq counts every message but the NDEATH, 0–255 wrapping, reset by the NBIRTH;
  * - an NCMD `Node Control/Rebirth` = true makes the node publish its births again;
- * - while disconnected, windows are not queued: their values go into the births of the next connection
- *   (Sparkplug hosts take the births' values as the current ones).
+ * - while disconnected (or not yet connected), each closed window's DDATA is kept, in memory, up to
+ *   `maxQueued` per device (the oldest dropped past it, and counted); after the next connection's
+ *   births they go out in order as historical DDATA (`is_historical`, Sparkplug's store and forward),
+ *   timestamped at their window's end, before any live DDATA. The births carry the current values;
+ *   queued windows are lost with the process.
  * DDATA metrics carry their datatype (Sparkplug says they should not, but the reference JavaScript
  * decoder reads each value by its metric's own datatype, so hosts built on it would read nulls).
  * bdSeq is kept in the data dir, so a restarted edge's NBIRTH does not repeat the last one's.
@@ -27,7 +30,15 @@ import type { Logger } from '../server/shell/log.ts'
 import type { ClientTls } from '../server/shell/tls.ts'
 import type { WindowResult } from '../server/shell/results.ts'
 
-export interface SparkplugNodeOptions {
+/** What a node keeps while its broker is unreachable, as the edge runs it. */
+export interface SparkplugQueueOptions {
+  /** Closed windows (one DDATA each: one key's window) kept per device; the oldest are dropped past it. */
+  maxQueued: number
+}
+
+export const SPARKPLUG_QUEUE: SparkplugQueueOptions = { maxQueued: 1000 }
+
+export interface SparkplugNodeOptions extends SparkplugQueueOptions {
   url: string
   /** Login at the broker, when not in `url` (the embedded broker's for the edge's own clients). */
   username?: string
@@ -45,19 +56,28 @@ interface DeviceMetric {
   value: number | boolean | string | null
 }
 
+/** A closed window not yet published: its metrics' values as they were when it closed. */
+interface QueuedWindow {
+  end: number
+  metrics: DeviceMetric[]
+}
+
 function datatypeOf (v: unknown): number {
   return typeof v === 'boolean' ? DataType.Boolean : typeof v === 'string' ? DataType.String : DataType.Double
 }
 
-function metric (name: string | undefined, m: DeviceMetric, timestamp: number): WireMetric {
+function metric (name: string | undefined, m: DeviceMetric, timestamp: number, historical = false): WireMetric {
   const out: WireMetric = { alias: m.alias, datatype: m.datatype, timestamp, ...m.value === null ? { isNull: true } : valueFields(m.datatype, m.value) }
   if (name !== undefined) out.name = name
+  if (historical) out.isHistorical = true
   return out
 }
 
 export class SparkplugNode {
   readonly #o: SparkplugNodeOptions
   readonly #devices = new Map<string, Map<string, DeviceMetric>>()
+  /** By device, oldest first: windows closed while disconnected. */
+  readonly #queued = new Map<string, QueuedWindow[]>()
   readonly #bdSeqFile: string
   #client: MqttClient | undefined
   #bdSeq = 0
@@ -65,7 +85,9 @@ export class SparkplugNode {
   #nextAlias = 1
   #connected = false
   #stopped = false
-  readonly stats = { births: 0, data: 0, failed: 0 }
+  readonly stats = { births: 0, data: 0, historical: 0, failed: 0 }
+  /** Queued windows dropped for the bound, by device. */
+  readonly dropped = new Map<string, number>()
 
   constructor (o: SparkplugNodeOptions) {
     this.#o = o
@@ -79,6 +101,14 @@ export class SparkplugNode {
 
   get id (): string {
     return `${this.#o.group}/${this.#o.node}`
+  }
+
+  get group (): string {
+    return this.#o.group
+  }
+
+  get node (): string {
+    return this.#o.node
   }
 
   start (): void {
@@ -113,6 +143,7 @@ export class SparkplugNode {
       this.#connected = true
       client.subscribe(sparkplugTopic(o.group, 'NCMD', o.node), { qos: 1 })
       this.#births()
+      this.#forward()
     })
     client.on('message', (_topic, payload) => {
       try {
@@ -177,6 +208,36 @@ export class SparkplugNode {
     }))
   }
 
+  /** The queued windows, after the births: a host reads their aliases from those. */
+  #forward (): void {
+    for (const [device, windows] of this.#queued) {
+      for (const w of windows) this.#data(device, w, true)
+      this.stats.historical += windows.length
+    }
+    this.#queued.clear()
+  }
+
+  #data (device: string, w: QueuedWindow, historical: boolean): void {
+    this.#publish(sparkplugTopic(this.#o.group, 'DDATA', this.#o.node, device), encodeSparkplug({
+      timestamp: w.end,
+      seq: this.#nextSeq(),
+      metrics: w.metrics.map(m => metric(undefined, m, w.end, historical))
+    }))
+  }
+
+  #enqueue (device: string, w: QueuedWindow): void {
+    let windows = this.#queued.get(device)
+    if (windows === undefined) {
+      windows = []
+      this.#queued.set(device, windows)
+    }
+    windows.push(w)
+    if (windows.length > this.#o.maxQueued) {
+      windows.shift()
+      this.dropped.set(device, (this.dropped.get(device) ?? 0) + 1)
+    }
+  }
+
   /** Publishes one closed window of pipeline `result.pipeline` (the device). */
   publish (result: WindowResult): void {
     const device = result.pipeline
@@ -186,7 +247,7 @@ export class SparkplugNode {
       this.#devices.set(device, metrics)
     }
     let born = true
-    const sent: Array<[string, DeviceMetric]> = []
+    const sent: DeviceMetric[] = []
     for (const [field, v] of Object.entries(result.values)) {
       const name = `${result.key}/${field}`
       const value = typeof v === 'number' || typeof v === 'boolean' || typeof v === 'string' ? v : null
@@ -198,16 +259,17 @@ export class SparkplugNode {
       }
       // A value of another type than the birth declared (a string after numbers) cannot go under that alias.
       m.value = value === null || datatypeOf(value) === m.datatype ? value : null
-      sent.push([name, m])
+      // A copy: a queued window keeps its own values, not the metric's latest.
+      sent.push({ ...m })
     }
-    if (!this.#connected) return
+    const w = { end: result.end, metrics: sent }
+    if (!this.#connected) {
+      // The next connection's births declare every metric, new ones included.
+      this.#enqueue(device, w)
+      return
+    }
     if (!born) this.#deviceBirth(device, Date.now())
-    const end = result.end
-    this.#publish(sparkplugTopic(this.#o.group, 'DDATA', this.#o.node, device), encodeSparkplug({
-      timestamp: end,
-      seq: this.#nextSeq(),
-      metrics: sent.map(([, m]) => metric(undefined, m, end))
-    }))
+    this.#data(device, w, false)
     this.stats.data++
   }
 

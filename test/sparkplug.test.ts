@@ -1,12 +1,11 @@
 /**
  * Sparkplug B through a real edge process: births then alias-only data from the simulator, exact
- * against the ground truth; bad Sparkplug input refused and counted while the agent keeps running;
- * results published as a Sparkplug Edge Node, read back as a host application does.
+ * against the ground truth; bad Sparkplug input refused and counted while the agent keeps running.
+ * Results published as a Sparkplug Edge Node (emit: sparkplug) are in sparkplug-output.test.ts.
  */
 import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import mqtt from 'mqtt'
-import { get as getSparkplug } from 'sparkplug-payload'
 import t from 'tap'
 import type { Test } from 'tap'
 import { DataType, decodeSparkplug, encodeSparkplug, REBIRTH_METRIC } from '../core/formats/sparkplug-wire.ts'
@@ -14,7 +13,6 @@ import { loadPipelinesFile } from '../core/pipeline/parse.ts'
 import { runSimulator } from '../simulators/sim.ts'
 import { compareResults, fetchMetric, fetchResults } from './helpers/ground-truth.ts'
 import { startBrowser } from './helpers/browser.ts'
-import { startMosquitto } from './helpers/mosquitto.ts'
 import { fetchJson, startFogmesh, tmpDir, waitFor } from './helpers/process.ts'
 import type { RunningProcess } from './helpers/process.ts'
 
@@ -154,76 +152,4 @@ t.test('unknown alias, data before birth, garbage, wrong topic: each refused and
 
   t.same((await fetchJson(`${edge.http}/healthz`)).body, { status: 'ok', role: 'edge', id: 'e1' }, 'the agent keeps running')
   t.equal(await edge.stop(), 0)
-})
-
-t.test('emit: sparkplug: NBIRTH, DBIRTH and DDATA decode with the reference library to the edge\'s results; the NDEATH will fires on SIGKILL', async t => {
-  const broker = await startMosquitto()
-  t.teardown(() => broker.stop())
-  const dir = await tmpDir('fogmesh-sparkplug-emit-')
-  t.teardown(() => dir.cleanup())
-  const file = join(dir.path, 'pipelines.yaml')
-  await writeFile(file, `pipelines:
-  - name: room-temp
-    from: sensors/+room/+device/temperature
-    timestamp: ts
-    key: room
-    window: { tumbling: 5s }
-    lateness: 1s
-    idle: 1s
-    select:
-      n: count()
-      mean: avg(value)
-      high: max(value)
-    emit:
-      - sparkplug: { group: plant, node: edge-1 }
-`)
-  // A host application: subscribed before the edge starts, decoding with the Tahu library.
-  const tahu = getSparkplug('spBv1.0')!
-  const host = await mqtt.connectAsync(broker.url)
-  t.teardown(() => host.endAsync())
-  const seen: Array<{ topic: string, payload: ReturnType<typeof tahu.decodePayload> }> = []
-  host.on('message', (topic, payload) => seen.push({ topic, payload: tahu.decodePayload(payload) }))
-  await host.subscribeAsync('spBv1.0/plant/#', { qos: 1 })
-
-  const edge = await startFogmesh(['edge', '--id', 'e1', '--pipelines', file, '--http-port', '0', '--mqtt-url', broker.url, '--data-dir', join(dir.path, 'data')])
-  t.teardown(async () => { if (edge.proc.exitCode === null) edge.kill('SIGKILL') })
-  await waitFor(() => seen.some(m => m.topic === 'spBv1.0/plant/NBIRTH/edge-1'), { timeoutMs: 10_000, message: 'NBIRTH' })
-  const nbirth = seen.find(m => m.topic === 'spBv1.0/plant/NBIRTH/edge-1')!.payload
-  const bdSeq = Number(nbirth.metrics!.find(m => m.name === 'bdSeq')!.value)
-  t.ok(nbirth.metrics!.some(m => m.name === REBIRTH_METRIC && m.value === false), 'the NBIRTH has Node Control/Rebirth')
-  t.equal(Number(nbirth.seq), 0, 'NBIRTH seq 0')
-
-  await runSimulator({ start: Date.now() - 20_000, speed: 0, devices: 4, rooms: 2, rate: 5, duration: 20_000, seed: 5, jitter: 500, topic: 'sensors/{room}/{device}/temperature', mqtt: [broker.url] })
-  await waitFor(async () => (await fetchResults(edge.http, 'room-temp')).filter(r => r.final).length >= 8, { timeoutMs: 20_000, message: 'closed windows' })
-  const results = (await fetchResults(edge.http, 'room-temp')).filter(r => r.final)
-  await waitFor(() => seen.filter(m => m.topic === 'spBv1.0/plant/DDATA/edge-1/room-temp').length >= results.length, { timeoutMs: 10_000, message: 'one DDATA per closed window' })
-
-  // A host resolves aliases through the latest DBIRTH before each DDATA.
-  const aliases = new Map<number, string>()
-  const got = new Map<string, Record<string, unknown>>()
-  let lastSeq: number | undefined
-  let gaps = 0
-  for (const { topic, payload } of seen) {
-    const seq = payload.seq === undefined || payload.seq === null ? undefined : Number(payload.seq)
-    if (seq !== undefined && lastSeq !== undefined && seq !== (lastSeq + 1) % 256 && !topic.includes('NBIRTH')) gaps++
-    if (seq !== undefined) lastSeq = seq
-    if (topic === 'spBv1.0/plant/DBIRTH/edge-1/room-temp') {
-      for (const m of payload.metrics ?? []) aliases.set(Number(m.alias), m.name!)
-    } else if (topic === 'spBv1.0/plant/DDATA/edge-1/room-temp') {
-      for (const m of payload.metrics ?? []) {
-        t.notOk(m.name, 'DDATA metrics go by alias only')
-        const name = aliases.get(Number(m.alias))!
-        const [key, field] = name.split('/')
-        const id = `${key} ${new Date(Number(m.timestamp)).toISOString()}`
-        got.set(id, { ...got.get(id), [field]: m.value })
-      }
-    }
-  }
-  t.equal(gaps, 0, 'seq follows on, wrapping at 256')
-  for (const r of results) t.same(got.get(`${r.key} ${r.end}`), r.values, `${r.key} ending ${r.end}: the DDATA at the window end has the edge's values`)
-
-  edge.kill('SIGKILL')
-  await waitFor(() => seen.some(m => m.topic === 'spBv1.0/plant/NDEATH/edge-1'), { timeoutMs: 10_000, message: 'the NDEATH will' })
-  const death = seen.find(m => m.topic === 'spBv1.0/plant/NDEATH/edge-1')!.payload
-  t.equal(Number(death.metrics!.find(m => m.name === 'bdSeq')!.value), bdSeq, 'the NDEATH carries the bdSeq of the NBIRTH')
 })
