@@ -20,7 +20,8 @@
  * no password is in the config, the logs or the command line. That user name is reserved (no
  * configured user may take it, and a client presenting it with another password is refused), and its
  * clients may only publish their own node's Sparkplug messages and subscribe to its NCMD: their client
- * id names the node (sparkplugClientId). They are listed by clients() like any other, as that user.
+ * id names the node (sparkplugClientId), and no other client may use such an id (it would take the
+ * node's connection over). They are listed by clients() like any other, as that user.
  */
 import { randomBytes, timingSafeEqual } from 'node:crypto'
 import { createServer } from 'node:net'
@@ -394,13 +395,15 @@ export class EmbeddedBroker implements MessageSource {
 
   /** Whether the client gets in; tags it with its user (and the edge's own clients with their node). */
   #login (client: TaggedClient, username: string | undefined, password: Buffer | undefined): boolean {
+    const node = nodeOfSparkplugClientId(client.id)
     if (username === INTERNAL_USER) {
-      const node = nodeOfSparkplugClientId(client.id)
       if (node === undefined || password === undefined || !same(password.toString('utf8'), this.#options.internal.password)) return false
       client.fogmeshUser = INTERNAL_USER
       client.fogmeshNode = node
       return true
     }
+    // Those ids are the edge's own nodes': MQTT would close a node's connection for anyone taking its id.
+    if (node !== undefined) return false
     if (this.#users.size === 0) return true
     const user = username === undefined ? undefined : this.#users.get(username)
     if (user === undefined || password === undefined || !same(password.toString('utf8'), user.password)) return false

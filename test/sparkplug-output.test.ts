@@ -300,6 +300,8 @@ t.test('the edge\'s own login at the embedded broker: only for a node\'s client 
   await t.rejects(mqtt.connectAsync(broker.url, { clientId: 'thermo-1', ...login, reconnectPeriod: 0 }), /Not authorized|Bad username/, 'not for a client id that names no node')
   const own = await mqtt.connectAsync(broker.url, { clientId: sparkplugClientId(GROUP, NODE, 1), ...login, reconnectPeriod: 0 })
   t.teardown(() => own.endAsync(true))
+  await t.rejects(mqtt.connectAsync(broker.url, { clientId: sparkplugClientId(GROUP, NODE, 1), username: 'sensor', password: 's3cret', reconnectPeriod: 0 }), /Not authorized|Bad username/,
+    'a user cannot take a node\'s client id (and so its connection) over')
   t.same((await own.subscribeAsync(topic('NCMD'), { qos: 1 })).map(g => g.qos), [1], 'its NCMD')
   await t.rejects(own.subscribeAsync(`spBv1.0/${GROUP}/#`), /Subscribe error/, 'nothing else')
   await own.publishAsync(topic('DDATA', DEVICE), 'x', { qos: 1 })
@@ -308,5 +310,5 @@ t.test('the edge\'s own login at the embedded broker: only for a node\'s client 
   own.publish(`spBv1.0/${GROUP}/DDATA/other-node/${DEVICE}`, 'x', { qos: 1 })
   await closed
   t.same(topics, [topic('DDATA', DEVICE)], 'another node\'s topic is refused')
-  t.same(broker.clients().denied, { connect: 1, publish: 1, subscribe: 1 })
+  t.same(broker.clients().denied, { connect: 2, publish: 1, subscribe: 1 })
 })
