@@ -23,10 +23,15 @@ export interface MosquittoOptions {
   port?: number
   /** Extra lines appended to the generated mosquitto.conf. */
   extraConfig?: string[]
+  /**
+   * Make the listener MQTT over TLS (`url` is then mqtts://) with this certificate and key (PEM file
+   * paths). With `requireCertificate`, clients must present a certificate that `ca` verifies.
+   */
+  tls?: { cert: string, key: string, ca?: string, requireCertificate?: boolean }
 }
 
 export interface Mosquitto {
-  /** mqtt://127.0.0.1:<port> */
+  /** mqtt://127.0.0.1:<port> (mqtts:// with the `tls` option) */
   url: string
   port: number
   /** The broker's temp dir (config, password file, log); removed by stop(). */
@@ -71,6 +76,18 @@ function canConnect (port: number): Promise<boolean> {
   })
 }
 
+/** The listener's TLS lines (none without `tls`). */
+function tlsConfig (tls: MosquittoOptions['tls']): string[] {
+  if (tls == null) return []
+  if (tls.requireCertificate === true && tls.ca == null) throw new Error('startMosquitto: tls.requireCertificate needs tls.ca')
+  return [
+    `certfile ${tls.cert}`,
+    `keyfile ${tls.key}`,
+    ...(tls.ca != null ? [`cafile ${tls.ca}`] : []),
+    ...(tls.requireCertificate === true ? ['require_certificate true'] : [])
+  ]
+}
+
 /** Starts a Mosquitto broker listening on 127.0.0.1 only, and resolves once it accepts TCP connections. */
 export async function startMosquitto (opts: MosquittoOptions = {}): Promise<Mosquitto> {
   const bin = findExecutable('mosquitto', ['/usr/sbin', '/usr/local/sbin', '/usr/bin', '/usr/local/bin'])
@@ -101,6 +118,7 @@ export async function startMosquitto (opts: MosquittoOptions = {}): Promise<Mosq
       const confFile = join(dir.path, 'mosquitto.conf')
       const conf = [
         `listener ${port} 127.0.0.1`,
+        ...tlsConfig(opts.tls),
         passwordFile != null ? 'allow_anonymous false' : 'allow_anonymous true',
         ...(passwordFile != null ? [`password_file ${passwordFile}`] : []),
         'persistence false',
@@ -160,7 +178,7 @@ export async function startMosquitto (opts: MosquittoOptions = {}): Promise<Mosq
           })()
           return stopped
         }
-        return { url: `mqtt://127.0.0.1:${port}`, port, dir: dir.path, log, stop }
+        return { url: `${opts.tls != null ? 'mqtts' : 'mqtt'}://127.0.0.1:${port}`, port, dir: dir.path, log, stop }
       }
 
       if (!exited) {
