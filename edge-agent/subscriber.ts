@@ -63,9 +63,10 @@ export class BrokerSubscriber implements MessageSource {
       connected = false
     })
     client.on('error', (err) => {
-      const level = err.message === lastError ? 'debug' : 'warn'
-      lastError = err.message
-      log[level]('mqtt.error', `${this.url}: ${err.message}`, { url: this.url, reason: err.message })
+      const reason = errorReason(err)
+      const level = reason === lastError ? 'debug' : 'warn'
+      lastError = reason
+      log[level]('mqtt.error', `${this.url}: ${reason}`, { url: this.url, reason })
     })
     client.on('connect', (connack) => {
       this.stats.connects++
@@ -107,4 +108,13 @@ export class BrokerSubscriber implements MessageSource {
   async stop (): Promise<void> {
     await this.#client?.endAsync()
   }
+}
+
+/**
+ * An error's cause in one line: OpenSSL's alerts (the broker refused our certificate) carry their
+ * words in `reason`, while their message adds OpenSSL's source file and line.
+ */
+function errorReason (err: Error): string {
+  const { reason } = err as Error & { reason?: unknown }
+  return typeof reason === 'string' && reason !== '' ? reason : err.message.split('\n')[0].trim()
 }
