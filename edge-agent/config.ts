@@ -19,6 +19,7 @@ export const EDGE_OPTIONS: OptionTable = {
   'mqtt-max-inflight': { type: 'int', default: 512, help: 'embedded broker: most QoS 2 publishes of one client awaiting PUBREL; a client sending more is disconnected' },
   'mqtt-max-queued': { type: 'int', default: 32, help: 'embedded broker: most packets of one client held before its session is established; a client sending more is disconnected' },
   'mqtt-max-connections': { type: 'int', default: 1024, help: 'embedded broker: most open client connections; further ones are closed at once' },
+  'sparkplug-max-queued': { type: 'int', default: 1000, help: 'emit: sparkplug: closed windows (one key\'s window each) kept per pipeline while the broker is unreachable, sent after the next births as historical DDATA; past it the oldest are dropped and counted (fogmesh_sparkplug_dropped_total)' },
   tick: { type: 'duration', default: '250ms', help: 'how often idle pipelines and arrival-time windows are checked' },
   fog: { type: 'urls', help: 'fog coordinator URL (repeatable)' },
   cloud: { type: 'urls', help: 'cloud sink URL: used on failover, or always without --fog (repeatable: several processes of one cloud tier, tried in turn)' },
@@ -51,6 +52,7 @@ export interface EdgeOptions extends CommonOptions {
   mqttMaxInflight: number
   mqttMaxQueued: number
   mqttMaxConnections: number
+  sparkplugMaxQueued: number
   tick: number
   fog: string[]
   cloud?: string[]

@@ -36,8 +36,6 @@ export interface SparkplugQueueOptions {
   maxQueued: number
 }
 
-export const SPARKPLUG_QUEUE: SparkplugQueueOptions = { maxQueued: 1000 }
-
 export interface SparkplugNodeOptions extends SparkplugQueueOptions {
   url: string
   /** Login at the broker, when not in `url` (the embedded broker's for the edge's own clients). */

@@ -9,8 +9,8 @@
  * - the nodes' NDEATH goes out before the broker stops (an embedded broker would take the will with it);
  * - at the embedded broker the nodes log in with its internal login, so that they get in whatever users
  *   it has and only to their own topics; at --mqtt-url with the URL's credentials, as the edge does;
- * - while a node's broker is unreachable it queues closed windows (bounded by `queue`); those dropped
- *   for the bound are counted in fogmesh_sparkplug_dropped_total.
+ * - while a node's broker is unreachable it queues closed windows (bounded by --sparkplug-max-queued);
+ *   those dropped for the bound are counted in fogmesh_sparkplug_dropped_total.
  */
 import type { WindowOperator } from '../core/windows/operator.ts'
 import type { WindowState } from '../core/windows/window.ts'
@@ -18,19 +18,16 @@ import type { Sample } from '../server/shell/metrics.ts'
 import type { WindowResult } from '../server/shell/results.ts'
 import { EmbeddedBroker } from './broker.ts'
 import type { EdgeOutput, OutputDefinition, OutputParts } from './output.ts'
-import { SPARKPLUG_QUEUE, SparkplugNode } from './sparkplug-node.ts'
-import type { SparkplugQueueOptions } from './sparkplug-node.ts'
+import { SparkplugNode } from './sparkplug-node.ts'
 
 export class SparkplugOutput implements EdgeOutput {
   readonly #parts: OutputParts
-  readonly #queue: SparkplugQueueOptions
   /** By group/node. */
   readonly #nodes = new Map<string, SparkplugNode>()
   #up = false
 
-  constructor (parts: OutputParts, queue: SparkplugQueueOptions = SPARKPLUG_QUEUE) {
+  constructor (parts: OutputParts) {
     this.#parts = parts
-    this.#queue = queue
     parts.metrics.counter('fogmesh_sparkplug_dropped_total', 'Closed windows an emit: sparkplug node dropped, oldest first, while its broker was unreachable and its queue full',
       ['group', 'node', 'device'], () => [...this.#nodes.values()].flatMap(n => [...n.dropped].map(([device, v]): Sample => [{ group: n.group, node: n.node, device }, v])))
   }
@@ -59,7 +56,7 @@ export class SparkplugOutput implements EdgeOutput {
       let node = this.#nodes.get(id)
       if (node === undefined) {
         const login = p.source instanceof EmbeddedBroker ? p.source.internalLogin : {}
-        node = new SparkplugNode({ ...this.#queue, ...login, url: p.source.url, group: e.group, node: e.node, dataDir: p.options.dataDir, log: p.log, tls: p.security.clientTls })
+        node = new SparkplugNode({ maxQueued: p.options.sparkplugMaxQueued, ...login, url: p.source.url, group: e.group, node: e.node, dataDir: p.options.dataDir, log: p.log, tls: p.security.clientTls })
         this.#nodes.set(id, node)
         node.start()
       }

@@ -262,7 +262,7 @@ t.test('the queue keeps the last maxQueued windows per device, counts those drop
   const metrics = new Metrics()
   const operator = { pipeline: { name: DEVICE, emits: [{ kind: 'sparkplug', group: GROUP, node: NODE }] } } as unknown as WindowOperator
   const parts: OutputParts = {
-    options: { dataDir: dir.path } as EdgeOptions,
+    options: { dataDir: dir.path, sparkplugMaxQueued: 2 } as EdgeOptions,
     discoverFog: false,
     log: silentLogger,
     metrics,
@@ -271,7 +271,7 @@ t.test('the queue keeps the last maxQueued windows per device, counts those drop
     operators: new Map([[DEVICE, operator]]),
     committed: () => {}
   }
-  const output = new SparkplugOutput(parts, { maxQueued: 2 })
+  const output = new SparkplugOutput(parts)
   t.teardown(() => output.sourceDown())
   output.sourceUp()
   const t0 = Math.floor(Date.now() / 2_000) * 2_000 - 60_000
