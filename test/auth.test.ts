@@ -180,4 +180,16 @@ t.test('partials and reads at a fog with client certificates and an API token', 
   t.same([noToken.code, /^401: /.test(noToken.stderr)], [1, true], 'without --token-file: exit 1, the 401 shown')
   const noCa = await query('--token-file', tokenFile)
   t.same([noCa.code, /cannot reach/.test(noCa.stderr)], [1, true], 'without --ca the site\'s certificate is not trusted')
+
+  // The token rotated on disk is read again on SIGHUP, with the certificates; a weak one is refused and the old one kept.
+  const ROTATED = 'the-rotated-read-token-of-32-chars'
+  await writeFile(tokenFile, ROTATED + '\n', { mode: 0o600 })
+  fog.kill('SIGHUP')
+  await fog.waitForLine(/tls\.reloaded/)
+  t.equal((await get(fog.http, '/v1/pipelines', bearer)).status, 401, 'after SIGHUP the old token is refused')
+  t.equal((await get(fog.http, '/v1/pipelines', { authorization: `Bearer ${ROTATED}` })).status, 200, 'and the rotated one taken')
+  await writeFile(tokenFile, 'short\n', { mode: 0o600 })
+  fog.kill('SIGHUP')
+  await fog.waitForLine(/tls\.reload_failed/)
+  t.equal((await get(fog.http, '/v1/pipelines', { authorization: `Bearer ${ROTATED}` })).status, 200, 'a weak token on disk: the token in use stays')
 })

@@ -29,10 +29,15 @@ export function presentedToken (header: string | string[] | undefined): Presente
 }
 
 export class BearerToken {
-  readonly #digest: Buffer
+  #digest: Buffer
 
   /** The token's strength is checked where it is read (strongToken), not here. */
   constructor (token: string) {
+    this.#digest = digest(token)
+  }
+
+  /** A rotated token (its file read again): from now on only it matches. */
+  replace (token: string): void {
     this.#digest = digest(token)
   }
 

@@ -1,8 +1,8 @@
 /**
  * Runs a server role until SIGTERM or SIGINT: starts it, prints the `ready …` line on stdout, and on a
  * signal stops it cleanly (state flushed) and exits 0. A second signal exits at once. SIGHUP asks the
- * node to read its certificate files again (a rotation), without stopping anything; a reload that
- * fails is logged and changes nothing.
+ * node to read its certificate and API token files again (a rotation), without stopping anything; a
+ * reload that fails is logged and changes nothing.
  *
  * A signal while the node is still starting (a start that waits, e.g. for its store) aborts the start
  * (the AbortSignal start is given), then stops the node cleanly and exits 0 without a `ready` line:
@@ -79,7 +79,7 @@ export async function runUntilSignal (node: Runnable, log: Logger): Promise<numb
     try {
       node.reload?.()
     } catch (err) {
-      log.error('tls.reload_failed', `SIGHUP: keeping the certificates in use (${(err as Error).message})`, { reason: (err as Error).message })
+      log.error('tls.reload_failed', `SIGHUP: keeping the certificates and token in use (${(err as Error).message})`, { reason: (err as Error).message })
     }
   })
   return await new Promise<number>((resolve) => {

@@ -4,8 +4,8 @@
  * call to another node goes through, and the API token.
  *
  * Invariants: built only from checked files (a bad one fails the start, naming it); a node exposed
- * beyond loopback has TLS or --insecure (server/shell/tls.ts); `reload` re-reads the certificate files and
- * either swaps all of the material or none of it.
+ * beyond loopback has TLS or --insecure (server/shell/tls.ts); `reload` re-reads the certificate and
+ * token files and either swaps all of the material or none of it.
  */
 import { BearerToken, readTokenFile, strongToken } from './bearer.ts'
 import { PeerClient } from './peer-client.ts'
@@ -29,9 +29,13 @@ export class NodeSecurity {
     this.#options = options
     this.#material = loadTls(options)
     this.client = new PeerClient(clientTls(this.#material))
-    this.apiToken = options.apiTokenFile === undefined
-      ? undefined
-      : new BearerToken(strongToken('--api-token-file', readTokenFile('--api-token-file', options.apiTokenFile)))
+    const token = this.#readApiToken()
+    this.apiToken = token === undefined ? undefined : new BearerToken(token)
+  }
+
+  #readApiToken (): string | undefined {
+    const file = this.#options.apiTokenFile
+    return file === undefined ? undefined : strongToken('--api-token-file', readTokenFile('--api-token-file', file))
   }
 
   /** The server's certificate; undefined: plain HTTP. */
@@ -51,15 +55,17 @@ export class NodeSecurity {
 
   /** The files the material came from, for log lines. */
   get files (): string[] {
-    return [this.#options.tlsCert, this.#options.tlsKey, this.#options.tlsCa, this.#options.tlsClientCa].filter((f): f is string => f !== undefined)
+    return [this.#options.tlsCert, this.#options.tlsKey, this.#options.tlsCa, this.#options.tlsClientCa, this.#options.apiTokenFile].filter((f): f is string => f !== undefined)
   }
 
   /**
-   * Reads the files again (a certificate rotated on disk); the client uses the new material at once.
-   * Throws a ConfigError naming the bad file, and then keeps what it had.
+   * Reads the files again (a certificate or the API token rotated on disk); the client uses the new
+   * material at once. Throws a ConfigError naming the bad file, and then keeps what it had.
    */
   reload (): ServerTls | undefined {
     const next = loadTls(this.#options)
+    const token = this.#readApiToken()
+    if (token !== undefined) this.apiToken?.replace(token)
     this.#material = next
     this.client.reload(clientTls(next))
     return serverTls(next)
