@@ -45,7 +45,10 @@
  *   opens it, and it is emitted at once as revision 0;
  * - the merged view merges every overlapping session of a key, from the same edge or not.
  */
-import { readFile } from 'node:fs/promises'
+import { closeSync, createReadStream, openSync, writeSync } from 'node:fs'
+import { open, readFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { createInterface } from 'node:readline'
 import { ReadingRejected } from '../core/errors.ts'
 import type { RejectReason } from '../core/errors.ts'
 import { compileExpression } from '../core/expr.ts'
@@ -342,6 +345,175 @@ function sortFinals (fs: Final[]): WindowResult[] {
   return fs.sort((a, b) => a.start - b.start || compareKeys(a.key, b.key) || a.end - b.end).map(f => f.result)
 }
 
+/**
+ * Where the final results of one view (a pipeline at one edge, or its merged view) go, in the order
+ * they become final.
+ */
+interface ResultStore {
+  add: (f: Final) => void
+  /** Every result still to come starts at `bound` or later (a hint: see SpilledResults). */
+  settle?: (bound: number) => void
+  /** End of the run: the results kept in memory, sorted (none unless kept). */
+  end: () => WindowResult[]
+}
+
+class KeptResults implements ResultStore {
+  readonly #finals: Final[] = []
+
+  add (f: Final): void {
+    this.#finals.push(f)
+  }
+
+  end (): WindowResult[] {
+    return sortFinals(this.#finals)
+  }
+}
+
+const DROPPED: ResultStore = { add () {}, end: () => [] }
+
+/** A final result with its place in closing order, the tie-break of sortFinals. */
+interface Numbered extends Final {
+  seq: number
+}
+
+function compareNumbered (a: Numbered, b: Numbered): number {
+  return a.start - b.start || compareKeys(a.key, b.key) || a.end - b.end || a.seq - b.seq
+}
+
+/** Results buffered before a write to a file. */
+const WRITE_BUFFER = 1 << 16
+/** Results written to a file of their own, sorted, once this many are out of order. */
+const STRAGGLER_RUN = 8192
+/** Results held back at most: beyond, the earlier half is written whatever may still come before it. */
+const PENDING_MAX = 65_536
+
+/** A file of results in sorted order, one JSON line each: [start, end, seq, result]. */
+class RunFile {
+  readonly path: string
+  #fd: number | undefined
+  #chunk = ''
+
+  constructor (path: string) {
+    this.path = path
+    this.#fd = openSync(path, 'w')
+  }
+
+  write (f: Numbered): void {
+    this.#chunk += JSON.stringify([f.start, f.end, f.seq, f.result]) + '\n'
+    if (this.#chunk.length >= WRITE_BUFFER) this.#flush()
+  }
+
+  #flush (): void {
+    if (this.#fd !== undefined && this.#chunk !== '') writeSync(this.#fd, this.#chunk)
+    this.#chunk = ''
+  }
+
+  close (): void {
+    this.#flush()
+    if (this.#fd !== undefined) closeSync(this.#fd)
+    this.#fd = undefined
+  }
+}
+
+/** Reads a RunFile back, one result ahead. */
+class RunReader {
+  head: Numbered | undefined
+  readonly #lines: AsyncIterator<string>
+
+  constructor (path: string) {
+    this.#lines = createInterface({ input: createReadStream(path, { highWaterMark: WRITE_BUFFER }), crlfDelay: Infinity })[Symbol.asyncIterator]()
+  }
+
+  async next (): Promise<void> {
+    const line = await this.#lines.next()
+    if (line.done === true) {
+      this.head = undefined
+      return
+    }
+    const [start, end, seq, result] = JSON.parse(line.value as string) as [number, number, number, WindowResult]
+    this.head = { key: result.key, start, end, seq, result }
+  }
+}
+
+/**
+ * Results written to files as they become final, so that memory holds only those that may still be
+ * overtaken. A result is buffered until nothing to come can sort before it (`settle` says how far
+ * that is), then appended to the main file in sorted order. One that arrives below what is already
+ * written (a count window that took a reading far older than any before) goes with the other
+ * stragglers to a sorted file of their own. So does one that comes before results written because too
+ * many were held back (a count window that never fills keeps its start as the bound). Reading merges
+ * the files.
+ */
+class SpilledResults implements ResultStore {
+  readonly #prefix: string
+  readonly #runs: RunFile[]
+  #seq = 0
+  /** Everything in the main file starts before this. */
+  #written = -Infinity
+  #pending: Numbered[] = []
+  #stragglers: Numbered[] = []
+
+  constructor (prefix: string) {
+    this.#prefix = prefix
+    this.#runs = [new RunFile(`${prefix}.0.jsonl`)]
+  }
+
+  add (f: Final): void {
+    const n = { ...f, seq: this.#seq++ }
+    if (n.start >= this.#written) {
+      this.#pending.push(n)
+      if (this.#pending.length >= PENDING_MAX) this.settle(this.#pending.sort(compareNumbered)[PENDING_MAX >> 1].start + 1)
+      return
+    }
+    this.#stragglers.push(n)
+    if (this.#stragglers.length >= STRAGGLER_RUN) this.#writeStragglers()
+  }
+
+  settle (bound: number): void {
+    if (bound <= this.#written) return
+    this.#written = bound
+    const pending = this.#pending
+    if (pending.length === 0) return
+    pending.sort(compareNumbered)
+    let i = 0
+    while (i < pending.length && pending[i].start < bound) this.#runs[0].write(pending[i++])
+    if (i > 0) this.#pending = pending.slice(i)
+  }
+
+  #writeStragglers (): void {
+    if (this.#stragglers.length === 0) return
+    const run = new RunFile(`${this.#prefix}.${this.#runs.length}.jsonl`)
+    this.#runs.push(run)
+    for (const f of this.#stragglers.sort(compareNumbered)) run.write(f)
+    run.close()
+    this.#stragglers = []
+  }
+
+  end (): WindowResult[] {
+    this.settle(Infinity)
+    this.#writeStragglers()
+    this.close()
+    return []
+  }
+
+  close (): void {
+    for (const run of this.#runs) run.close()
+  }
+
+  /** Every result, sorted as sortFinals sorts them; after end(). */
+  async * read (): AsyncGenerator<WindowResult> {
+    const readers = this.#runs.map(r => new RunReader(r.path))
+    await Promise.all(readers.map(async r => await r.next()))
+    for (;;) {
+      let first: RunReader | undefined
+      for (const r of readers) if (r.head !== undefined && (first === undefined || compareNumbered(r.head, first.head!) < 0)) first = r
+      if (first === undefined) return
+      yield first.head!.result
+      await first.next()
+    }
+  }
+}
+
 const iso = (ms: number): string => Number.isFinite(ms) ? new Date(ms).toISOString() : String(ms)
 
 export interface OracleOptions {
@@ -357,6 +529,13 @@ export interface OracleOptions {
   paced?: boolean
   /** At most this many warnings are kept (the count goes on); default 100. */
   maxWarnings?: number
+  /**
+   * What becomes of final results: kept in memory ('keep', the default: finish() returns them),
+   * dropped, or written to files in the directory `spillTo` as they are final, so that memory holds
+   * only what may still change. Then finish() returns no results: `spilledResults` reads them back,
+   * and writeTruthFile writes the truth file from them.
+   */
+  results?: 'keep' | 'drop' | { spillTo: string }
 }
 
 /** Reports ambiguous readings. */
@@ -369,7 +548,7 @@ interface Reporter {
 /** One pipeline at one edge. */
 class EdgeRun {
   readonly counters: Omit<EdgeTruth, 'results'> = { accepted: 0, filtered: 0, late: 0, partiallyLate: 0, rejected: {}, ambiguous: 0 }
-  readonly finals: Final[] = []
+  readonly results: ResultStore
   readonly #c: Compiled
   readonly #edge: number
   readonly #name: string
@@ -378,6 +557,8 @@ class EdgeRun {
   readonly #onFinal: (w: Win) => void
   #seq = 0
   #maxTs = -Infinity
+  /** count: how far before the latest event time a reading has been, at most. */
+  #maxLag = 0
   #lastArrival: number | undefined
   /** The watermark at the scheduled arrivals, and its lowest and highest values within the tolerance. */
   watermark = -Infinity
@@ -399,8 +580,9 @@ class EdgeRun {
   /** Why the current reading is ambiguous. */
   #doubts: string[] = []
 
-  constructor (c: Compiled, edge: number, name: string, reporter: Reporter, onFinal: (w: Win) => void) {
+  constructor (c: Compiled, edge: number, name: string, reporter: Reporter, results: ResultStore, onFinal: (w: Win) => void) {
     this.#c = c
+    this.results = results
     this.#edge = edge
     this.#name = name
     this.#exact = c.timestamp !== undefined
@@ -494,6 +676,7 @@ class EdgeRun {
     const w = spec.window
     const ts = entry.ts
     if (w.kind === 'count') {
+      if (this.#maxTs - ts > this.#maxLag) this.#maxLag = this.#maxTs - ts
       const buf = this.#pending.get(key) ?? []
       buf.push(entry)
       if (buf.length === w.count) {
@@ -655,8 +838,35 @@ class EdgeRun {
   }
 
   #final (w: Win): void {
-    this.finals.push({ key: w.key, start: w.start, end: w.end, result: toResult(this.#c, w) })
+    this.results.add({ key: w.key, start: w.start, end: w.end, result: toResult(this.#c, w) })
     this.#onFinal(w)
+  }
+
+  /**
+   * The earliest start a result this edge finalizes from now on can have. Exact for time windows; for
+   * count windows, which take readings of any age, a guess from the oldest reading so far.
+   */
+  resultBound (): number {
+    if (!this.#exact) return Infinity
+    const spec = this.#c.spec
+    const w = spec.window
+    let min: number
+    if (w.kind === 'count') {
+      min = this.#maxTs - this.#maxLag
+      for (const buf of this.#pending.values()) for (const e of buf) if (e.ts < min) min = e.ts
+      return min
+    }
+    if (w.kind === 'session') {
+      // A reading joins a session it comes within the gap of, or opens one if it is not late.
+      min = this.watermark
+      for (const list of this.sessions.values()) for (const s of list) if (s.start < min) min = s.start
+      return min - w.gap
+    }
+    // A reading opens a window that ends after the watermark (less the horizon with `late: update`).
+    min = this.watermark - w.size - (spec.late === 'update' ? spec.lateHorizon : 0)
+    for (const win of this.#open.values()) if (win.start < min) min = win.start
+    for (const win of this.#closed.values()) if (win.start < min) min = win.start
+    return min
   }
 
   /** End of stream: every open window closes; incomplete count windows are never emitted. */
@@ -692,7 +902,7 @@ interface MergedWin {
  * can reach back to it.
  */
 class MergedRun {
-  readonly finals: Final[] = []
+  readonly results: ResultStore
   readonly #c: Compiled
   readonly #edges: EdgeRun[]
   readonly #windows = new Map<string, MergedWin>()
@@ -701,9 +911,18 @@ class MergedRun {
   readonly #sessions = new Map<string, Win[]>()
   #sessionsAdded = false
 
-  constructor (c: Compiled, edges: EdgeRun[]) {
+  constructor (c: Compiled, edges: EdgeRun[], results: ResultStore) {
     this.#c = c
     this.#edges = edges
+    this.results = results
+  }
+
+  /** The earliest start a result finalized from now on can have, given the edges' (`edges`). */
+  resultBound (edges: number): number {
+    let min = edges
+    for (const m of this.#windows.values()) if (m.start < min) min = m.start
+    for (const list of this.#sessions.values()) for (const s of list) if (s.start < min) min = s.start
+    return min
   }
 
   add (w: Win): void {
@@ -755,7 +974,7 @@ class MergedRun {
         sources++
         for (const e of part) m.entries.push(e)
       }
-      this.finals.push({ key: m.key, start: m.start, end: m.end, result: toResult(this.#c, m, sources) })
+      this.results.add({ key: m.key, start: m.start, end: m.end, result: toResult(this.#c, m, sources) })
     }
     this.#nextEnd = next
   }
@@ -809,12 +1028,14 @@ class MergedRun {
       edges.add(s.edge)
     }
     const start = chain[0].start
-    this.finals.push({ key, start, end, result: toResult(this.#c, { key, start, end, revision: 0, entries }, edges.size) })
+    this.results.add({ key, start, end, result: toResult(this.#c, { key, start, end, revision: 0, entries }, edges.size) })
   }
 }
 
 /** How often (messages) pending merged sessions are looked at when nothing new closed. */
 const SESSION_SWEEP_EVERY = 1024
+/** How often (messages) results written out as they go are settled. */
+const SETTLE_EVERY = 4096
 
 class PipelineRun {
   readonly c: Compiled
@@ -822,18 +1043,35 @@ class PipelineRun {
   readonly merged: MergedRun | undefined
   readonly #names: readonly string[]
   #sinceSweep = 0
+  #sinceSettle = 0
 
-  constructor (spec: PipelineSpec, names: readonly string[], reporter: Reporter) {
+  /** `store(view)`: where the results of edge `view`, or of the merged view (`names.length`), go. */
+  constructor (spec: PipelineSpec, names: readonly string[], reporter: Reporter, store: (view: number) => ResultStore) {
     this.c = compile(spec)
     this.#names = names
     const mergeable = spec.timestamp !== undefined && spec.window.kind !== 'count'
-    this.edges = names.map((name, i) => new EdgeRun(this.c, i, name, reporter, w => { this.merged?.add(w) }))
-    this.merged = mergeable ? new MergedRun(this.c, this.edges) : undefined
+    this.edges = names.map((name, i) => new EdgeRun(this.c, i, name, reporter, store(i), w => { this.merged?.add(w) }))
+    this.merged = mergeable ? new MergedRun(this.c, this.edges, store(names.length)) : undefined
+  }
+
+  /** Lets stores that write results out as they go write what nothing can overtake any more. */
+  #settle (): void {
+    let edges = Infinity
+    for (const e of this.edges) {
+      const bound = e.resultBound()
+      if (bound < edges) edges = bound
+      e.results.settle?.(bound)
+    }
+    this.merged?.results.settle?.(this.merged.resultBound(edges))
   }
 
   /** `records` undefined: the message is not for this pipeline, or did not decode in its format. */
   message (edge: number, msg: OracleMessage, records: readonly Fields[] | undefined, bound: Record<string, string> | undefined): void {
     if (records !== undefined && bound !== undefined) this.edges[edge].message(msg, records, bound)
+    if (this.edges[0].results.settle !== undefined && ++this.#sinceSettle >= SETTLE_EVERY) {
+      this.#sinceSettle = 0
+      this.#settle()
+    }
     const m = this.merged
     if (m === undefined) return
     if (this.c.spec.window.kind !== 'session') {
@@ -852,8 +1090,8 @@ class PipelineRun {
       exact: spec.timestamp !== undefined,
       approximate: approximationsOf(spec),
       window: spec.window.kind,
-      edges: Object.fromEntries(this.edges.map((e, i) => [this.#names[i], { ...e.counters, results: sortFinals(e.finals) }])),
-      merged: this.merged === undefined ? null : { results: sortFinals(this.merged.finals) }
+      edges: Object.fromEntries(this.edges.map((e, i) => [this.#names[i], { ...e.counters, results: e.results.end() }])),
+      merged: this.merged === undefined ? null : { results: this.merged.results.end() }
     }
   }
 }
@@ -874,6 +1112,8 @@ export class Oracle {
   readonly #warnings: string[] = []
   readonly #maxWarnings: number
   #ambiguities = 0
+  /** results: { spillTo }: per pipeline, the results of each edge, then of the merged view. */
+  readonly #spilled = new Map<string, SpilledResults[]>()
 
   constructor (pipelines: readonly PipelineSpec[], edges: number, options: OracleOptions = {}) {
     const names = Array.from({ length: edges }, (_, i) => options.edgeNames?.[i] ?? String(i))
@@ -894,8 +1134,16 @@ export class Oracle {
           `±${tolerance} ms of its arrival: ${what.join('; ')}`)
       }
     }
-    this.#runs = pipelines.map(spec => new PipelineRun(spec, names, reporter))
-      .sort((a, b) => a.c.spec.format.localeCompare(b.c.spec.format))
+    const results = options.results ?? 'keep'
+    this.#runs = pipelines.map((spec, p) => new PipelineRun(spec, names, reporter, view => {
+      if (results === 'keep') return new KeptResults()
+      if (results === 'drop') return DROPPED
+      const store = new SpilledResults(join(results.spillTo, `${p}.${view}`))
+      const views = this.#spilled.get(spec.name) ?? []
+      views[view] = store
+      this.#spilled.set(spec.name, views)
+      return store
+    })).sort((a, b) => a.c.spec.format.localeCompare(b.c.spec.format))
   }
 
   push (edge: number, msg: OracleMessage): void {
@@ -957,11 +1205,23 @@ export class Oracle {
     return more > 0 ? [...this.#warnings, `… and ${more} more ambiguous readings`] : [...this.#warnings]
   }
 
-  /** Ends every stream and returns the truth of each pipeline. */
+  /** Ends every stream and returns the truth of each pipeline (without results unless they are kept). */
   finish (): Record<string, PipelineTruth> {
     const out: Record<string, PipelineTruth> = {}
     for (const name of this.#order) out[name] = this.#runs.find(r => r.c.spec.name === name)!.finish()
     return out
+  }
+
+  /** With `results: { spillTo }`, after finish: the results of `pipeline` at `edge` (named) or merged (null), sorted. */
+  spilledResults (pipeline: string, edge: string | null): AsyncIterable<WindowResult> {
+    const store = this.#spilled.get(pipeline)?.[edge === null ? this.#names.length : this.#names.indexOf(edge)]
+    if (store === undefined) throw new Error(`no results of pipeline ${pipeline} ${edge === null ? 'merged' : `at ${edge}`} were written`)
+    return store.read()
+  }
+
+  /** Closes the files of spilled results (finish closes them too). */
+  close (): void {
+    for (const views of this.#spilled.values()) for (const store of views) store.close()
   }
 }
 
@@ -1007,6 +1267,60 @@ export interface TruthFile {
    */
   refused: Record<string, Partial<Record<RejectReason, number>>>
   pipelines: Record<string, PipelineTruth>
+}
+
+/** Where writeTruthFile takes a pipeline's results at an edge (named) or merged (null) from. */
+export type TruthResults = (pipeline: string, edge: string | null) => Iterable<WindowResult> | AsyncIterable<WindowResult>
+
+/** Bytes of the truth file written at a time. */
+const TRUTH_CHUNK = 1 << 20
+
+/**
+ * Writes `truth` to `path` exactly as `JSON.stringify(truth, null, 2) + '\n'` would, but with each
+ * list of results taken from `results` (default: the ones in `truth`) one at a time, so that they
+ * need not all be in memory.
+ */
+export async function writeTruthFile (path: string, truth: TruthFile, results?: TruthResults): Promise<void> {
+  const lists: Array<[string, string | null]> = []
+  const marker = (pipeline: string, edge: string | null): string => {
+    lists.push([pipeline, edge])
+    return `\u0001results ${lists.length - 1}`
+  }
+  const marked = {
+    ...truth,
+    pipelines: Object.fromEntries(Object.entries(truth.pipelines).map(([name, p]) => [name, {
+      ...p,
+      edges: Object.fromEntries(Object.entries(p.edges).map(([edge, e]) => [edge, { ...e, results: marker(name, edge) }])),
+      merged: p.merged === null ? null : { results: marker(name, null) }
+    }]))
+  }
+  const from = results ?? ((pipeline, edge) => edge === null ? truth.pipelines[pipeline].merged!.results : truth.pipelines[pipeline].edges[edge].results)
+  // A marker cannot be mistaken for text of the truth: in JSON, a quote inside a string is escaped.
+  const parts = JSON.stringify(marked, null, 2).split(/"results": "\\u0001results (\d+)"/)
+  const file = await open(path, 'w')
+  try {
+    let chunk = ''
+    const write = async (text: string): Promise<void> => {
+      chunk += text
+      if (chunk.length < TRUTH_CHUNK) return
+      await file.write(chunk)
+      chunk = ''
+    }
+    for (let i = 0; i < parts.length; i += 2) {
+      await write(parts[i])
+      if (i + 1 === parts.length) break
+      // The text before a marker ends with its line's indentation.
+      const indent = parts[i].slice(parts[i].lastIndexOf('\n') + 1)
+      const inner = `\n${indent}  `
+      let n = 0
+      await write('"results": [')
+      for await (const r of from(...lists[Number(parts[i + 1])])) await write((n++ === 0 ? '' : ',') + inner + JSON.stringify(r, null, 2).replaceAll('\n', inner))
+      await write(n === 0 ? ']' : `\n${indent}]`)
+    }
+    await file.write(chunk + '\n')
+  } finally {
+    await file.close()
+  }
 }
 
 export async function loadTruth (path: string): Promise<TruthFile> {
