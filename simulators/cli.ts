@@ -196,7 +196,7 @@ export async function simCommand (argv: string[]): Promise<number> {
   process.once('SIGTERM', onSignal)
   try {
     const pipelines = parsed.pipelinesFile === undefined ? undefined : await loadPipelinesFile(parsed.pipelinesFile)
-    // Nothing keeps the messages: memory stays bounded however long the run.
+    // Nothing keeps the messages, and final results go to disk: memory stays bounded however long the run.
     await runSimulator({ ...parsed.input, pipelines, collect: false, signal: abort.signal, log: line => process.stdout.write(line + '\n') })
     return 0
   } catch (err) {

@@ -62,8 +62,9 @@ export interface SimInput {
    */
   tolerance?: number
   /**
-   * Keep every message in the summary's `streams` (default true). Memory then grows with the run:
-   * long runs pass false (the CLI does) and need memory only for the open windows of the truth.
+   * Keep every message in the summary's `streams` and the truth in its `truth` (default true). Memory
+   * then grows with the run: long runs pass false (the CLI does) and need memory only for the open
+   * windows of the truth, whose final results go to disk on their way to the `truth` file.
    */
   collect?: boolean
   /** Broker URLs; device i publishes to broker i % brokers.length over one connection per broker. */

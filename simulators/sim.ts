@@ -3,17 +3,20 @@
  * the edge agent call it directly; `fogmesh sim` (cli.ts) is a thin layer over it.
  *
  * Everything streams: messages come from the per-device generators in due order, each goes to the
- * oracle and to its broker (waiting for the broker when too many publishes are unacked), and with
- * `collect: false` (the CLI's) nothing keeps them, so memory depends on the open windows, not on the
- * length of the run. The truth is written once the last message is out.
+ * oracle and to its broker (waiting for the broker when too many publishes are unacked). With
+ * `collect: false` (the CLI's) nothing keeps them, and each window's results go to a file beside the
+ * truth file as soon as they are final; once the last message is out, the truth file is assembled
+ * from those files one result at a time (the same bytes as the truth in memory would give). So memory
+ * depends on the open windows, not on the length of the run. With `collect: true` (the default, for
+ * tests and small runs) messages and the truth are kept and returned.
  *
  * Each message's nominal arrival, which the oracle's idle and max-future decisions use, is when it is
  * scheduled on the wall clock: wallStart + (due − origin) / speed, where wallStart is when publishing
  * starts (in a dry run, when it would have). At speed 0 everything is due at once: at wallStart in a
  * dry run, when handed to the broker otherwise; idle never passes within such a run.
  */
-import { mkdir, writeFile } from 'node:fs/promises'
-import { dirname } from 'node:path'
+import { mkdir, mkdtemp, rename, rm } from 'node:fs/promises'
+import { basename, dirname, join } from 'node:path'
 import { setImmediate as yieldToLoop } from 'node:timers/promises'
 import { formatDuration } from '../core/duration.ts'
 import { emptyStats, messages } from './generator.ts'
@@ -22,7 +25,7 @@ import { resolveSimOptions } from './options.ts'
 import type { SimInput, SimOptions } from './options.ts'
 import { connectBroker, disconnect, scheduledAt, Sender } from './publisher.ts'
 import type { Connection } from './publisher.ts'
-import { Oracle } from './truth.ts'
+import { Oracle, writeTruthFile } from './truth.ts'
 import type { TruthFile } from './truth.ts'
 
 export interface SimSummary {
@@ -34,7 +37,7 @@ export interface SimSummary {
   /** Messages per broker URL: published, or that would have been in a dry run. */
   published: Record<string, number>
   stats: GenerationStats
-  /** Present when pipelines were given. */
+  /** Present when pipelines were given and `collect` is true (otherwise the results are only in the truth file). */
   truth?: TruthFile
   /** Wall-clock time spent publishing, ms (0 in a dry run). */
   elapsedMs: number
@@ -122,15 +125,21 @@ export async function runSimulator (input: SimInput = {}): Promise<SimSummary> {
   // Connect before fixing the origin, so that in real time event time matches the wall clock.
   const connections = o.dryRun ? [] : await connectAll(o)
   const senders = connections.map(c => new Sender(c, o.qos, o.signal))
+  let spill: string | undefined
+  let oracle: Oracle | undefined
   try {
     const origin = o.start ?? Date.now()
     // Without --start the origin is now, so event time follows the wall clock.
     const wallStart = o.start === undefined ? origin : Date.now()
     const schedule = { speed: o.speed, origin, wallStart }
     const brokers = o.mqtt.length
-    const oracle = o.pipelines === undefined
-      ? undefined
-      : new Oracle(o.pipelines, brokers, { edgeNames: o.mqtt, tolerance: o.tolerance, paced: o.speed > 0 })
+    if (o.truth !== undefined) await mkdir(dirname(o.truth), { recursive: true })
+    // Not collected, results go to files beside the truth file as they are final, and from there into it.
+    if (o.pipelines !== undefined && !o.collect && o.truth !== undefined) spill = await mkdtemp(join(dirname(o.truth), `.${basename(o.truth)}-`))
+    if (o.pipelines !== undefined) {
+      const results = o.collect ? 'keep' : spill === undefined ? 'drop' : { spillTo: spill }
+      oracle = new Oracle(o.pipelines, brokers, { edgeNames: o.mqtt, tolerance: o.tolerance, paced: o.speed > 0, results })
+    }
     const streams: Message[][] = o.mqtt.map(() => [])
     const counts: number[] = o.mqtt.map(() => 0)
     const stats = emptyStats()
@@ -188,10 +197,15 @@ export async function runSimulator (input: SimInput = {}): Promise<SimSummary> {
       }
       for (const w of warnings.slice(0, 10)) o.log(`fogmesh sim: warning: ${w}`)
       if (warnings.length > 10) o.log(`fogmesh sim: warning: ${warnings.length - 10} more in the truth file`)
-      if (o.truth !== undefined) {
-        await mkdir(dirname(o.truth), { recursive: true })
-        await writeFile(o.truth, JSON.stringify(truth, null, 2) + '\n')
+      if (spill !== undefined && o.truth !== undefined) {
+        // Written whole beside the results, then renamed: a truth file is never half written.
+        const written = join(spill, 'truth.json')
+        await writeTruthFile(written, truth, oracle.spilledResults.bind(oracle))
+        await rename(written, o.truth)
+      } else if (o.truth !== undefined) {
+        await writeTruthFile(o.truth, truth)
       }
+      if (!o.collect) truth = undefined
     }
     const line = summaryLine({ ...o, start: origin }, stats, counts, elapsedMs, oracle?.ambiguities ?? 0)
     o.log(line)
@@ -200,5 +214,8 @@ export async function runSimulator (input: SimInput = {}): Promise<SimSummary> {
     for (const s of senders) s.close()
     await Promise.all(connections.map(c => disconnect(c, true)))
     throw err
+  } finally {
+    oracle?.close()
+    if (spill !== undefined) await rm(spill, { recursive: true, force: true })
   }
 }

@@ -1,10 +1,14 @@
 // The simulator streams: the truth computed as messages go equals the truth of the whole streams, for
-// the seeds earlier tests and scenarios use; and a long run needs memory for its open windows only.
+// the seeds earlier tests and scenarios use; and a long run needs memory for its open windows only,
+// its results going to disk as they are final.
 import { spawn } from 'node:child_process'
 import { createHash } from 'node:crypto'
+import { readdir, readFile } from 'node:fs/promises'
 import { platform } from 'node:os'
+import { join } from 'node:path'
 import t from 'tap'
 import { loadPipelinesFile } from '../core/pipeline/parse.ts'
+import type { PipelineSpec } from '../core/pipeline/spec.ts'
 import { generate } from '../simulators/generator.ts'
 import { resolveSimOptions } from '../simulators/options.ts'
 import { runSimulator } from '../simulators/sim.ts'
@@ -68,4 +72,27 @@ t.test('a long dry run stays within a small memory bound', { timeout: 90_000, sk
   const run = await dryRunInChild({ dryRun: true, collect: false, start: START, devices: 200, rate: 10, duration: 300_000, pipelines: [pipeline] }, 96)
   t.equal(run.code, 0, run.stderr)
   t.ok(run.vmHwmKb !== undefined && run.vmHwmKb < 300_000, `peak RSS ${run.vmHwmKb} kB`)
+})
+
+t.test('a truth file too big for the heap is written from disk, as the truth in memory would be', { timeout: 90_000, skip: platform() !== 'linux' && 'reads /proc/self/status' }, async t => {
+  // 75,000 readings, about a window a second per device: 140,000 results (each edge's and the merged
+  // view's). Kept in memory until the end, as they were, they do not fit in the child's 48 MB heap (it
+  // runs out of memory); written out as they are final, they do. Late readings put some count windows
+  // behind results already written.
+  const perSecond = {
+    name: 'per-second', from: 'sensors/+room/temperature', format: 'json', timestamp: 'ts', key: ['device'], window: { kind: 'tumbling', size: 1000 },
+    lateness: 1000, idle: 5000, maxFuture: 300_000, late: 'drop', lateHorizon: 300_000, emit: [{ kind: 'upstream' }], version: 1,
+    select: [{ name: 'n', fn: 'count', params: [] }, { name: 'mean', fn: 'avg', arg: 'value', params: [] }]
+  }
+  const batches = { ...perSecond, name: 'batches', window: { kind: 'count', count: 7 }, select: [{ name: 'first', fn: 'first', arg: 'ts', params: [] }] }
+  const dir = t.testdir()
+  const input = { dryRun: true, start: START, devices: 500, rate: 1, duration: 150_000, jitter: 500, lateShare: 0.01, lateBy: 20_000, pipelines: [perSecond, batches] }
+  const run = await dryRunInChild({ ...input, collect: false, truth: join(dir, 'truth.json') }, 48)
+  t.equal(run.code, 0, run.stderr)
+  t.same(await readdir(dir), ['truth.json'], 'the results written as the run went are gone')
+  const sim = await runSimulator({ ...input, pipelines: [perSecond, batches] as PipelineSpec[] })
+  const results = sim.truth!.pipelines['per-second'].merged!.results.length
+  t.ok(results > 65_000, `${results} merged results`)
+  const text = (json: string): string => json.replace(/"wallStart": \d+/, '')
+  t.ok(text(await readFile(join(dir, 'truth.json'), 'utf8')) === text(JSON.stringify(sim.truth, null, 2) + '\n'), 'the same bytes')
 })
