@@ -10,10 +10,17 @@
  *   it own a shard, it has seen every write the previous owner could make to it;
  * - the mod revision of every key known here is kept, and an event no newer is not applied again
  *   (this coordinator's own commits come back through the watch and change nothing);
+ * - a "to forward" mark or a hand-off to the sinks that the watch brings in a shard this coordinator
+ *   owns is its own commit whose answer it never got (etcd took it, then the deadline passed or the
+ *   connection broke): the pass that committed it failed, and the window is final here only through the
+ *   watch, so nothing else forwards it or hands its results to the sinks. It is taken over at once, as
+ *   on a takeover (a repeat, should a new owner take it over too, is harmless); one that comes while
+ *   the commit may still be answered waits for its outcome (see committing);
  * - a broken watch is dropped and a new one starts right after the last event applied here (the
  *   etcd3 watcher resumes from the revision etcd reports on reconnecting, and could skip events);
  *   when that history was compacted away, everything is loaded again, without the members, leader
- *   and marks that went meanwhile;
+ *   and marks that went meanwhile, and with what the watch would have brought as news (shards gained,
+ *   marks and hand-offs new since);
  * - a value no coordinator could have written is reported and ignored, never applied.
  */
 import type { Etcd3, IKeyValue, Watcher } from 'etcd3'
@@ -81,6 +88,10 @@ export class ClusterMirror {
   #mapRev = 0
   /** The revision of the last event applied here: a new watch starts after it. */
   #seenRev = 0
+  /** Keys of marks and hand-offs in this coordinator's commits that etcd has not answered yet. */
+  readonly #committing = new Set<string>()
+  /** Of those, the ones the watch brought before the answer. */
+  readonly #echoed = new Set<string>()
 
   constructor (parts: ClusterMirrorParts) {
     this.#p = parts
@@ -113,11 +124,56 @@ export class ClusterMirror {
   }
 
   /**
+   * This coordinator is about to commit `puts`: until committed or uncommitted says how it went, the
+   * watch bringing one of its marks or hand-offs is not news (the pass that commits them forwards the
+   * windows and hands the results to the sinks itself once etcd answers).
+   */
+  committing (puts: ReadonlyArray<[string, Buffer | string]>): void {
+    for (const [k] of puts) {
+      const kind = this.#p.layout.parse(k).kind
+      if (kind === 'mark' || kind === 'handoff') this.#committing.add(k)
+    }
+  }
+
+  /**
+   * A commit of `puts` (see committing) got no answer, or was refused. Refused, etcd took none of it;
+   * unanswered, it may have: the marks and hand-offs of it that the watch already brought are taken
+   * over now, those it brings later when they come.
+   */
+  uncommitted (puts: ReadonlyArray<[string, Buffer | string]>): void {
+    const marks: Mark[] = []
+    const handoffs: Handoff[] = []
+    for (const [k] of puts) {
+      this.#committing.delete(k)
+      if (!this.#echoed.delete(k)) continue
+      const parsed = this.#p.layout.parse(k)
+      if (parsed.kind === 'mark' && this.owns(parsed.ref.pipeline, parsed.ref.key)) {
+        const mark = this.#marks.get(windowId(parsed.ref))
+        if (mark !== undefined) marks.push(mark)
+      } else if (parsed.kind === 'handoff' && this.#ownsShard(parsed.shard)) {
+        const handoff = this.#handoffs.get(k)
+        if (handoff !== undefined) handoffs.push(handoff)
+      }
+    }
+    this.#unanswered(marks, handoffs)
+    this.#takeOver(marks, handoffs)
+  }
+
+  #unanswered (marks: readonly Mark[], handoffs: readonly Handoff[]): void {
+    if (marks.length === 0 && handoffs.length === 0) return
+    this.#p.log.info('cluster.unanswered_commit', `etcd took a commit of final windows without answering it: forwarding ${marks.length} window(s) and handing ${handoffs.length} hand-off(s) to the sinks now`, {
+      windows: marks.length, handoffs: handoffs.length
+    })
+  }
+
+  /**
    * This coordinator committed `puts` at `rev`. The watch skips the commit when it comes back (the
    * revision is known), so what matters of it is noted now: the revisions, and the marks.
    */
   committed (puts: ReadonlyArray<[string, Buffer | string]>, rev: number): void {
     for (const [k, v] of puts) {
+      this.#committing.delete(k)
+      this.#echoed.delete(k)
       this.#revs.set(k, Math.max(this.#revs.get(k) ?? 0, rev))
       const parsed = this.#p.layout.parse(k)
       if (parsed.kind === 'mark') this.#marks.set(windowId(parsed.ref), { ref: parsed.ref, revision: Number(v) })
@@ -159,6 +215,10 @@ export class ClusterMirror {
     return this.owner(pipeline, key) === this.#p.id
   }
 
+  #ownsShard (shard: number): boolean {
+    return this.#map?.owners[shard] === this.#p.id
+  }
+
   /** Everything under the prefix, page by page at one revision, then a watch from the next one. */
   async load (): Promise<void> {
     const { client, layout } = this.#p
@@ -175,6 +235,12 @@ export class ClusterMirror {
       if (!res.more || res.kvs.length === 0) break
       from = res.kvs[res.kvs.length - 1].key.toString() + '\0'
     }
+    // A reload (the watch's history was compacted away) after joining: what it missed is news as the
+    // watch's events would have been, shards gained meanwhile and marks and hand-offs new since.
+    const reload = this.#p.joined()
+    const before = this.ownedShards()
+    const knownMarks = new Map([...this.#marks].map(([id, m]) => [id, m.revision]))
+    const knownHandoffs = new Set(this.#handoffs.keys())
     // A reload must not keep members, the leader, marks or hand-offs that went while this was not watching.
     for (const key of this.#revs.keys()) {
       const kind = layout.parse(key).kind
@@ -186,7 +252,20 @@ export class ClusterMirror {
     this.#leader = null
     this.#applyEvents(kvs.map(kv => ({ type: 'Put' as const, kv })), true)
     this.#seenRev = rev
+    if (reload) {
+      this.gained(before, {
+        marks: [...this.#marks].filter(([id, m]) => knownMarks.get(id) !== m.revision && this.#unclaimed(layout.mark(m.ref))).map(([, m]) => m),
+        handoffs: [...this.#handoffs.values()].filter(h => !knownHandoffs.has(h.key) && this.#unclaimed(h.key))
+      })
+    }
     await this.#watch(rev + 1)
+  }
+
+  /** A mark or hand-off of this coordinator's that it has not handed on, unless a commit of it is still unanswered. */
+  #unclaimed (key: string): boolean {
+    if (!this.#committing.has(key)) return true
+    this.#echoed.add(key)
+    return false
   }
 
   async #watch (fromRev: number): Promise<void> {
@@ -239,6 +318,9 @@ export class ClusterMirror {
     const change: ReplicatedChange = { pipelines: [], windows: [] }
     const removed: WindowRef[] = []
     const before = this.ownedShards()
+    // Marks and hand-offs of this coordinator's own commits that it never heard the answer to.
+    const unclaimed: { marks: Mark[], handoffs: Handoff[] } = { marks: [], handoffs: [] }
+    const mine = (key: string, owned: boolean): boolean => !initial && owned && this.#p.joined() && this.#unclaimed(key)
     let membership = false
     for (const { type, kv } of events) {
       const key = kv.key.toString()
@@ -295,12 +377,19 @@ export class ClusterMirror {
           case 'window':
             change.windows.push(decodeWindow(kv.value))
             break
-          case 'mark':
-            this.#marks.set(windowId(parsed.ref), { ref: parsed.ref, revision: Number(kv.value.toString()) })
+          case 'mark': {
+            // Owned at this point of the history: only this coordinator could have committed it.
+            const mark = { ref: parsed.ref, revision: Number(kv.value.toString()) }
+            this.#marks.set(windowId(parsed.ref), mark)
+            if (mine(key, this.owns(parsed.ref.pipeline, parsed.ref.key))) unclaimed.marks.push(mark)
             break
-          case 'handoff':
-            this.#handoffs.set(key, { key, shard: parsed.shard, value: kv.value.toString() })
+          }
+          case 'handoff': {
+            const handoff = { key, shard: parsed.shard, value: kv.value.toString() }
+            this.#handoffs.set(key, handoff)
+            if (mine(key, this.#ownsShard(parsed.shard))) unclaimed.handoffs.push(handoff)
             break
+          }
         }
       } catch (err) {
         // Only coordinators write here; a value they cannot read is a bug or tampering: report, go on.
@@ -310,23 +399,35 @@ export class ClusterMirror {
     if (change.pipelines.length > 0 || change.windows.length > 0) this.#sink?.apply(change)
     if (removed.length > 0) this.#sink?.removed(removed)
     if (membership && !initial) this.#p.membershipChanged()
-    if (!initial && this.#p.joined()) this.gained(before)
+    if (!initial && this.#p.joined()) this.gained(before, unclaimed)
     if (!initial && this.#members.get(id) === undefined) this.#p.selfMissing()
   }
 
   /**
    * Windows still to forward, and hand-offs to the sinks, in shards this coordinator has just taken over
-   * (owned now, not in `before`; at its start, every shard it owns).
+   * (owned now, not in `before`; at its start, every shard it owns), with `unclaimed` ones of its own
+   * commits (see the invariants) in shards it kept.
    */
-  gained (before: Set<number>): void {
+  gained (before: Set<number>, unclaimed: { marks: Mark[], handoffs: Handoff[] } = { marks: [], handoffs: [] }): void {
     const map = this.#map
-    if (map === undefined || map.shards === 0 || (this.#marks.size === 0 && this.#handoffs.size === 0)) return
+    if (map === undefined || map.shards === 0) return
     const now = this.ownedShards()
-    if ([...now].every(s => before.has(s))) return
     const gained = (s: number): boolean => now.has(s) && !before.has(s)
-    const take = [...this.#marks.values()].filter(m => gained(shardOf(m.ref.pipeline, m.ref.key, map.shards)))
-    if (take.length > 0) this.#sink?.toForward(take)
-    const handoffs = [...this.#handoffs.values()].filter(h => gained(h.shard))
+    // Those in shards gained go with the rest of those shards; those in shards lost since, to the new owner.
+    const kept = (s: number): boolean => now.has(s) && before.has(s)
+    const markShard = (m: Mark): number => shardOf(m.ref.pipeline, m.ref.key, map.shards)
+    const marks = unclaimed.marks.filter(m => this.#marks.get(windowId(m.ref)) === m && kept(markShard(m)))
+    const handoffs = unclaimed.handoffs.filter(h => this.#handoffs.get(h.key) === h && kept(h.shard))
+    this.#unanswered(marks, handoffs)
+    if ((this.#marks.size > 0 || this.#handoffs.size > 0) && [...now].some(s => !before.has(s))) {
+      marks.push(...[...this.#marks.values()].filter(m => gained(markShard(m))))
+      handoffs.push(...[...this.#handoffs.values()].filter(h => gained(h.shard)))
+    }
+    this.#takeOver(marks, handoffs)
+  }
+
+  #takeOver (marks: Mark[], handoffs: Handoff[]): void {
+    if (marks.length > 0) this.#sink?.toForward(marks)
     if (handoffs.length > 0) this.#p.handedOver(handoffs)
   }
 }

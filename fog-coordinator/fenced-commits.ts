@@ -13,6 +13,9 @@
  * - a commit etcd does not answer is 503 no_quorum, and the coordinator takes no partials until etcd
  *   answers again (see cluster-session.ts);
  * - with a cloud (`forward`), final windows are marked "to forward" in the same commit;
+ * - a commit etcd does not answer may have been taken all the same: its final windows then become final
+ *   here only through the watch, after their pass failed, and the mirror forwards them and hands their
+ *   results to the sinks (see cluster-mirror.ts), as the pass would have;
  * - with sinks, the results of final windows are committed with them too, one hand-off per shard (or
  *   more, for a large pass), in the same transaction as its windows: a window is never final in etcd
  *   without its result being either in a hand-off or in the sinks' queues of the coordinator that
@@ -232,15 +235,20 @@ export class FencedCommits implements Pick<Replication, 'admit' | 'commitBatch' 
       if (i === 0) for (const [key, , rev] of compares) txn = txn.and(key, 'Mod', '==', rev)
       txn = txn.then(...chunk.map(([k, v]) => client.put(k).value(v)), ...(i === 0 ? deletes.map(k => client.delete().key(k)) : []))
       let res
+      // Until etcd answers, the watch bringing this chunk's marks or hand-offs back is no news.
+      mirror.committing(chunk)
       try {
         res = await txn.commit()
       } catch (err) {
+        // etcd may have taken it all the same: the mirror then takes over what the watch brings of it.
+        mirror.uncommitted(chunk)
         this.stats.unavailable++
         session.unanswered(err)
         throw new HttpError(503, 'no_quorum', `the fog cluster cannot commit (etcd: ${(err as Error).message}); nothing more was stored`)
       }
       session.answered()
       if (!res.succeeded) {
+        mirror.uncommitted(chunk)
         this.stats.fenced++
         if (mirror.mapRev !== mapRev || mirror.members.get(id) === undefined) {
           throw new HttpError(421, 'wrong_shard', 'the shard map changed while the batch was committed; send it to the current owners', { details: { shardMap: session.view() } })
