@@ -2,11 +2,11 @@
 import { spawn } from 'node:child_process'
 import type { ChildProcess } from 'node:child_process'
 import { mkdtemp, rm } from 'node:fs/promises'
-import { createServer } from 'node:net'
 import { constants, tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { createInterface } from 'node:readline'
 import { fileURLToPath } from 'node:url'
+import { freePorts } from '../../simulators/ports.ts'
 
 /** The repository root (where package.json is). */
 export const repoRoot = fileURLToPath(new URL('../../', import.meta.url))
@@ -66,24 +66,11 @@ function tail (lines: string[], n = TAIL_LINES): string {
 }
 
 /**
- * A port that was free on 127.0.0.1 a moment ago (bound to port 0, then released). Another process
- * may still grab it before the caller binds it; callers that can, retry on EADDRINUSE.
+ * A port that was free on 127.0.0.1 a moment ago, below the ephemeral range (simulators/ports.ts).
+ * Another process may still grab it before the caller binds it; callers that can, retry on EADDRINUSE.
  */
-export function freePort (): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer()
-    server.unref()
-    server.once('error', reject)
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address()
-      if (address == null || typeof address === 'string') {
-        server.close()
-        reject(new Error('could not determine a free port'))
-        return
-      }
-      server.close(() => resolve(address.port))
-    })
-  })
+export async function freePort (): Promise<number> {
+  return (await freePorts(1))[0]
 }
 
 export interface TmpDir {
