@@ -41,6 +41,12 @@ function compact (e: { results: EdgeTruth['results'] }): unknown[] {
   return e.results.map(w => [w.key, (Date.parse(w.start) - T0) / 1000, (Date.parse(w.end) - T0) / 1000, w.revision, ...Object.values(w.values)])
 }
 
+t.test('the truth says which result fields are estimates, and how closely', async t => {
+  const p = pipeline({ select: [count(), sel('sum', 'value'), sel('percentile', 'value', [0.95], 'p95'), sel('distinct', 'device', [], 'devices')] })
+  t.same(truthOf(p, [r(1)]).approximate, { p95: { relativeError: 0.01 }, devices: { exactUpTo: 1000, relativeError: 0.02 } },
+    'percentile within 1%, distinct exact up to 1000 values and within 2% beyond; count and sum exact')
+})
+
 t.test('tumbling: late readings are dropped once the watermark passed the window end', async t => {
   const stream = [r(1, 10), r(5, 20), r(12, 30), r(3, 40), r(25, 50)]
   const e = edge(pipeline(), stream)
