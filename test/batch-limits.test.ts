@@ -10,6 +10,7 @@ import { join } from 'node:path'
 import { deflateRawSync } from 'node:zlib'
 import { encode as cborEncode } from 'cbor-x'
 import t from 'tap'
+import type { Test } from 'tap'
 import { count } from '../core/aggregates/count.ts'
 import { distinct } from '../core/aggregates/distinct.ts'
 import { percentile } from '../core/aggregates/percentile.ts'
@@ -20,6 +21,7 @@ import type { Batch, BatchLimits, PipelineDef } from '../core/upstream/batch.ts'
 import { fetchMetric } from './helpers/ground-truth.ts'
 import { postBatch } from './helpers/partials.ts'
 import { fetchJson, startFogmesh, tmpDir, waitFor } from './helpers/process.ts'
+import type { RunningProcess } from './helpers/process.ts'
 
 const DEF: PipelineDef = {
   name: 'p',
@@ -185,6 +187,17 @@ t.test('the decoding bounds follow --max-batch', async t => {
   t.equal(limitAt(small, big.body, big.encoding), undefined, '... and taken at 4 MiB')
 })
 
+/** A fog in its own temp dir, stopped (or killed) at the end of `t`. */
+async function startFog (t: Test, flags: string[]): Promise<RunningProcess> {
+  const dir = await tmpDir('fogmesh-batch-limits-')
+  t.teardown(() => dir.cleanup())
+  const fog = await startFogmesh(['fog', '--id', 'f1', '--http-port', '0', '--data-dir', join(dir.path, 'data'), ...flags])
+  t.teardown(async () => {
+    if (fog.proc.exitCode === null && fog.proc.signalCode === null) await fog.stop().catch(() => fog.kill('SIGKILL'))
+  })
+  return fog
+}
+
 function peakRss (pid: number): number {
   const m = /VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))
   if (m === null) throw new Error('no VmHWM in /proc/<pid>/status')
@@ -192,12 +205,7 @@ function peakRss (pid: number): number {
 }
 
 t.test('a fog under thousands of malformed batches: no 5xx, no crash, bounded peak memory', { timeout: 120_000 }, async t => {
-  const dir = await tmpDir('fogmesh-batch-limits-')
-  t.teardown(() => dir.cleanup())
-  const fog = await startFogmesh(['fog', '--id', 'f1', '--http-port', '0', '--data-dir', join(dir.path, 'data'), '--tick', '100ms'])
-  t.teardown(async () => {
-    if (fog.proc.exitCode === null && fog.proc.signalCode === null) await fog.stop().catch(() => fog.kill('SIGKILL'))
-  })
+  const fog = await startFog(t, ['--tick', '100ms'])
   const post = async (b: Body): Promise<number> => {
     const headers: Record<string, string> = { 'content-type': 'application/cbor' }
     if (b.encoding !== undefined) headers['content-encoding'] = b.encoding
@@ -260,12 +268,7 @@ t.test('a fog under thousands of malformed batches: no 5xx, no crash, bounded pe
 })
 
 t.test('many senders at once: bodies in hand add up to --batch-memory, the rest get 503 busy', { timeout: 120_000 }, async t => {
-  const dir = await tmpDir('fogmesh-batch-memory-')
-  t.teardown(() => dir.cleanup())
-  const fog = await startFogmesh(['fog', '--id', 'f1', '--http-port', '0', '--data-dir', join(dir.path, 'data'), '--batch-memory', '32mib'])
-  t.teardown(async () => {
-    if (fog.proc.exitCode === null && fog.proc.signalCode === null) await fog.stop().catch(() => fog.kill('SIGKILL'))
-  })
+  const fog = await startFog(t, ['--batch-memory', '32mib'])
   const url = new URL(fog.http)
   const before = peakRss(fog.proc.pid!)
   // 40 connections, each announcing a 16 MiB batch and sending all of it but the last byte, as a
